@@ -1,0 +1,270 @@
+"""The one store interface, implemented by SQLite (embedded) and TimescaleDB (production).
+
+Both implementations pass ``tests/test_store_contract.py``. The interface is synchronous:
+the ingest loop calls it from one writer thread (``asyncio.to_thread``) and FastAPI runs
+sync endpoints in its thread pool. Implementations must be thread-safe.
+
+Conventions
+- Times are integer epoch milliseconds (UTC) everywhere, including inside documents.
+- Objects other than telemetry (devices, trips, geofences, shippers, alarms, webhooks,
+  deliveries, keys) are JSON documents (``dict``) with a few indexed columns; the store
+  never interprets fields it does not index, and returns documents as it was given them.
+- Telemetry duplicates: a fix or lock event is identified by ``(device_id, ts, seq)``,
+  with an absent ``seq`` being its own value (``None`` equals ``None`` for this purpose).
+  Inserting a duplicate is not an error: it is skipped, and the returned mask says so.
+- Nothing in alarm history, dead letters or telemetry is ever deleted by this interface,
+  except ``drop_telemetry_before`` (retention).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from telemetry.models import DeadLetter, Fix, LockEvent
+
+Doc = dict[str, Any]
+
+
+class Store(abc.ABC):
+    """Persistent state of cargowatch."""
+
+    # -- life cycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema (versioned migrations, idempotent)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool:
+        """True when the store answers (health check)."""
+
+    # -- devices ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_device(self, device: Doc) -> None:
+        """Insert or replace a device; ``device["device_id"]`` is the key.
+
+        Document fields: ``device_id``, ``kind`` (``gps`` | ``lock`` | ``combo``), ``shipper``
+        (or None), ``name``, ``created_at``.
+        """
+
+    @abc.abstractmethod
+    def get_device(self, device_id: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def list_devices(self, shipper: str | None = None) -> list[Doc]: ...
+
+    @abc.abstractmethod
+    def device_ids(self) -> set[str]:
+        """All registered device ids (ingest's ``unknown_device`` check)."""
+
+    # -- telemetry --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def insert_fixes(self, fixes: Sequence[Fix]) -> npt.NDArray[np.bool_]:
+        """Store fixes in one transaction; return a mask, True where the row was new.
+
+        Duplicates within ``fixes`` itself are also stored once (first wins).
+        """
+
+    @abc.abstractmethod
+    def insert_lock_events(self, events: Sequence[LockEvent]) -> npt.NDArray[np.bool_]:
+        """As ``insert_fixes``, for lock events."""
+
+    @abc.abstractmethod
+    def flag_fixes(self, keys: Sequence[tuple[str, int, int | None]], flag: str) -> None:
+        """Mark stored fixes ``(device_id, ts, seq)`` as not valid for rules (``flag`` is the
+        reason, e.g. ``gps_jump`` or ``null_island``). Flagged fixes are still returned by
+        ``fixes()`` with ``extra["_flag"]`` set to the flag."""
+
+    @abc.abstractmethod
+    def fixes(
+        self,
+        device_ids: Sequence[str],
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+    ) -> list[Fix]:
+        """Stored fixes of these devices with ``since_ms <= ts <= until_ms``, ordered by
+        ``(ts, device_id)``."""
+
+    @abc.abstractmethod
+    def lock_events(
+        self,
+        device_ids: Sequence[str],
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+    ) -> list[LockEvent]:
+        """As ``fixes``, for lock events."""
+
+    @abc.abstractmethod
+    def last_fix(self, device_id: str) -> Fix | None:
+        """The fix with the greatest ``ts`` of the device, if any."""
+
+    @abc.abstractmethod
+    def count_telemetry(self) -> dict[str, int]:
+        """``{"fixes": n, "lock_events": m, "dead_letters": k}`` (tests, metrics)."""
+
+    @abc.abstractmethod
+    def drop_telemetry_before(self, ts_ms: int) -> None:
+        """Retention: delete fixes and lock events older than ``ts_ms`` (drop_chunks on
+        TimescaleDB)."""
+
+    # -- dead letters -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    @abc.abstractmethod
+    def dead_letters(
+        self,
+        reason: str | None = None,
+        device_id: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 100,
+    ) -> list[Doc]:
+        """Newest first. Each: ``id``, ``topic``, ``device_id``, ``received_at``, ``reason``,
+        ``detail``, ``payload`` (bytes)."""
+
+    # -- shippers ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_shipper(self, shipper: Doc) -> None:
+        """Insert or replace; key ``shipper["shipper"]``; fields ``sla``, ``rules``."""
+
+    @abc.abstractmethod
+    def get_shipper(self, shipper_id: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def list_shippers(self) -> list[Doc]: ...
+
+    # -- geofences --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_geofence(self, fence: Doc) -> None:
+        """Insert or replace; key ``fence["geofence_id"]``; indexed: ``kind``, ``shipper``."""
+
+    @abc.abstractmethod
+    def get_geofence(self, geofence_id: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def list_geofences(self, shipper: str | None = None, kind: str | None = None) -> list[Doc]:
+        """With ``shipper`` given: that shipper's fences and the global ones (shipper None)."""
+
+    # -- trips ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_trip(self, trip: Doc) -> None:
+        """Insert or replace; key ``trip["trip_id"]``; indexed: ``shipper``, ``status``,
+        ``devices`` (for ``trips_for_device``)."""
+
+    @abc.abstractmethod
+    def get_trip(self, trip_id: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def list_trips(
+        self, shipper: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[Doc]:
+        """Newest ``planned_start`` first."""
+
+    @abc.abstractmethod
+    def add_trip_event(self, trip_id: str, event: Doc) -> None:
+        """Append a milestone / status change (``kind``, ``ts``, ...). Never deleted."""
+
+    @abc.abstractmethod
+    def trip_events(self, trip_id: str) -> list[Doc]:
+        """In insertion order."""
+
+    # -- alarms -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def insert_alarm(self, alarm: Doc) -> None:
+        """Insert a new alarm (key ``alarm_id``; ``version`` starts at 1). Indexed: ``status``,
+        ``type``, ``trip_id``, ``shipper``, ``ts``, ``raised_at``, ``ack_due``,
+        ``resolve_due``. Raises ``Conflict`` if the id exists."""
+
+    @abc.abstractmethod
+    def update_alarm(self, alarm: Doc, expected_version: int) -> bool:
+        """Replace the alarm if its stored ``version`` equals ``expected_version``; the new
+        document must carry ``version = expected_version + 1``. False when it changed under
+        us (the caller answers 409)."""
+
+    @abc.abstractmethod
+    def get_alarm(self, alarm_id: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def list_alarms(
+        self,
+        status: Sequence[str] | None = None,
+        type: str | None = None,
+        trip_id: str | None = None,
+        shipper: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[Doc]:
+        """Filter on ``raised_at >= since_ms`` / ``< until_ms``; newest first."""
+
+    @abc.abstractmethod
+    def alarms_due(self, now_ms: int) -> list[Doc]:
+        """Open alarms whose ``ack_due <= now`` and not yet escalated for ack, and
+        unresolved alarms whose ``resolve_due <= now`` not yet escalated for resolve: i.e.
+        documents with ``status != "resolved"`` and (``ack_due <= now`` and ``status == "open"``
+        and not ``ack_escalated``) or (``resolve_due <= now`` and not ``resolve_escalated``)."""
+
+    @abc.abstractmethod
+    def add_alarm_history(self, alarm_id: str, entry: Doc) -> None:
+        """Append ``{"at", "by", "action", "from", "to", "note", ...}``. Never deleted."""
+
+    @abc.abstractmethod
+    def alarm_history(self, alarm_id: str) -> list[Doc]:
+        """In insertion order."""
+
+    # -- API keys ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_api_key(self, key: Doc) -> None:
+        """Key ``key["key_hash"]`` (sha256 hex of the secret; never the secret itself);
+        fields ``key_id``, ``role``, ``shipper``, ``created_at``, ``label``."""
+
+    @abc.abstractmethod
+    def get_api_key(self, key_hash: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def count_api_keys(self) -> int: ...
+
+    # -- webhooks ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_webhook(self, hook: Doc) -> None:
+        """Key ``hook["webhook_id"]``; fields ``shipper``, ``url``, ``secret``, ``events``."""
+
+    @abc.abstractmethod
+    def list_webhooks(self, shipper: str | None = None) -> list[Doc]: ...
+
+    @abc.abstractmethod
+    def delete_webhook(self, webhook_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def enqueue_deliveries(self, deliveries: Sequence[Doc]) -> None:
+        """Outbox rows: ``delivery_id`` (key), ``webhook_id``, ``event_id``, ``shipper``,
+        ``order_key`` (events of one alarm share it), ``body`` (str, the exact JSON sent),
+        ``status`` (``pending`` | ``delivered`` | ``dead``), ``attempts``,
+        ``next_attempt_at``, ``created_at``, ``last_error``. The store assigns a
+        monotonically increasing ``seq`` that orders deliveries of one ``order_key``."""
+
+    @abc.abstractmethod
+    def due_deliveries(self, now_ms: int, limit: int = 100) -> list[Doc]:
+        """Pending deliveries with ``next_attempt_at <= now`` that are the oldest pending
+        delivery (lowest ``seq``) of their (``webhook_id``, ``order_key``): in-order per
+        alarm and receiver."""
+
+    @abc.abstractmethod
+    def update_delivery(self, delivery: Doc) -> None:
+        """Replace status/attempts/next_attempt_at/last_error/delivered_at of a delivery."""
+
+    @abc.abstractmethod
+    def list_deliveries(
+        self, shipper: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        """Newest first."""
