@@ -1,0 +1,197 @@
+"""Start a private Mosquitto and a private PostgreSQL 15 + TimescaleDB cluster on free loopback
+ports, for the test suite and the benchmarks. Binaries come from Debian's packages, installed by
+``scripts/install-services.sh``. Each server is stopped by the pid it was started with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("CARGOWATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+MOSQUITTO = os.environ.get(
+    "CARGOWATCH_MOSQUITTO", shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+class MosquittoServer:
+    """A private Mosquitto 2 broker. Persistent sessions need no broker persistence as long as
+    the broker keeps running; queues are unbounded so a down engine loses nothing."""
+
+    def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-mosquitto-"))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> MosquittoServer:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "max_inflight_messages 0\n"
+            "message_size_limit 0\n"
+            "log_type error\nlog_type warning\n"
+            f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+        )
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _wait_port(self.port, 10, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> MosquittoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PostgresServer:
+    """A private PostgreSQL 15 cluster with TimescaleDB preloaded (PostGIS available)."""
+
+    def __init__(
+        self, workdir: Path | None = None, port: int | None = None, durable: bool = False
+    ) -> None:
+        self.port = port or free_port()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-pg-"))
+        self.datadir = self.workdir / "data"
+        self.durable = durable
+        self._counter = itertools.count(1)
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            # initdb refuses to run as root: run the cluster as the postgres user.
+            pwd.getpwnam("postgres")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            [*self._as_user, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    def start(self) -> PostgresServer:
+        if not (PG_BIN / "initdb").exists():
+            raise RuntimeError(
+                f"PostgreSQL 15 not installed ({PG_BIN}); run scripts/install-services.sh"
+            )
+        if self._as_user:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        self._run(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
+        extra = [
+            "shared_preload_libraries = 'timescaledb'",
+            "timescaledb.telemetry_level = off",
+            "max_connections = 200",
+            "shared_buffers = 256MB",
+        ]
+        if not self.durable:
+            # Test data is throw-away: skip fsync so the suite stays fast.
+            extra += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        with open(self.datadir / "postgresql.conf", "a") as f:
+            f.write("\n".join(extra) + "\n")
+        opts = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1"
+        self._run(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-o",
+            opts,
+            "-l",
+            str(self.workdir / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        _wait_port(self.port, 30)
+        return self
+
+    def create_database(self, name: str | None = None) -> str:
+        """A brand-new empty database; returns its URL."""
+        import psycopg
+
+        name = name or f"t{os.getpid()}_{next(self._counter)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            subprocess.run(
+                [
+                    *self._as_user,
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,58 @@
+"""Session fixtures: a private Mosquitto and a private TimescaleDB cluster on free ports.
+
+Set CARGOWATCH_TEST_MQTT / CARGOWATCH_TEST_PG (a server URL of a cluster you run) to reuse
+running services instead; by default the session starts and stops its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cargowatch.testing import MosquittoServer, PostgresServer
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    server = MosquittoServer(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mqtt_url(mosquitto: MosquittoServer) -> str:
+    """URL of the private Mosquitto (mqtt://127.0.0.1:PORT)."""
+    return os.environ.get("CARGOWATCH_TEST_MQTT") or mosquitto.url
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    workdir = Path(os.environ.get("CARGOWATCH_TEST_TMP", "/tmp")) / f"cw-pg-{os.getpid()}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    server = PostgresServer(workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    """A brand-new empty database in the private TimescaleDB cluster."""
+    return pg_server.create_database()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that touch the real services carry the marker, so `-m "not services"` is a quick run.
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"pg_url", "pg_server", "mqtt_url", "mosquitto"}:
+            item.add_marker(pytest.mark.services)
