@@ -42,7 +42,7 @@ class ManualClock:
         return self._now
 
     def advance(self, seconds: float) -> None:
-        self._now += int(round(seconds * 1000))
+        self._now += round(seconds * 1000)
 
     def set(self, now_ms: int) -> None:
         self._now = int(now_ms)
