@@ -31,3 +31,15 @@ class CargowatchError(Exception):
             return self.message
         ctx = ", ".join(f"{k}={v!r}" for k, v in self.context.items())
         return f"{self.message} ({ctx})"
+
+
+class InvalidInput(CargowatchError):
+    """A request or document is invalid (the API answers 422)."""
+
+
+class NotFoundError(CargowatchError):
+    """The object does not exist (the API answers 404)."""
+
+
+class StateConflict(CargowatchError):
+    """The object is not in a state that allows this (the API answers 409)."""
