@@ -1,0 +1,5 @@
+import sys
+
+from cargowatch.cli import main
+
+sys.exit(main())
