@@ -53,16 +53,25 @@ class ManualClock:
 
 
 class ScaledClock:
-    """Wall time running ``speed`` times faster from ``start_ms`` (demo, simulations)."""
+    """Wall time running ``speed`` times faster, reading ``start_ms`` at real time ``anchor_ms``.
 
-    def __init__(self, speed: float = 1.0, start_ms: int | None = None) -> None:
+    Two processes given the same (speed, start_ms, anchor_ms) agree on the time: that is how a
+    simulator and a separately started engine share accelerated time in end-to-end tests.
+    """
+
+    def __init__(
+        self, speed: float = 1.0, start_ms: int | None = None, anchor_ms: int | None = None
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("clock speed must be positive")
         self.speed = float(speed)
-        self._t0_real = time.time_ns() // 1_000_000
-        self._t0 = self._t0_real if start_ms is None else int(start_ms)
+        real_now = time.time_ns() // 1_000_000
+        self._anchor = real_now if anchor_ms is None else int(anchor_ms)
+        self._t0 = self._anchor if start_ms is None else int(start_ms)
 
     def now_ms(self) -> int:
         real = time.time_ns() // 1_000_000
-        return self._t0 + int((real - self._t0_real) * self.speed)
+        return self._t0 + int((real - self._anchor) * self.speed)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.speed)

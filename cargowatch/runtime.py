@@ -20,7 +20,7 @@ from typing import Any
 import alerts
 import rules
 from alerts import AlarmService, LiveHub, WebhookSender
-from cargowatch.clock import Clock, SystemClock
+from cargowatch.clock import Clock
 from cargowatch.errors import InvalidInput, NotFoundError, StateConflict
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import Pipeline
@@ -50,7 +50,7 @@ class Runtime:
         self, settings: Settings, *, clock: Clock | None = None, store: Store | None = None
     ) -> None:
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock = clock or settings.make_clock()
         self.store = store or open_store(settings.db_url)
         self.metrics = Metrics()
         self.hub = LiveHub()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cargowatch.clock import Clock, ScaledClock, SystemClock
+
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, f"CARGOWATCH_{name.upper().removesuffix('_URL')}")
@@ -32,6 +34,15 @@ class Settings(BaseSettings):
     queue_batches: int = 8
     tick_s: float = 1.0
     tiles: str | None = None
+    # Accelerated time for simulations and end-to-end tests (1.0 = real time); see ScaledClock.
+    clock_speed: float = 1.0
+    clock_start_ms: int | None = None
+    clock_anchor_ms: int | None = None
+
+    def make_clock(self) -> Clock:
+        if self.clock_speed == 1.0 and self.clock_start_ms is None:
+            return SystemClock()
+        return ScaledClock(self.clock_speed, self.clock_start_ms, self.clock_anchor_ms)
 
     @property
     def http_host(self) -> str:
