@@ -1,0 +1,489 @@
+"""AlarmService: engine events in; stored alarms, trip events, live events and webhooks out.
+
+One object is shared by the engine thread (``handle``), the API threads (``ack``,
+``resolve``, ``get``) and the escalation loop (``run``). Alarm changes are optimistic
+(``version``) in the store and serialised by a lock in the process, so the webhooks and
+live events of one alarm are enqueued in the order of its transitions.
+
+Everything the service decides later (deadlines, escalations) is derived from stored
+documents, so a restarted service carries on where the previous one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from alerts import escalation, lifecycle
+from alerts.deadlines import Deadline, merge_sla, validate_sla
+from alerts.errors import AlarmNotFound, ConflictError
+from alerts.live import LiveHub
+from alerts.outbox import WEBHOOK_EVENTS, enqueue_event, jsonable, stable_event_id
+from alerts.render import iso, render_alarm
+from cargowatch.clock import Clock
+from rules.events import (
+    AlarmSignal,
+    EngineEvent,
+    EpisodeEnded,
+    Milestone,
+    PositionUpdate,
+    TripStatus,
+    TripStatusChanged,
+)
+from telemetry.errors import Conflict
+from telemetry.store.base import Doc, Store
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL = {TripStatus.COMPLETED.value, TripStatus.CANCELLED.value}
+_STATUS_TIME = {
+    TripStatus.ACTIVE.value: "activated_at",
+    TripStatus.COMPLETED.value: "completed_at",
+    TripStatus.CANCELLED.value: "cancelled_at",
+}
+_LOOP_BACKOFF_CAP_S = 30.0
+
+Live = list[dict[str, Any]]
+
+
+class AlarmService:
+    """Raises, transitions and escalates alarms; records milestones and trip status."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        hub: LiveHub,
+        *,
+        default_sla: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._hub = hub
+        self._default_sla = validate_sla(default_sla) if default_sla else None
+        self._lock = threading.RLock()
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # -- engine events ------------------------------------------------------------------------
+    def handle(self, events: Sequence[EngineEvent]) -> list[Doc]:
+        """Apply one batch of engine events; returns the stored documents of new alarms.
+
+        A bad event is logged and counted (``alarm_events_failed_total``); the rest of the
+        batch goes on. Live events are published once, at the end of the batch.
+        """
+        created: list[Doc] = []
+        live: Live = []
+        batch = _BatchLookups(self._store, self._default_sla)
+        want_positions = self._hub.subscriber_count > 0
+        for event in events:
+            try:
+                if isinstance(event, PositionUpdate):
+                    if want_positions:
+                        live.append(_position_event(event))
+                    continue
+                with self._lock:
+                    if isinstance(event, AlarmSignal):
+                        doc = self._raise(event, batch, live)
+                        if doc is not None:
+                            created.append(doc)
+                    elif isinstance(event, EpisodeEnded):
+                        self._end_episode(event, live)
+                    elif isinstance(event, Milestone):
+                        self._milestone(event, batch, live)
+                    elif isinstance(event, TripStatusChanged):
+                        self._trip_status(event, live)
+                    else:
+                        raise TypeError(f"not an engine event: {type(event).__name__}")
+            except Exception:
+                self.counters["alarm_events_failed_total"] += 1
+                logger.exception("could not handle engine event %r", event)
+        self._publish(live)
+        return created
+
+    def _raise(self, signal: AlarmSignal, batch: _BatchLookups, live: Live) -> Doc | None:
+        now = self._clock.now_ms()
+        deadline = batch.deadline(signal.shipper, signal.trip_id, signal.severity.value)
+        doc = lifecycle.new_alarm(
+            signal, raised_at=now, deadline=deadline, details=jsonable(signal.details)
+        )
+        try:
+            self._store.insert_alarm(doc)
+        except Conflict:
+            # The episode was seen before (engine restart, replayed backlog): one alarm only.
+            self.counters["alarm_duplicates_total"] += 1
+            return None
+        entry = lifecycle.raised_entry(doc)
+        self._store.add_alarm_history(doc["alarm_id"], entry)
+        self.counters[f'alarms_raised_total{{type="{doc["type"]}"}}'] += 1
+        self._emit(
+            "alarm.raised",
+            doc,
+            render_alarm(doc, [entry]),
+            live,
+            hooks=batch.hooks(signal.shipper),
+        )
+        return doc
+
+    def _end_episode(self, event: EpisodeEnded, live: Live) -> None:
+        alarm_id = lifecycle.alarm_id_for(event.trip_id, event.type.value, event.episode)
+        details = jsonable(event.details)
+        entries: list[Doc] = []
+
+        def apply(doc: Doc) -> Doc | None:
+            if "episode_ended_at" in (doc.get("details") or {}):
+                return None  # re-emitted end: already recorded
+            new, entry = lifecycle.end_episode(
+                doc, event, details=details, now=self._clock.now_ms()
+            )
+            entries[:] = [entry]
+            return new
+
+        try:
+            new = self._update(alarm_id, apply)
+        except AlarmNotFound:
+            self.counters["episode_ends_unmatched_total"] += 1
+            logger.debug("episode end without an alarm: %s", alarm_id)
+            return
+        if new is None:
+            return
+        self._store.add_alarm_history(alarm_id, entries[0])
+        view = render_alarm(new, self._store.alarm_history(alarm_id))
+        self._emit("alarm.episode_ended", new, view, live)
+
+    def _milestone(self, event: Milestone, batch: _BatchLookups, live: Live) -> None:
+        event_id = stable_event_id(
+            event.trip_id, "milestone", event.kind.value, event.stop_id, event.ts
+        )
+        # A trip has a handful of milestones: reading them is cheap and makes a re-emitted
+        # milestone (engine restart, replayed backlog) a no-op instead of a second record.
+        if any(e.get("event_id") == event_id for e in self._store.trip_events(event.trip_id)):
+            self.counters["milestone_duplicates_total"] += 1
+            return
+        record = {
+            "kind": "milestone",
+            "milestone": event.kind.value,
+            "ts": int(event.ts),
+            "device_id": event.device_id,
+            "stop_id": event.stop_id,
+            "lat": event.lat,
+            "lon": event.lon,
+            "details": jsonable(event.details),
+            "recorded_at": self._clock.now_ms(),
+            "event_id": event_id,
+        }
+        self._store.add_trip_event(event.trip_id, record)
+        data = {
+            "trip_id": event.trip_id,
+            "milestone": event.kind.value,
+            "ts": iso(event.ts),
+            "device_id": event.device_id,
+            "stop_id": event.stop_id,
+            "lat": event.lat,
+            "lon": event.lon,
+            "details": record["details"],
+        }
+        live.append({"type": "trip.milestone", "shipper": event.shipper, "data": data})
+        self._enqueue(
+            event.shipper,
+            "trip.milestone",
+            data,
+            order_key=f"trip:{event.trip_id}",
+            event_id=event_id,
+            hooks=batch.hooks(event.shipper),
+        )
+
+    def _trip_status(self, event: TripStatusChanged, live: Live) -> None:
+        status = event.status.value
+        trip = self._store.get_trip(event.trip_id)
+        if trip is None:
+            self.counters["trip_status_unknown_trip_total"] += 1
+            logger.warning("status %s for unknown trip %s", status, event.trip_id)
+            return
+        old = trip.get("status")
+        if old == status:
+            return  # re-emitted change
+        if old in _TERMINAL:
+            # The API completed or cancelled the trip first; the desk's word stands.
+            self.counters["trip_status_ignored_total"] += 1
+            logger.warning("trip %s is %s; ignoring %s", event.trip_id, old, status)
+            return
+        trip = dict(trip)
+        trip["status"] = status
+        if status in _STATUS_TIME:
+            trip[_STATUS_TIME[status]] = int(event.ts)
+        self._store.put_trip(trip)
+        self._store.add_trip_event(
+            event.trip_id,
+            {
+                "kind": "status",
+                "status": status,
+                "from": old,
+                "ts": int(event.ts),
+                "reason": event.reason,
+                "recorded_at": self._clock.now_ms(),
+            },
+        )
+        data = {
+            "trip_id": event.trip_id,
+            "status": status,
+            "from": old,
+            "ts": iso(event.ts),
+            "reason": event.reason,
+        }
+        live.append({"type": "trip.status", "shipper": event.shipper, "data": data})
+
+    # -- desk actions -------------------------------------------------------------------------
+    def ack(self, alarm_id: str, *, by: str, note: str | None = None) -> Doc:
+        """Acknowledge an open alarm; returns its view. ``ValidationError``,
+        ``AlarmNotFound``, ``TransitionError`` (not open) or ``ConflictError``."""
+        lifecycle.check_actor(by)
+        lifecycle.check_text("note", note)
+        return self._desk_action(
+            alarm_id,
+            lambda doc, now: lifecycle.acknowledge(doc, by=by, note=note, now=now),
+        )
+
+    def resolve(
+        self,
+        alarm_id: str,
+        *,
+        by: str,
+        cause: str,
+        action: str | None = None,
+        feedback: str | None = None,
+    ) -> Doc:
+        """Resolve an open or acknowledged alarm (an open one is acknowledged implicitly,
+        recorded as its own transition); returns its view."""
+        lifecycle.check_actor(by)
+        lifecycle.check_cause(cause)
+        lifecycle.check_text("action", action)
+        lifecycle.check_text("feedback", feedback)
+        return self._desk_action(
+            alarm_id,
+            lambda doc, now: lifecycle.resolve(
+                doc, by=by, cause=cause, action=action, feedback=feedback, now=now
+            ),
+        )
+
+    def _desk_action(self, alarm_id: str, step: Callable[[Doc, int], tuple[Doc, list[Doc]]]) -> Doc:
+        live: Live = []
+        entries: list[Doc] = []
+
+        def apply(doc: Doc) -> Doc:
+            new, made = step(doc, self._clock.now_ms())
+            entries[:] = made
+            return new
+
+        with self._lock:
+            new = self._update(alarm_id, apply)
+            assert new is not None
+            for entry in entries:
+                self._store.add_alarm_history(alarm_id, entry)
+            history = self._store.alarm_history(alarm_id)
+            view = render_alarm(new, history)
+            if len(entries) == 2:
+                # Resolved straight from open: receivers first see the implied acknowledge.
+                mid = {**new, "status": entries[0]["to"], "resolved_at": None}
+                mid.update(resolved_by=None, resolution=None)
+                self._emit("alarm.acknowledged", mid, render_alarm(mid, history[:-1]), live)
+            self._emit(f"alarm.{entries[-1]['action']}", new, view, live)
+        self._publish(live)
+        return view
+
+    # -- deadlines ----------------------------------------------------------------------------
+    def escalate_due(self) -> list[Doc]:
+        """Escalate every alarm with a missed, not yet escalated deadline; returns the
+        updated documents. One alarm's failure does not stop the others."""
+        now = self._clock.now_ms()
+        live: Live = []
+        escalated: list[Doc] = []
+        for doc in self._store.alarms_due(now):
+            try:
+                with self._lock:
+                    new = self._escalate(doc, now, live)
+                if new is not None:
+                    escalated.append(new)
+            except Exception:
+                self.counters["escalation_errors_total"] += 1
+                logger.exception("could not escalate alarm %s", doc.get("alarm_id"))
+        self._publish(live)
+        return escalated
+
+    def _escalate(self, doc: Doc, now: int, live: Live) -> Doc | None:
+        alarm_id = doc["alarm_id"]
+        missed: list[str] = []
+        entries: list[Doc] = []
+
+        def apply(current: Doc) -> Doc | None:
+            missed[:] = escalation.missed_deadlines(current, now)
+            if not missed:
+                return None
+            new, made = escalation.escalate(current, missed, now=now)
+            entries[:] = made
+            return new
+
+        new = self._update(alarm_id, apply, first=doc)
+        if new is None:
+            return None
+        for entry in entries:
+            self._store.add_alarm_history(alarm_id, entry)
+        view = render_alarm(new, self._store.alarm_history(alarm_id))
+        for deadline in missed:
+            self.counters[f'escalations_total{{deadline="{deadline}"}}'] += 1
+            self._emit(
+                "alarm.escalated",
+                new,
+                {**view, "deadline": deadline},
+                live,
+                event_key=f"escalated:{deadline}",
+            )
+        return new
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """Escalate on the injected clock every ``interval_s`` until cancelled; store errors
+        are logged and retried with a back-off."""
+        delay = interval_s
+        while True:
+            try:
+                await asyncio.to_thread(self.escalate_due)
+                delay = interval_s
+            except Exception:
+                delay = min(max(delay, interval_s) * 2, _LOOP_BACKOFF_CAP_S)
+                self.counters["escalation_loop_errors_total"] += 1
+                logger.exception("escalation pass failed; retrying in %.3gs", delay)
+            await self._clock.sleep(delay)
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, alarm_id: str) -> Doc:
+        """The view of one alarm with its history; ``AlarmNotFound`` when missing."""
+        doc = self._store.get_alarm(alarm_id)
+        if doc is None:
+            raise AlarmNotFound("no such alarm", alarm_id=alarm_id)
+        return render_alarm(doc, self._store.alarm_history(alarm_id))
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _update(
+        self, alarm_id: str, apply: Callable[[Doc], Doc | None], *, first: Doc | None = None
+    ) -> Doc | None:
+        """Read, change (``apply`` returns the next document or None for "nothing to do")
+        and write with the optimistic version; re-read and retry once on a conflict."""
+        doc = first
+        for _ in range(2):
+            if doc is None:
+                doc = self._store.get_alarm(alarm_id)
+                if doc is None:
+                    raise AlarmNotFound("no such alarm", alarm_id=alarm_id)
+            new = apply(doc)
+            if new is None:
+                return None
+            if self._store.update_alarm(new, int(doc["version"])):
+                return new
+            doc = None
+        self.counters["alarm_conflicts_total"] += 1
+        raise ConflictError("the alarm was changed concurrently; try again", alarm_id=alarm_id)
+
+    def _emit(
+        self,
+        event_type: str,
+        doc: Doc,
+        data: Doc,
+        live: Live,
+        *,
+        hooks: Sequence[Doc] | None = None,
+        event_key: str | None = None,
+    ) -> None:
+        """Queue the live event and, for webhook event types, the outbox rows."""
+        shipper = doc.get("shipper")
+        live.append({"type": event_type, "shipper": shipper, "data": data})
+        if event_type in WEBHOOK_EVENTS and shipper:
+            self._enqueue(
+                shipper,
+                event_type,
+                data,
+                order_key=f"alarm:{doc['alarm_id']}",
+                event_id=stable_event_id(doc["alarm_id"], event_key or event_type),
+                hooks=hooks,
+            )
+
+    def _enqueue(
+        self,
+        shipper: str,
+        event_type: str,
+        data: Doc,
+        *,
+        order_key: str,
+        event_id: str,
+        hooks: Sequence[Doc] | None,
+    ) -> None:
+        try:
+            enqueue_event(
+                self._store,
+                self._clock,
+                shipper=shipper,
+                type=event_type,
+                data=data,
+                order_key=order_key,
+                event_id=event_id,
+                hooks=hooks,
+            )
+        except Conflict:
+            pass  # the same event (same id) was enqueued before: nothing to add
+        except Exception:
+            # The change itself is stored; losing the webhook must not turn an ack into an
+            # error for the desk. Counted so an operator sees it.
+            self.counters["webhook_enqueue_failures_total"] += 1
+            logger.exception("could not enqueue %s %s", event_type, event_id)
+
+    def _publish(self, live: Live) -> None:
+        if not live:
+            return
+        try:
+            self._hub.publish_many(live)
+        except Exception:
+            logger.exception("live publish failed")
+
+
+class _BatchLookups:
+    """Per-batch cache of shipper SLAs, trip SLAs and webhook subscriptions."""
+
+    def __init__(self, store: Store, default_sla: Mapping[str, Any] | None) -> None:
+        self._store = store
+        self._default_sla = default_sla
+        self._deadlines: dict[tuple[str, str], dict[str, Deadline]] = {}
+        self._hooks: dict[str, list[Doc]] = {}
+
+    def deadline(self, shipper: str, trip_id: str, severity: str) -> Deadline:
+        key = (shipper, trip_id)
+        if key not in self._deadlines:
+            shipper_doc = self._store.get_shipper(shipper) or {}
+            trip_doc = self._store.get_trip(trip_id) or {}
+            self._deadlines[key] = merge_sla(
+                self._default_sla, shipper_doc.get("sla"), trip_doc.get("sla")
+            )
+        return self._deadlines[key][severity]
+
+    def hooks(self, shipper: str) -> list[Doc]:
+        if shipper not in self._hooks:
+            self._hooks[shipper] = self._store.list_webhooks(shipper)
+        return self._hooks[shipper]
+
+
+def _position_event(event: PositionUpdate) -> dict[str, Any]:
+    return {
+        "type": "position",
+        "shipper": event.shipper,
+        "data": {
+            "device_id": event.device_id,
+            "trip_id": event.trip_id,
+            "ts": iso(event.ts),
+            "lat": event.lat,
+            "lon": event.lon,
+            "speed_kmh": event.speed_kmh,
+            "state": event.state,
+            "distance_to_route_m": event.distance_to_route_m,
+        },
+    }

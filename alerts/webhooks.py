@@ -1,0 +1,291 @@
+"""At-least-once webhook delivery from the store's outbox (contract §6).
+
+The outbox is the state: a restart loses nothing, because every pending delivery, its
+attempt count and its next attempt time are stored rows. ``Store.due_deliveries`` hands out
+only the oldest pending delivery per (subscription, alarm or trip), so events of one alarm
+reach a receiver in order.
+
+Isolation between receivers: each subscription has at most ``per_receiver`` requests in
+flight, every request has a hard total timeout, and a receiver that keeps failing is paused
+(a circuit breaker): while paused its due deliveries are moved to the end of the pause
+without an attempt, so they stop crowding the due list and cannot hold the shared request
+slots that healthy receivers need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+
+from alerts.signing import HEADER, sign
+from cargowatch.clock import Clock
+from telemetry.store.base import Doc, Store
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 5.0
+BACKOFF_CAP_S = 30 * 60.0
+MIN_MAX_AGE_S = 24 * 3600.0
+# Consecutive failures of one receiver before it is paused.
+BREAKER_THRESHOLD = 3
+_MAX_ERROR_LEN = 500
+_STORE_RETRY_CAP_S = 30.0
+
+
+def backoff_s(
+    attempts: int,
+    rng: random.Random,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+) -> float:
+    """Delay before the next attempt after ``attempts`` failed ones: ``base_s * 2**(n-1)``
+    capped at ``cap_s``, times a jitter in [0.8, 1.2) so receivers that failed together do
+    not all come back at once."""
+    exp = min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
+    return exp * (0.8 + 0.4 * rng.random())
+
+
+@dataclass(slots=True)
+class _Receiver:
+    in_flight: int = 0
+    failures: int = 0  # consecutive
+    paused_until: int = 0  # epoch ms of the injected clock
+
+
+class WebhookSender:
+    """POSTs due outbox deliveries, signs them, records the outcome.
+
+    Use ``run()`` as a long-lived task, or ``deliver_due()`` for one pass (tests). Call
+    ``aclose()`` (or use ``async with``) to release the HTTP client.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 10.0,
+        max_age_s: float = 48 * 3600,
+        concurrency: int = 8,
+        per_receiver: int = 2,
+        batch: int = 500,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_age_s < MIN_MAX_AGE_S:
+            raise ValueError("webhooks are retried for at least 24 h (contract §6)")
+        if concurrency < 1 or per_receiver < 1:
+            raise ValueError("concurrency and per_receiver must be at least 1")
+        self._store = store
+        self._clock = clock
+        self._transport = transport
+        self._timeout_s = timeout_s
+        self._max_age_ms = int(max_age_s * 1000)
+        self._concurrency = concurrency
+        self._per_receiver = per_receiver
+        self._batch = batch
+        self._rng = rng or random.Random()
+        self._client: httpx.AsyncClient | None = None
+        self._receivers: dict[str, _Receiver] = collections.defaultdict(_Receiver)
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._wake: asyncio.Event | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> WebhookSender:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel requests in flight and close the HTTP client."""
+        await self._cancel_in_flight()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- delivery -----------------------------------------------------------------------------
+    async def run(self, poll_s: float = 0.5) -> None:
+        """Deliver until cancelled. Store errors are logged and retried with a back-off; the
+        loop wakes early when a delivery finishes (its successor may now be due)."""
+        self._wake = asyncio.Event()
+        delay = poll_s
+        try:
+            while True:
+                try:
+                    await self._dispatch()
+                    delay = poll_s
+                except Exception:
+                    delay = min(max(delay, poll_s) * 2, _STORE_RETRY_CAP_S)
+                    self.counters["webhook_loop_errors_total"] += 1
+                    logger.exception("webhook dispatch failed; retrying in %.3gs", delay)
+                await self._sleep_or_wake(delay)
+        finally:
+            await self.aclose()
+            self._wake = None
+
+    async def deliver_due(self) -> int:
+        """One pass: send every due delivery the limits allow and wait for the outcomes.
+        Returns the number of requests made."""
+        tasks = await self._dispatch()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
+
+    async def _dispatch(self) -> list[asyncio.Task[None]]:
+        now = self._clock.now_ms()
+        due = await asyncio.to_thread(self._store.due_deliveries, now, self._batch)
+        due = [d for d in due if d["delivery_id"] not in self._in_flight]
+        if not due:
+            return []
+        hooks = {h["webhook_id"]: h for h in await asyncio.to_thread(self._store.list_webhooks)}
+        started: list[asyncio.Task[None]] = []
+        for delivery in due:
+            hook = hooks.get(delivery["webhook_id"])
+            if hook is None or hook.get("shipper") != delivery.get("shipper"):
+                await self._finish(delivery, ok=False, error="webhook deleted", final=True)
+                continue
+            receiver = self._receivers[delivery["webhook_id"]]
+            if receiver.paused_until > now:
+                await self._defer(delivery, receiver.paused_until)
+                continue
+            if (
+                receiver.in_flight >= self._per_receiver
+                or len(self._in_flight) >= self._concurrency
+            ):
+                continue  # still due: picked up again on the next pass
+            receiver.in_flight += 1
+            task = asyncio.create_task(self._attempt(delivery, hook, receiver))
+            self._in_flight[delivery["delivery_id"]] = task
+            started.append(task)
+        return started
+
+    async def _attempt(self, delivery: Doc, hook: Doc, receiver: _Receiver) -> None:
+        try:
+            ok, error = await self._post(delivery, hook)
+            now = self._clock.now_ms()
+            if ok:
+                receiver.failures = 0
+                receiver.paused_until = 0
+            else:
+                receiver.failures += 1
+                if receiver.failures >= BREAKER_THRESHOLD:
+                    pause = backoff_s(receiver.failures - BREAKER_THRESHOLD + 1, self._rng)
+                    receiver.paused_until = now + int(pause * 1000)
+            final = not ok and now >= int(delivery["created_at"]) + self._max_age_ms
+            await self._finish(delivery, ok=ok, error=error, final=final, attempted=True)
+        except Exception:
+            # The outcome could not be stored: the row stays due and is sent again
+            # (at-least-once; the receiver de-duplicates by event id).
+            self.counters["webhook_loop_errors_total"] += 1
+            logger.exception("recording delivery %s failed", delivery["delivery_id"])
+        finally:
+            receiver.in_flight -= 1
+            self._in_flight.pop(delivery["delivery_id"], None)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _post(self, delivery: Doc, hook: Doc) -> tuple[bool, str | None]:
+        body = delivery["body"].encode()
+        t = self._clock.now_ms() // 1000
+        try:
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "cargowatch-webhooks/1",
+                HEADER: sign(hook["secret"], body, t),
+            }
+            # httpx timeouts are per phase; the contract's 10 s is for the whole request.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._http().post(hook["url"], content=body, headers=headers)
+        except TimeoutError:
+            return False, f"timeout after {self._timeout_s:g}s"
+        except Exception as exc:  # connection refused, bad URL, protocol error, ...
+            return False, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_LEN]
+        if 200 <= response.status_code < 300:
+            return True, None
+        return False, f"HTTP {response.status_code}"
+
+    async def _finish(
+        self, delivery: Doc, *, ok: bool, error: str | None, final: bool, attempted: bool = False
+    ) -> None:
+        now = self._clock.now_ms()
+        updated = dict(delivery)
+        if attempted:
+            updated["attempts"] = int(delivery.get("attempts") or 0) + 1
+            updated["last_attempt_at"] = now
+        if ok:
+            updated["status"] = "delivered"
+            updated["delivered_at"] = now
+            updated["last_error"] = None
+            result = "delivered"
+        elif final:
+            updated["status"] = "dead"
+            updated["last_error"] = error
+            result = "dead"
+        else:
+            delay = backoff_s(updated["attempts"], self._rng)
+            updated["next_attempt_at"] = now + int(delay * 1000)
+            updated["last_error"] = error
+            result = "failed"
+        await asyncio.to_thread(self._store.update_delivery, updated)
+        self.counters[f'webhook_deliveries_total{{result="{result}"}}'] += 1
+        if not ok:
+            self.counters["webhook_failures_total"] += 1
+            log = logger.warning if final else logger.info
+            log(
+                "webhook delivery %s to %s %s: %s (attempt %s)",
+                delivery["delivery_id"],
+                delivery["webhook_id"],
+                result,
+                error,
+                updated.get("attempts"),
+            )
+
+    async def _defer(self, delivery: Doc, until: int) -> None:
+        """Move a paused receiver's delivery to the end of the pause (no attempt counted)."""
+        updated = dict(delivery)
+        updated["next_attempt_at"] = until + int(self._rng.random() * 1000)
+        await asyncio.to_thread(self._store.update_delivery, updated)
+        self.counters["webhook_deferred_total"] += 1
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                follow_redirects=False,
+                timeout=self._timeout_s,
+            )
+        return self._client
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        assert self._wake is not None
+        wake = self._wake
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waiter):
+                task.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+        wake.clear()
+
+    async def _cancel_in_flight(self) -> None:
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

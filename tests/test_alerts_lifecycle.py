@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from alerts_support import T0, signal
+
+from alerts import Cause, TransitionError, ValidationError, alarm_id_for
+from alerts.deadlines import merge_sla
+from alerts.lifecycle import acknowledge, new_alarm, resolve
+from rules.events import AlarmType
+
+
+def fresh() -> dict:
+    sig = signal()
+    return new_alarm(sig, raised_at=T0, deadline=merge_sla()["critical"], details={})
+
+
+def test_alarm_id_is_deterministic_per_trip_type_episode() -> None:
+    a = alarm_id_for("T1", "LOCK_TAMPER", "e1")
+    assert a == alarm_id_for("T1", "LOCK_TAMPER", "e1")
+    assert a.startswith("alm_") and len(a) == 24
+    assert len({a, alarm_id_for("T2", "LOCK_TAMPER", "e1"), alarm_id_for("T1", "SPEEDING", "e1"),
+                alarm_id_for("T1", "LOCK_TAMPER", "e2")}) == 4  # fmt: skip
+
+
+def test_new_alarm_fields() -> None:
+    doc = fresh()
+    assert doc["status"] == "open" and doc["version"] == 1 and doc["escalation_level"] == 0
+    assert doc["severity"] == "critical" and doc["type"] == "LOCK_TAMPER"
+    assert doc["ack_due"] == T0 + 600_000 and doc["resolve_due"] == T0 + 4 * 3_600_000
+
+
+def test_nan_position_becomes_unknown() -> None:
+    sig = signal(AlarmType.UNAUTHORIZED_UNLOCK)
+    sig = type(sig)(**{**{f: getattr(sig, f) for f in sig.__slots__}, "lat": math.nan})
+    doc = new_alarm(sig, raised_at=T0, deadline=merge_sla()["critical"], details={})
+    assert doc["lat"] is None
+
+
+def test_open_acknowledged_resolved() -> None:
+    doc = fresh()
+    acked, entries = acknowledge(doc, by="desk-07", note="called driver", now=T0 + 60_000)
+    assert acked["status"] == "acknowledged" and acked["version"] == 2
+    assert acked["acknowledged_at"] == T0 + 60_000 and acked["acknowledged_by"] == "desk-07"
+    assert entries == [
+        {"at": T0 + 60_000, "by": "desk-07", "action": "acknowledged", "from": "open",
+         "to": "acknowledged", "note": "called driver"}
+    ]  # fmt: skip
+    done, entries = resolve(
+        acked, by="desk-08", cause="rest_stop", action="phoned", feedback=None, now=T0 + 120_000
+    )
+    assert done["status"] == "resolved" and done["version"] == 3
+    assert done["resolution"] == {"cause": "rest_stop", "action": "phoned", "feedback": None}
+    assert done["acknowledged_by"] == "desk-07" and done["resolved_by"] == "desk-08"
+    assert [e["action"] for e in entries] == ["resolved"]
+    assert entries[0]["resolution"]["cause"] == "rest_stop"
+    assert doc["status"] == "open"  # inputs are not mutated
+
+
+def test_resolve_from_open_records_implied_acknowledge() -> None:
+    done, entries = resolve(
+        fresh(), by="desk-1", cause="false_alarm", action=None, feedback="ok", now=T0 + 5
+    )
+    assert done["status"] == "resolved" and done["acknowledged_at"] == T0 + 5
+    assert [(e["action"], e["from"], e["to"]) for e in entries] == [
+        ("acknowledged", "open", "acknowledged"),
+        ("resolved", "acknowledged", "resolved"),
+    ]
+
+
+def test_refused_transitions() -> None:
+    acked, _ = acknowledge(fresh(), by="d", note=None, now=T0)
+    with pytest.raises(TransitionError):
+        acknowledge(acked, by="d", note=None, now=T0)
+    done, _ = resolve(acked, by="d", cause="other", action=None, feedback=None, now=T0)
+    with pytest.raises(TransitionError):
+        acknowledge(done, by="d", note=None, now=T0)
+    with pytest.raises(TransitionError) as info:
+        resolve(done, by="d", cause="other", action=None, feedback=None, now=T0)
+    assert info.value.context["alarm_id"] == done["alarm_id"]
+
+
+@pytest.mark.parametrize("cause", [c.value for c in Cause])
+def test_every_contract_cause_is_accepted(cause: str) -> None:
+    done, _ = resolve(fresh(), by="d", cause=cause, action=None, feedback=None, now=T0)
+    assert done["resolution"]["cause"] == cause
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cause": "aliens"},
+        {"cause": None},
+        {"by": ""},
+        {"by": "   "},
+        {"by": "x" * 129},
+        {"action": 5},
+        {"feedback": "x" * 5000},
+    ],
+)
+def test_invalid_input_is_a_validation_error(kwargs: dict) -> None:
+    args = {"by": "desk", "cause": "other", "action": None, "feedback": None, **kwargs}
+    with pytest.raises(ValidationError):
+        resolve(fresh(), now=T0, **args)

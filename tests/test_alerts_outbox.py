@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from alerts_support import T0, make_store
+
+from alerts import enqueue_event, iso
+from alerts.outbox import stable_event_id
+from cargowatch.clock import ManualClock
+
+
+def hooks(store) -> None:
+    store.put_webhook({"webhook_id": "wh-pg-all", "shipper": "pg", "url": "http://a/",
+                       "secret": "s1",
+                       "events": ["alarm.raised", "alarm.resolved", "trip.milestone"]})  # fmt: skip
+    store.put_webhook({"webhook_id": "wh-pg-ms", "shipper": "pg", "url": "http://b/",
+                       "secret": "s2", "events": ["trip.milestone"]})  # fmt: skip
+    store.put_webhook({"webhook_id": "wh-acme", "shipper": "acme", "url": "http://c/",
+                       "secret": "s3", "events": ["alarm.raised"]})  # fmt: skip
+
+
+def test_one_delivery_per_matching_subscription_of_that_shipper(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    hooks(store)
+    clock = ManualClock()
+    data = {"alarm_id": "alm_1", "distance": np.float64(812.5), "n": np.int64(3)}
+    eid = enqueue_event(
+        store, clock, shipper="pg", type="alarm.raised", data=data, order_key="alarm:alm_1"
+    )
+    assert eid.startswith("evt_")
+    rows = store.list_deliveries(status="pending")
+    assert [r["webhook_id"] for r in rows] == ["wh-pg-all"]
+    row = rows[0]
+    assert row["shipper"] == "pg" and row["order_key"] == "alarm:alm_1"
+    assert row["attempts"] == 0 and row["next_attempt_at"] == T0 and row["created_at"] == T0
+    envelope = json.loads(row["body"])
+    assert envelope == {
+        "id": eid,
+        "type": "alarm.raised",
+        "created_at": iso(T0),
+        "shipper": "pg",
+        "data": {"alarm_id": "alm_1", "distance": 812.5, "n": 3},
+    }
+
+
+def test_the_same_bytes_go_to_every_receiver(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    hooks(store)
+    eid = stable_event_id("T1", "milestone", "sealed")
+    got = enqueue_event(
+        store, ManualClock(), shipper="pg", type="trip.milestone", data={"trip_id": "T1"},
+        order_key="trip:T1", event_id=eid,
+    )  # fmt: skip
+    assert got == eid == stable_event_id("T1", "milestone", "sealed")
+    rows = store.list_deliveries(shipper="pg")
+    assert sorted(r["webhook_id"] for r in rows) == ["wh-pg-all", "wh-pg-ms"]
+    assert rows[0]["body"] == rows[1]["body"]
+    assert {r["event_id"] for r in rows} == {eid}
+    assert store.list_deliveries(shipper="acme") == []
+
+
+def test_no_subscription_no_rows(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    hooks(store)
+    enqueue_event(
+        store, ManualClock(), shipper="acme", type="alarm.escalated", data={}, order_key="k"
+    )
+    enqueue_event(store, ManualClock(), shipper="nobody", type="alarm.raised", data={},
+                  order_key="k")  # fmt: skip
+    assert store.list_deliveries() == []
+
+
+def test_a_shipper_never_gets_rows_for_another_shippers_hooks(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    hooks(store)
+    # even when the caller hands over every subscription of every shipper
+    enqueue_event(
+        store, ManualClock(), shipper="acme", type="alarm.raised", data={}, order_key="k",
+        hooks=store.list_webhooks(),
+    )  # fmt: skip
+    assert [r["webhook_id"] for r in store.list_deliveries()] == ["wh-acme"]

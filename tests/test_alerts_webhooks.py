@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+from alerts_support import T0, Receiver, check_signature, make_store, put_trip, signal
+
+from alerts import AlarmService, LiveHub, WebhookSender, backoff_s
+from cargowatch.clock import ManualClock
+from rules.events import AlarmType, Milestone, MilestoneKind
+
+ALL_EVENTS = ["alarm.raised", "alarm.acknowledged", "alarm.resolved", "alarm.escalated",
+              "trip.milestone"]  # fmt: skip
+HOUR_MS = 3_600_000
+
+
+class TickingClock(ManualClock):
+    """Manual time, but sleeping really yields for a moment (for run() loops)."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = make_store(tmp_path)
+    for trip, shipper in [("T1", "pg"), ("T2", "pg"), ("T3", "acme"), ("T4", "acme")]:
+        put_trip(store, trip, shipper)
+    yield store
+    store.close()
+
+
+def add_hook(store, webhook_id: str, shipper: str, url: str, secret: str) -> None:
+    store.put_webhook({"webhook_id": webhook_id, "shipper": shipper, "url": url,
+                       "secret": secret, "events": ALL_EVENTS})  # fmt: skip
+
+
+def expected_events(store, webhook_id: str) -> dict[str, list[str]]:
+    """Event ids per order key, in enqueue order, for one subscription."""
+    rows = sorted(store.list_deliveries(limit=1000), key=lambda r: r["seq"])
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if r["webhook_id"] == webhook_id:
+            out[r["order_key"]].append(r["event_id"])
+    return out
+
+
+def received_order(rx: Receiver) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for env in rx.events:
+        data = env["data"]
+        key = f"alarm:{data['alarm_id']}" if "alarm_id" in data else f"trip:{data['trip_id']}"
+        out[key].append(env["id"])
+    return out
+
+
+# -- backoff maths (pure) ----------------------------------------------------------------------
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    rng = random.Random(7)
+    for n in range(1, 30):
+        expected = min(1800.0, 5.0 * 2 ** (n - 1))
+        delays = [backoff_s(n, rng) for _ in range(50)]
+        assert all(0.8 * expected <= d < 1.2 * expected for d in delays)
+        assert max(delays) - min(delays) > 0.1 * expected  # really jittered
+    assert backoff_s(1, random.Random(1)) == backoff_s(1, random.Random(1))
+
+
+def test_max_age_below_24h_is_refused(store) -> None:
+    with pytest.raises(ValueError):
+        WebhookSender(store, ManualClock(), max_age_s=23 * 3600)
+
+
+async def test_retries_with_backoff_for_48h_then_dead(store) -> None:
+    clock = ManualClock()
+    add_hook(store, "wh", "pg", "http://receiver.invalid/hook", "s")
+    attempts_at: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts_at.append(clock.now_ms())
+        return httpx.Response(500)
+
+    AlarmService(store, clock, LiveHub()).handle([signal()])
+    (row,) = store.list_deliveries()
+    async with WebhookSender(
+        store, clock, transport=httpx.MockTransport(handler), rng=random.Random(3)
+    ) as sender:
+        for _ in range(1000):
+            (row,) = store.list_deliveries()
+            if row["status"] != "pending":
+                break
+            clock.set(max(clock.now_ms(), row["next_attempt_at"]))
+            await sender.deliver_due()
+    assert row["status"] == "dead"
+    assert row["attempts"] == len(attempts_at) and row["last_error"] == "HTTP 500"
+    assert attempts_at[0] == T0
+    assert attempts_at[-2] < T0 + 48 * HOUR_MS <= attempts_at[-1]
+    gaps = [(b - a) / 1000 for a, b in itertools.pairwise(attempts_at)]
+    for n, gap in enumerate(gaps, start=1):
+        expected = min(1800.0, 5.0 * 2 ** (n - 1))
+        assert gap >= 0.8 * expected
+        # a paused receiver's delivery may wait up to the end of the pause (+1 s jitter)
+        assert gap <= max(1.2 * expected, 1.2 * 1800 + 1)
+    assert gaps[:5] == pytest.approx([5, 10, 20, 40, 80], rel=0.2)
+    assert sender.counters['webhook_deliveries_total{result="dead"}'] == 1
+    assert sender.counters["webhook_failures_total"] == len(attempts_at)
+
+
+async def test_paused_receiver_deliveries_are_deferred_not_attempted(store) -> None:
+    clock = ManualClock()
+    add_hook(store, "wh-bad", "pg", "http://bad.invalid/", "s")
+    add_hook(store, "wh-good", "acme", "http://good.invalid/", "s")
+    calls: dict[str, int] = defaultdict(int)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls[request.url.host] += 1
+        return httpx.Response(200 if request.url.host == "good.invalid" else 502)
+
+    service = AlarmService(store, clock, LiveHub())
+    service.handle([signal(episode=f"e{i}") for i in range(10)])
+    service.handle([signal(trip_id="T3", shipper="acme")])
+    async with WebhookSender(store, clock, transport=httpx.MockTransport(handler)) as sender:
+        for _ in range(4):
+            await sender.deliver_due()
+    # pass 1: two failures; pass 2: two more (the third trips the breaker while the fourth is
+    # already in flight); passes 3-4: the other six wait for the end of the pause unsent
+    assert calls == {"bad.invalid": 4, "good.invalid": 1}
+    assert sender.counters["webhook_deferred_total"] == 6
+    pending = store.list_deliveries(shipper="pg", status="pending")
+    assert len(pending) == 10
+    assert sorted(r["attempts"] for r in pending) == [0] * 6 + [1] * 4
+    assert all(r["next_attempt_at"] > clock.now_ms() for r in pending)
+
+
+async def test_deleted_subscription_makes_its_deliveries_dead(store) -> None:
+    clock = ManualClock()
+    add_hook(store, "wh", "pg", "http://x.invalid/", "s")
+    AlarmService(store, clock, LiveHub()).handle([signal()])
+    store.delete_webhook("wh")
+    async with WebhookSender(
+        store, clock, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+    ) as sender:
+        assert await sender.deliver_due() == 0
+    (row,) = store.list_deliveries()
+    assert row["status"] == "dead" and row["last_error"] == "webhook deleted"
+
+
+# -- against real local HTTP receivers ---------------------------------------------------------
+async def test_flaky_receiver_gets_every_event_once_in_order_across_a_restart(store) -> None:
+    clock = ManualClock()
+    hub = LiveHub()
+    pg_rx = await Receiver("pg-secret", plan=[500, "hang", 503, 500, "hang", 500, 502]).start()
+    acme_rx = await Receiver("acme-secret").start()
+    try:
+        add_hook(store, "wh-pg", "pg", pg_rx.url, "pg-secret")
+        add_hook(store, "wh-acme", "acme", acme_rx.url, "acme-secret")
+        service = AlarmService(store, clock, hub)
+        a1, a2, a3 = service.handle(
+            [
+                signal(AlarmType.LOCK_TAMPER, trip_id="T1"),
+                signal(AlarmType.ROUTE_DEVIATION, trip_id="T2"),
+                signal(AlarmType.LONG_STOP, trip_id="T3", shipper="acme"),
+                Milestone("T1", "pg", MilestoneKind.SEALED, T0 - 60_000),
+                Milestone("T1", "pg", MilestoneKind.DEPARTED, T0 - 30_000),
+            ]
+        )
+        service.ack(a1["alarm_id"], by="desk-1", note="calling")
+        service.resolve(a2["alarm_id"], by="desk-2", cause="traffic_detour")
+        sender = WebhookSender(store, clock, timeout_s=0.3, rng=random.Random(5))
+        for i in range(60):
+            if i == 3:
+                # restart in the middle of the retries: state is in the outbox only
+                retrying = [r for r in store.list_deliveries(status="pending") if r["attempts"]]
+                assert retrying
+                await sender.aclose()
+                sender = WebhookSender(store, clock, timeout_s=0.3, rng=random.Random(6))
+            if i == 5:
+                # events created while the receiver is failing queue up behind their alarm
+                service.resolve(a1["alarm_id"], by="desk-1", cause="theft_suspected")
+                clock.advance(11 * 60)
+                service.escalate_due()
+            await sender.deliver_due()
+            if not store.list_deliveries(status="pending"):
+                break
+            clock.advance(10 * 60)
+        await sender.aclose()
+
+        assert store.list_deliveries(status="pending") == []
+        assert store.list_deliveries(status="dead") == []
+        for rx, hook, shipper in [(pg_rx, "wh-pg", "pg"), (acme_rx, "wh-acme", "acme")]:
+            assert rx.bad_signatures == 0
+            assert {e["shipper"] for e in rx.events} == {shipper}
+            assert {e["data"].get("shipper", shipper) for e in rx.events} == {shipper}
+            # every event, once per id after de-duplication, in order per alarm / trip
+            assert received_order(rx) == expected_events(store, hook)
+        assert len(pg_rx.requests) > len(pg_rx.events)  # there were failures and re-sends
+        types = {e["data"].get("alarm_id"): [] for e in pg_rx.events}
+        for e in pg_rx.events:
+            types[e["data"].get("alarm_id")].append(e["type"])
+        assert types[a1["alarm_id"]] == ["alarm.raised", "alarm.acknowledged", "alarm.resolved"]
+        assert types[a2["alarm_id"]] == [
+            "alarm.raised", "alarm.acknowledged", "alarm.resolved"
+        ]  # fmt: skip
+        assert [e["type"] for e in acme_rx.events] == ["alarm.raised", "alarm.escalated"]
+        assert acme_rx.events[0]["data"]["alarm_id"] == a3["alarm_id"]
+        # the body is byte-for-byte the stored one and the signature covers it
+        for row in store.list_deliveries(shipper="acme"):
+            raw = next(q for q in acme_rx.requests if q["envelope"]["id"] == row["event_id"])
+            assert raw["body"] == row["body"].encode()
+            signature = raw["headers"]["cargowatch-signature"]
+            assert check_signature("acme-secret", raw["body"], signature)
+            assert not check_signature("pg-secret", raw["body"], signature)
+            assert raw["headers"]["content-type"] == "application/json"
+            assert json.loads(raw["body"])["id"] == row["event_id"]
+    finally:
+        await pg_rx.stop()
+        await acme_rx.stop()
+
+
+async def test_dead_receiver_does_not_delay_a_healthy_one(store) -> None:
+    clock = TickingClock()
+    dead = await Receiver("d", default="hang").start()
+    healthy = await Receiver("h").start()
+    add_hook(store, "wh-dead", "pg", dead.url, "d")
+    add_hook(store, "wh-ok", "acme", healthy.url, "h")
+    service = AlarmService(store, clock, LiveHub())
+    service.handle([signal(trip_id="T1", episode=f"p{i}") for i in range(6)])
+    acme = service.handle([signal(trip_id="T3", shipper="acme", episode=f"a{i}") for i in range(3)])
+    for doc in acme:
+        service.ack(doc["alarm_id"], by="desk")
+        service.resolve(doc["alarm_id"], by="desk", cause="rest_stop")
+    # a 30 s timeout: the dead receiver's requests stay hung for the whole test
+    sender = WebhookSender(store, clock, timeout_s=30, per_receiver=2, concurrency=8)
+    task = asyncio.ensure_future(sender.run(poll_s=0.01))
+    try:
+        for _ in range(500):
+            if len(healthy.events) == 9:
+                break
+            await asyncio.sleep(0.01)
+        assert len(healthy.events) == 9
+        assert received_order(healthy) == expected_events(store, "wh-ok")
+        # meanwhile the dead receiver holds at most its own share of requests, all unanswered
+        assert len(dead.requests) == dead.hanging <= 2 and dead.events == []
+        for _ in range(500):  # and it really is being tried (the test is not vacuous)
+            if dead.hanging == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert dead.hanging == 2
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        await dead.stop()
+        await healthy.stop()
+    # cancelled attempts are not recorded: nothing is lost, all still pending
+    pending = store.list_deliveries(shipper="pg", status="pending")
+    assert len(pending) == 6 and all(r["attempts"] == 0 for r in pending)
+
+
+async def test_run_survives_store_errors(store) -> None:
+    class Flaky:
+        def __init__(self, inner) -> None:
+            self.inner, self.failures = inner, 2
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def due_deliveries(self, now_ms, limit=100):
+            if self.failures:
+                self.failures -= 1
+                raise OSError("disk I/O error")
+            return self.inner.due_deliveries(now_ms, limit)
+
+    clock = TickingClock()
+    rx = await Receiver("s").start()
+    try:
+        add_hook(store, "wh", "pg", rx.url, "s")
+        AlarmService(store, clock, LiveHub()).handle([signal()])
+        sender = WebhookSender(Flaky(store), clock)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(sender.run(poll_s=0.01))
+        try:
+            for _ in range(500):
+                if store.list_deliveries(status="delivered"):
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert sender.counters["webhook_loop_errors_total"] == 2
+        (row,) = store.list_deliveries()
+        assert row["status"] == "delivered" and row["attempts"] == 1
+        assert [e["id"] for e in rx.events] == [row["event_id"]]
+    finally:
+        await rx.stop()
