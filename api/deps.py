@@ -1,0 +1,69 @@
+"""What the API needs from the running system, and how routes get it.
+
+``RuntimeLike`` is the slice of ``cargowatch.runtime.Runtime`` the routers use; the app keeps
+the one instance in ``app.state.runtime`` (no global), and routes receive it through the
+``RuntimeDep`` dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, Request
+
+from cargowatch.clock import Clock
+from telemetry.store.base import Store
+
+
+class RuntimeLike(Protocol):
+    """The runtime as the API sees it (see ``cargowatch.runtime.Runtime``)."""
+
+    settings: Any
+    store: Store
+    clock: Clock
+    alarms: Any  # alerts.AlarmService: ack / resolve / get
+    hub: Any  # alerts.LiveHub: subscribe(shipper=...)
+
+    def running(self) -> AbstractAsyncContextManager[Any]: ...
+
+    def register_device(self, doc: dict[str, Any]) -> dict[str, Any]: ...
+
+    def create_trip(self, doc: dict[str, Any]) -> dict[str, Any]: ...
+
+    def end_trip(self, trip_id: str, status: str, by: str) -> dict[str, Any]: ...
+
+    def put_shipper(self, doc: dict[str, Any]) -> dict[str, Any]: ...
+
+    def put_geofence(self, feature: dict[str, Any]) -> dict[str, Any]: ...
+
+    def trip_state(self, trip_id: str) -> dict[str, Any] | None: ...
+
+    def replay(
+        self,
+        trip_ids: Sequence[str] | None,
+        device_ids: Sequence[str] | None,
+        since_ms: int | None,
+        until_ms: int | None,
+        overrides: dict[str, Any] | None,
+    ) -> list[dict[str, Any]]: ...
+
+    def metrics_text(self) -> str: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def create_api_key(
+        self, role: str, shipper: str | None, label: str | None
+    ) -> dict[str, Any]: ...
+
+    def lookup_api_key(self, secret: str) -> dict[str, Any] | None: ...
+
+
+def get_runtime(request: Request) -> RuntimeLike:
+    """The runtime the app was created with."""
+    runtime: RuntimeLike = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[RuntimeLike, Depends(get_runtime)]

@@ -1,0 +1,226 @@
+"""Every error leaves the API as JSON ``{"error": {"code", "message"}}``, never a stack trace.
+
+ApiError                 (root of this package, a CargowatchError; carries status and code)
+ ├── Unauthorized        401: no key, or a key that is not known
+ ├── Forbidden           403: the key's role may not do this
+ └── NotFound            404: no such object, or one of another tenant
+
+Errors of the engine packages map onto statuses here (``DOMAIN_STATUS``): invalid input 422,
+not found 404, conflicts and refused transitions 409, an unavailable store 503. FastAPI's own
+validation errors become 422 (400 when the body is not JSON at all), unknown routes 404, and
+anything unexpected a logged 500 whose body says only "internal error".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from alerts.errors import AlarmNotFound, ConflictError, TransitionError
+from alerts.errors import ValidationError as AlarmValidationError
+from cargowatch.errors import CargowatchError, InvalidInput, NotFoundError, StateConflict
+from geofence.errors import GeometryError
+from rules.errors import RulesError
+from telemetry.errors import Conflict, StoreError
+from telemetry.errors import NotFound as StoreNotFound
+
+log = logging.getLogger(__name__)
+
+#: Status and code of the engine's errors, most specific first (checked with isinstance).
+DOMAIN_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (AlarmNotFound, 404, "not_found"),
+    (NotFoundError, 404, "not_found"),
+    (StoreNotFound, 404, "not_found"),
+    (TransitionError, 409, "conflict"),
+    (ConflictError, 409, "conflict"),
+    (StateConflict, 409, "conflict"),
+    (Conflict, 409, "conflict"),
+    (AlarmValidationError, 422, "validation_error"),
+    (InvalidInput, 422, "validation_error"),
+    (RulesError, 422, "validation_error"),
+    (GeometryError, 422, "validation_error"),
+    (StoreError, 503, "unavailable"),
+)
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+class ApiError(CargowatchError):
+    """An error the API answers with ``status`` and a JSON body."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, **context: Any
+    ) -> None:
+        super().__init__(message, **context)
+        if status is not None:
+            self.status = status
+            self.code = code or HTTP_CODES.get(status, "error")
+        elif code is not None:
+            self.code = code
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorBody
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one shape of an error response."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+#: Documented on every route (OpenAPI): the error statuses an API client must expect.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or unknown API key"},
+    403: {"model": ErrorResponse, "description": "The key's role may not do this"},
+    404: {"model": ErrorResponse, "description": "No such object (or another tenant's)"},
+    422: {"model": ErrorResponse, "description": "Invalid parameters or body"},
+}
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    if exc.status == 401:
+        return _unauthorized(exc.message)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    for cls, status, code in DOMAIN_STATUS:
+        if isinstance(exc, cls):
+            if status >= 500:
+                log.warning("%s %s: %s", request.method, request.url.path, exc)
+                return error_response(status, code, "the store is unavailable; retry later")
+            return error_response(status, code, getattr(exc, "message", str(exc)))
+    log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+    return error_response(500, "internal", "internal error")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "error")
+    if exc.status_code == 404:
+        message = f"no route {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+def _describe(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    # FastAPI parses the body before it runs the auth dependency: answer 401 first anyway.
+    if request.url.path.startswith("/v1/"):
+        from api.auth import principal_from_request
+
+        if await run_in_threadpool(principal_from_request, request) is None:
+            return _unauthorized("missing or unknown API key")
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "bad_request", "the request body is not valid JSON")
+    return error_response(422, "validation_error", _describe(errors))
+
+
+class CatchAllMiddleware:
+    """Outermost guard: an unexpected exception becomes a JSON 500 and a log line.
+
+    Starlette's own 500 handler re-raises after responding (the server then prints the
+    trace); this middleware sits inside it and swallows, so nothing but JSON leaves."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            log.debug("client left during %s %s", scope.get("method"), scope.get("path"))
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = error_response(500, "internal", "internal error")
+                await response(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through the JSON shape above."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(CargowatchError, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(CatchAllMiddleware)

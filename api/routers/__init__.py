@@ -1,0 +1,35 @@
+"""One router per resource; ``ROUTERS`` is the order they are mounted in."""
+
+from api.routers import (
+    alarms,
+    dead_letters,
+    devices,
+    geofences,
+    health,
+    keys,
+    live,
+    replay,
+    reports,
+    shippers,
+    track,
+    trips,
+    webhooks,
+)
+
+ROUTERS = (
+    devices.router,
+    geofences.router,
+    trips.router,
+    track.router,
+    alarms.router,
+    replay.router,
+    live.router,
+    webhooks.router,
+    reports.router,
+    dead_letters.router,
+    shippers.router,
+    keys.router,
+    health.router,
+)
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,605 @@
+"""The rule engine: trips and geofences in, device messages in, engine events out.
+
+Pure (no I/O, no clock, no asyncio): the same calls give the same events live, after a
+restart and in replay. ``process`` applies one ingest batch, ``tick`` the wall-clock rules.
+State lives in numpy tables (rules/state.py); a batch is applied in rounds with array
+operations (rules/fixrules.py); late data rewinds the affected trips (rules/rewind.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.batch import FixCols, LockCols, duplicate_mask
+from rules.context import STATE_NAMES, Ctx, FlagKey
+from rules.emit import Emitter
+from rules.errors import RulesError, TripPlanError
+from rules.events import EngineEvent, PositionUpdate, TripStatus
+from rules.geometry import TripGeometry
+from rules.lifecycle import (
+    finish,
+    open_episodes,
+    reconcile_progress,
+    restore_history,
+    update_late_deadline,
+)
+from rules.plan import TripPlan, parse_trip
+from rules.rewind import CROSS_DEVICE_SKEW_MS, Journal, rewind_trip
+from rules.runner import run
+from rules.state import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    DC,
+    LOCK_NAMES,
+    PLANNED,
+    STATUS_CODE,
+    STATUS_NAME,
+    TC,
+    TRIP_ROW,
+    DeviceTable,
+    StopProgress,
+    TripInfo,
+    TripTable,
+)
+from rules.thresholds import RULE_NAMES, merge_rules, validate_rules
+from rules.timers import next_timer_ms, run_timers
+from telemetry.models import Fix, LockEvent
+
+__all__ = ["Engine", "EngineResult", "PositionBatch"]
+
+logger = logging.getLogger(__name__)
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+_NO_ROUTE = np.zeros((0, 2))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PositionBatch:
+    """Latest valid position per device of a batch, as columns (cheap to build for 10k
+    devices; ``updates()`` makes the ``PositionUpdate`` values)."""
+
+    device_ids: npt.NDArray[np.object_]  # str
+    trip_ids: npt.NDArray[np.object_]  # str or None (device on no trip)
+    shippers: npt.NDArray[np.object_]
+    ts: I64
+    lat: F64
+    lon: F64
+    speed_kmh: F64
+    state: npt.NDArray[np.int8]
+    distance_to_route_m: F64
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    @classmethod
+    def empty(cls) -> PositionBatch:
+        f, o = np.zeros(0), np.zeros(0, dtype=object)
+        return cls(o, o, o, np.zeros(0, np.int64), f, f, f, np.zeros(0, np.int8), f)
+
+    def updates(self) -> list[PositionUpdate]:
+        """One PositionUpdate per device."""
+        speed = np.where(np.isnan(self.speed_kmh), None, self.speed_kmh).tolist()
+        dist = np.round(self.distance_to_route_m, 1)
+        dist = np.where(np.isnan(dist), None, dist).tolist()
+        states = np.asarray(STATE_NAMES, dtype=object)[self.state].tolist()
+        return [
+            PositionUpdate(dev, trip, shipper, ts, lat, lon, sp, st, di)
+            for dev, trip, shipper, ts, lat, lon, sp, st, di in zip(
+                self.device_ids.tolist(),
+                self.trip_ids.tolist(),
+                self.shippers.tolist(),
+                self.ts.tolist(),
+                self.lat.tolist(),
+                self.lon.tolist(),
+                speed,
+                states,
+                dist,
+                strict=True,
+            )
+        ]
+
+
+@dataclass(slots=True)
+class EngineResult:
+    """What one ingest batch produced.
+
+    ``flagged``: ``(device_id, ts, seq)`` keys of fixes not valid for rules, with the flag
+    (``null_island`` or ``gps_jump``), for ``Store.flag_fixes``. ``positions``: the
+    columnar form of the batch's PositionUpdates (also in ``events`` unless the engine was
+    built with ``position_events=False``).
+    """
+
+    events: list[EngineEvent]
+    flagged: list[tuple[FlagKey, str]] = field(default_factory=list)
+    positions: PositionBatch = field(default_factory=PositionBatch.empty)
+
+
+def _doc_digest(doc: Mapping[str, Any]) -> bytes:
+    """A digest of a trip document without its status (to skip re-planning identical docs);
+    the route's coordinates are hashed as an array (json of 3,000 vertices is slow)."""
+    body = {k: v for k, v in doc.items() if k not in ("status", "route")}
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(body, sort_keys=True, default=str, separators=(",", ":")).encode())
+    route = doc.get("route")
+    coords = route.get("coordinates") if isinstance(route, Mapping) else None
+    try:
+        h.update(np.asarray(coords, dtype=np.float64).tobytes())
+        h.update(str(route.get("type")).encode())  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        h.update(json.dumps(route, sort_keys=True, default=str).encode())
+    return h.digest()
+
+
+class Engine:
+    """The vectorised rule engine of CONTRACT §3-§4."""
+
+    def __init__(
+        self,
+        *,
+        defaults: Mapping[str, float] | None = None,
+        position_events: bool = True,
+        journal: Journal | None = None,
+    ) -> None:
+        """``defaults`` override the engine defaults (``DEFAULT_RULES``);
+        ``position_events=False`` leaves PositionUpdates out of ``EngineResult.events``
+        (they stay in ``EngineResult.positions``); ``journal`` sets the rewind window."""
+        self._defaults = merge_rules(validate_rules(defaults, "defaults"))
+        self._default_row = np.array([self._defaults[n] for n in RULE_NAMES])
+        self._position_events = position_events
+        self.trips = TripTable()
+        self.devices = DeviceTable()
+        self.geometry = TripGeometry()
+        self.journal = journal if journal is not None else Journal()
+        self._slots: dict[str, int] = {}
+        self._shipper_rules: dict[str, dict[str, float]] = {}
+        self._device_trips: dict[int, set[int]] = {}
+        self._gen = 0
+
+    # -- configuration ----------------------------------------------------------------------
+    def put_shipper_rules(self, shipper: str, rules: Mapping[str, float]) -> None:
+        """Set a shipper's default thresholds (RuleValueError for unknown names or values);
+        live trips of the shipper pick them up at once."""
+        self._shipper_rules[shipper] = validate_rules(rules, f"shipper {shipper} rules")
+        for slot in self.trips.live_slots().tolist():
+            info = self.trips.info[slot]
+            if info is not None and info.shipper == shipper:
+                self._apply_rules(slot, info.plan)
+
+    def put_geofence(self, fence: dict[str, Any]) -> None:
+        """Insert or replace a global geofence (kind ``rest_area`` suppresses LONG_STOP)."""
+        self.geometry.put_geofence(fence)
+
+    def remove_geofence(self, geofence_id: str) -> None:
+        """Forget a global geofence."""
+        self.geometry.remove_geofence(geofence_id)
+
+    def _effective(self, plan: TripPlan) -> tuple[dict[str, float], list[float]]:
+        top = {} if plan.corridor_m is None else {"corridor_m": plan.corridor_m}
+        rules = merge_rules(self._defaults, self._shipper_rules.get(plan.shipper), top, plan.rules)
+        dwell = []
+        for stop in plan.stops:
+            if "max_dwell_min" in plan.rules or stop.max_dwell_min is None:
+                dwell.append(rules["max_dwell_min"])
+            else:
+                dwell.append(stop.max_dwell_min)
+        return rules, dwell
+
+    def _apply_rules(self, slot: int, plan: TripPlan) -> None:
+        rules, dwell = self._effective(plan)
+        self.trips.rules[slot] = [rules[n] for n in RULE_NAMES]
+        base, n = int(self.trips.stop_base[slot]), int(self.trips.n_stops[slot])
+        if n == len(dwell):
+            self.trips.st_dwell_ms[base : base + n] = np.asarray(dwell) * 60_000.0
+        update_late_deadline(self.trips, slot)
+
+    # -- trips ------------------------------------------------------------------------------
+    def upsert_trip(
+        self, doc: dict[str, Any], history: Sequence[dict[str, Any]] = ()
+    ) -> list[EngineEvent]:
+        """Load or update a trip document (with ``status``). ``history``: milestone and
+        status events emitted before (``{"kind", "ts", "stop_id"?, "status"?}``) so visited
+        stops, sealing and departure survive a restart. A completed or cancelled trip is
+        dropped from the live state. TripPlanError for an invalid document."""
+        if not isinstance(doc, Mapping):
+            raise TripPlanError("a trip document must be a JSON object")
+        status = doc.get("status", "planned")
+        if status not in STATUS_CODE:
+            raise TripPlanError(f"status must be one of {', '.join(STATUS_CODE)}, got {status!r}")
+        trip_id = doc.get("trip_id")
+        if status in ("completed", "cancelled"):
+            slot = self._slots.get(trip_id) if isinstance(trip_id, str) else None
+            if slot is not None:
+                self._remove(slot)
+            return []
+        digest = _doc_digest(doc)
+        slot = self._slots.get(trip_id) if isinstance(trip_id, str) else None
+        info = self.trips.info[slot] if slot is not None else None
+        if info is not None and info.doc_digest == digest:
+            # The same plan again (e.g. the store's copy with a new status): state is kept;
+            # only planned -> active is taken over (never backwards).
+            self._take_status(slot, STATUS_CODE[status])  # type: ignore[arg-type]
+            return []
+        plan = parse_trip(doc)
+        if slot is None:
+            slot = self._create(plan, STATUS_CODE[status], history)
+        else:
+            self._reconfigure(slot, plan, STATUS_CODE[status])
+        info = self.trips.info[slot]
+        assert info is not None
+        info.doc_digest = digest
+        return []
+
+    def _take_status(self, slot: int, status: int) -> None:
+        m = self.trips.m[slot]
+        info = self.trips.info[slot]
+        assert info is not None
+        if status == ACTIVE and m[TC.STATUS] == PLANNED:
+            m[TC.STATUS] = ACTIVE
+            m[TC.ACTIVE_SINCE] = self.trips.planned_start[slot]
+            info.emitted.add("status:active")
+            update_late_deadline(self.trips, slot)
+            self._remap(info.device_slots)
+
+    @staticmethod
+    def _slim(plan: TripPlan) -> tuple[TripPlan, bytes]:
+        """The plan without its route (the geometry kernel holds the line; 10,000 routes of
+        2,000 vertices would otherwise be kept twice) and a digest of the route."""
+        digest = hashlib.blake2b(np.ascontiguousarray(plan.route).tobytes(), digest_size=16)
+        return replace(plan, route=_NO_ROUTE), digest.digest()
+
+    def _next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    def _stop_arrays(self, plan: TripPlan, fence_slots: I64, fence_stops: I64, boxes: F64) -> tuple:
+        n = len(plan.stops)
+        unlock = np.fromiter((s.unlock_allowed for s in plan.stops), bool, n)
+        eta = np.fromiter(
+            (np.inf if s.eta_ms is None else float(s.eta_ms) for s in plan.stops), float, n
+        )
+        return fence_slots, fence_stops, boxes, unlock, np.zeros(n), eta
+
+    def _create(self, plan: TripPlan, status: int, history: Sequence[dict[str, Any]]) -> int:
+        trips = self.trips
+        route_slot, fslots, fstops, boxes = self.geometry.add_trip(plan)
+        slot = trips.allocate()
+        devices = tuple(self.devices.slot(d) for d in plan.devices)
+        plan, digest = self._slim(plan)
+        info = TripInfo(slot=slot, gen=self._next_gen(), plan=plan, device_slots=devices)
+        info.route_digest = digest
+        trips.info[slot] = info
+        trips.names[slot], trips.shippers[slot] = plan.trip_id, plan.shipper
+        trips.gen[slot] = info.gen
+        trips.m[slot] = TRIP_ROW
+        trips.m[slot, TC.STATUS] = PLANNED
+        trips.route_slot[slot] = route_slot
+        trips.planned_start[slot] = plan.planned_start_ms
+        trips.set_stops(slot, *self._stop_arrays(plan, fslots, fstops, boxes))
+        trips.progress[slot] = StopProgress.empty(len(plan.stops))
+        self._apply_rules(slot, plan)
+        if status == ACTIVE:
+            trips.m[slot, TC.STATUS] = ACTIVE
+            trips.m[slot, TC.ACTIVE_SINCE] = plan.planned_start_ms
+        self._slots[plan.trip_id] = slot
+        restore_history(trips, slot, history)
+        info.created = self.journal.snapshot_now(trips, self.devices, slot)
+        for d in devices:
+            self._device_trips.setdefault(d, set()).add(slot)
+        self._remap(devices)
+        return slot
+
+    def _reconfigure(self, slot: int, plan: TripPlan, status: int) -> None:
+        trips = self.trips
+        info = trips.info[slot]
+        prog = trips.progress[slot]
+        assert info is not None and prog is not None
+        old = info.plan
+        route_slot, fslots, fstops, boxes = self.geometry.add_trip(plan)
+        new_ids = [s.stop_id for s in plan.stops]
+        self.geometry.remove_stop_fences(
+            plan.trip_id, [s.stop_id for s in old.stops if s.stop_id not in new_ids]
+        )
+        m = trips.m[slot]
+        cur = int(m[TC.CUR_STOP])
+        cur_id = old.stops[cur].stop_id if cur >= 0 else None
+        trips.progress[slot] = reconcile_progress(info, prog, new_ids)
+        m[TC.CUR_STOP] = new_ids.index(cur_id) if cur_id in new_ids else -1
+        m[TC.NEXT_STOP] = trips.progress[slot].next_arrival()  # type: ignore[union-attr]
+        plan, digest = self._slim(plan)
+        if digest != info.route_digest:
+            m[TC.HINT] = -1
+            info.route_digest = digest
+        info.late_done = {
+            new_ids.index(old.stops[i].stop_id)
+            for i in info.late_done
+            if old.stops[i].stop_id in new_ids
+        }
+        trips.route_slot[slot] = route_slot
+        trips.planned_start[slot] = plan.planned_start_ms
+        trips.set_stops(slot, *self._stop_arrays(plan, fslots, fstops, boxes))
+        old_devices = info.device_slots
+        info.plan = plan
+        trips.shippers[slot] = plan.shipper
+        info.device_slots = tuple(self.devices.slot(d) for d in plan.devices)
+        info.gen = self._next_gen()
+        trips.gen[slot] = info.gen
+        self._apply_rules(slot, plan)
+        self._take_status(slot, status)
+        info.created = self.journal.snapshot_now(trips, self.devices, slot)
+        for d in old_devices:
+            self._device_trips.get(d, set()).discard(slot)
+        for d in info.device_slots:
+            self._device_trips.setdefault(d, set()).add(slot)
+        self._remap(tuple(set(old_devices) | set(info.device_slots)))
+
+    def _remove(self, slot: int) -> None:
+        info = self.trips.info[slot]
+        assert info is not None
+        self.geometry.remove_trip(info.plan)
+        del self._slots[info.trip_id]
+        for d in info.device_slots:
+            self._device_trips.get(d, set()).discard(slot)
+        self.trips.release(slot)
+        self._remap(info.device_slots)
+
+    def _remap(self, device_slots: Sequence[int]) -> None:
+        """Point each device at its trip: the most recently activated active trip, else the
+        planned trip starting first, else none."""
+        m = self.trips.m
+        for d in device_slots:
+            best, best_key = -1, None
+            for slot in self._device_trips.get(d, ()):
+                status = m[slot, TC.STATUS]
+                if status == ACTIVE:
+                    key = (0, -m[slot, TC.ACTIVE_SINCE], slot)
+                elif status == PLANNED:
+                    key = (1, self.trips.planned_start[slot], slot)
+                else:
+                    continue
+                if best_key is None or key < best_key:
+                    best, best_key = slot, key
+            self.devices.trip[d] = best
+
+    def end_trip(self, trip_id: str, status: TripStatus, ts: int, reason: str) -> list[EngineEvent]:
+        """Complete or cancel a trip from the API: TripStatusChanged (+ ``completed``
+        milestone), open episodes end, the trip leaves the live state."""
+        status = TripStatus(status)
+        if status not in (TripStatus.COMPLETED, TripStatus.CANCELLED):
+            raise RulesError(f"end_trip takes completed or cancelled, not {status.value}")
+        slot = self._slots.get(trip_id)
+        if slot is None:
+            return []
+        ctx = self._ctx(int(ts))
+        finish(ctx, slot, status, int(ts), reason)
+        self._after(ctx)
+        return ctx.emit.events
+
+    # -- messages ---------------------------------------------------------------------------
+    def _ctx(self, now_ms: int) -> Ctx:
+        return Ctx(self.trips, self.devices, self.geometry, Emitter(int(now_ms)), self._default_row)
+
+    def _late_slots(self, f: FixCols, ftrip: I64, locks: LockCols, ltrip: I64) -> I64:
+        """Trips with a message older than its device's processed data, or much older than
+        the trip's: these are re-run from a snapshot."""
+        dm, tm = self.devices.m, self.trips.m
+        late_f = (ftrip >= 0) & (
+            (f.ts < dm[f.dev, DC.LAST_TS])
+            | (f.ts < tm[np.maximum(ftrip, 0), TC.LAST_TS] - CROSS_DEVICE_SKEW_MS)
+        )
+        late_l = (ltrip >= 0) & (
+            (locks.ts < dm[locks.dev, DC.LAST_TS])
+            | (locks.ts < tm[np.maximum(ltrip, 0), TC.LAST_TS] - CROSS_DEVICE_SKEW_MS)
+        )
+        if not (late_f.any() or late_l.any()):
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate([ftrip[late_f], ltrip[late_l]]))
+
+    def process(
+        self, fixes: Sequence[Fix], lock_events: Sequence[LockEvent], now_ms: int
+    ) -> EngineResult:
+        """Apply one ingest batch (any devices, any order, backlogs included)."""
+        ctx = self._ctx(now_ms)
+        self.journal.maybe_checkpoint(self.trips, self.devices, int(now_ms))
+        f = FixCols.from_fixes(fixes, self.devices)
+        locks = LockCols.from_events(lock_events, self.devices)
+        return self._process_cols(ctx, f, locks)
+
+    def process_columns(self, fixes: FixCols, locks: LockCols, now_ms: int) -> EngineResult:
+        """``process`` for fixes already in columns (device slots from ``self.devices``)."""
+        ctx = self._ctx(now_ms)
+        self.journal.maybe_checkpoint(self.trips, self.devices, int(now_ms))
+        return self._process_cols(ctx, fixes, locks)
+
+    def _process_cols(self, ctx: Ctx, f: FixCols, locks: LockCols) -> EngineResult:
+        fd = duplicate_mask(f.dev, f.ts, f.seq)
+        if fd.any():
+            f = f.take(~fd)
+        ld = duplicate_mask(locks.dev, locks.ts, locks.seq)
+        if ld.any():
+            locks = locks.take(~ld)
+        ftrip = self.devices.trip[f.dev]
+        ltrip = self.devices.trip[locks.dev]
+        pre_valid = self.devices.m[f.dev, DC.VALID_TS]
+        nf, nl = len(f), len(locks)
+        valid = np.zeros(nf, bool)
+        new_f = np.zeros(nf, bool)
+        new_l = np.zeros(nl, bool)
+        state = np.zeros(nf, np.int8)
+        dist = np.full(nf, np.nan)
+        late = self._late_slots(f, ftrip, locks, ltrip)
+        if late.size:
+            main_f = np.flatnonzero(~np.isin(ftrip, late))
+            main_l = np.flatnonzero(~np.isin(ltrip, late))
+            out = run(ctx, f.take(main_f), ftrip[main_f], locks.take(main_l), ltrip[main_l])
+        else:
+            main_f, main_l = np.arange(nf), np.arange(nl)
+            out = run(ctx, f, ftrip, locks, ltrip)
+        valid[main_f], state[main_f], dist[main_f] = out.valid, out.state, out.dist
+        new_f[main_f] = ~out.dup
+        new_l[main_l] = ~out.lock_dup
+        for slot in late.tolist():
+            fi = np.flatnonzero(ftrip == slot)
+            li = np.flatnonzero(ltrip == slot)
+            n_flags = len(ctx.flagged)
+            res, nfm, nlm = rewind_trip(ctx, self.journal, slot, f.take(fi), locks.take(li))
+            if len(ctx.flagged) > n_flags:  # keep flags of this batch's fixes only
+                ids = self.devices.ids
+                mine = {
+                    (ids[f.dev[k]], int(f.ts[k]), None if np.isnan(f.seq[k]) else int(f.seq[k]))
+                    for k in fi[nfm].tolist()
+                }
+                ctx.flagged[n_flags:] = [x for x in ctx.flagged[n_flags:] if x[0] in mine]
+            valid[fi], state[fi], dist[fi] = res.valid, res.state, res.dist
+            new_f[fi], new_l[li] = nfm, nlm
+        self.journal.append(
+            f.take(new_f) if not new_f.all() else f,
+            ftrip[new_f],
+            locks.take(new_l) if not new_l.all() else locks,
+            ltrip[new_l],
+        )
+        positions = self._positions(f, ftrip, valid & new_f, state, dist, pre_valid)
+        self._after(ctx)
+        events = ctx.emit.events
+        if self._position_events and len(positions):
+            events.extend(positions.updates())
+        return EngineResult(events, ctx.flagged, positions)
+
+    def _positions(
+        self,
+        f: FixCols,
+        ftrip: I64,
+        usable: npt.NDArray[np.bool_],
+        state: npt.NDArray[np.int8],
+        dist: F64,
+        pre_valid: F64,
+    ) -> PositionBatch:
+        """The newest usable fix of each device, unless older than what was shown before."""
+        idx = np.flatnonzero(usable)
+        if idx.size == 0:
+            return PositionBatch.empty()
+        dev = f.dev[idx]
+        if np.bincount(dev).max() == 1:  # one fix per device (the common live batch)
+            last = idx
+        else:
+            order = idx[np.lexsort((f.ts[idx], dev))]
+            dsorted = f.dev[order]
+            last = order[np.append(dsorted[1:] != dsorted[:-1], True)]
+        last = last[~(f.ts[last] < pre_valid[last])]
+        tslots = ftrip[last]
+        return PositionBatch(
+            device_ids=self.devices.id_array[f.dev[last]],
+            trip_ids=self.trips.names[tslots],
+            shippers=self.trips.shippers[tslots],
+            ts=f.ts[last],
+            lat=f.lat[last],
+            lon=f.lon[last],
+            speed_kmh=f.speed[last],
+            state=state[last],
+            distance_to_route_m=dist[last],
+        )
+
+    def _after(self, ctx: Ctx) -> None:
+        """Drop finished trips and re-point devices of trips whose status changed."""
+        for slot in sorted(ctx.status_changed):
+            info = self.trips.info[slot]
+            if info is None:
+                continue
+            if self.trips.m[slot, TC.STATUS] in (COMPLETED, CANCELLED):
+                self._remove(slot)
+            else:
+                self._remap(info.device_slots)
+        ctx.status_changed.clear()
+
+    def tick(self, now_ms: int) -> list[EngineEvent]:
+        """Wall-clock rules at ``now_ms``: activation at planned_start, SIGNAL_LOST,
+        LATE_ARRIVAL. Call at least once a second."""
+        ctx = self._ctx(now_ms)
+        run_timers(ctx, int(now_ms))
+        self._after(ctx)
+        return ctx.emit.events
+
+    def next_timer_ms(self) -> int | None:
+        """Earliest wall time at which ``tick`` would do something (None: nothing pending)."""
+        return next_timer_ms(self.trips)
+
+    # -- queries ----------------------------------------------------------------------------
+    def active_trips(self) -> list[str]:
+        """Ids of the active trips."""
+        m = self.trips.m
+        return sorted(
+            info.trip_id
+            for info in self.trips.info
+            if info is not None and m[info.slot, TC.STATUS] == ACTIVE
+        )
+
+    def device_trip(self, device_id: str) -> str | None:
+        """The trip a device currently reports for (active first, else next planned)."""
+        d = self.devices.index.get(device_id)
+        if d is None:
+            return None
+        slot = int(self.devices.trip[d])
+        info = self.trips.info[slot] if slot >= 0 else None
+        return None if info is None else info.trip_id
+
+    def trip_state(self, trip_id: str) -> dict[str, Any]:
+        """Live state of a trip for the UI; RulesError if the trip is not loaded."""
+        slot = self._slots.get(trip_id)
+        if slot is None:
+            raise RulesError("trip is not in the live state", trip_id=trip_id)
+        trips = self.trips
+        info, prog = trips.info[slot], trips.progress[slot]
+        assert info is not None and prog is not None
+        m = trips.m[slot]
+        status = STATUS_NAME[int(m[TC.STATUS])]
+        stops = info.plan.stops
+        last_fix = None
+        if not np.isnan(m[TC.VALID_TS]):
+            speed = m[TC.VALID_SPEED]
+            last_fix = {
+                "device_id": self.devices.ids[int(m[TC.VALID_DEV])],
+                "ts": int(m[TC.VALID_TS]),
+                "lat": float(m[TC.VALID_LAT]),
+                "lon": float(m[TC.VALID_LON]),
+                "speed_kmh": None if np.isnan(speed) else float(speed),
+            }
+        if trips.signal_open[slot]:
+            state = "signal_lost"
+        elif status != "active":
+            state = status
+        elif m[TC.OFF_NOW] == 1.0:
+            state = "off_route"
+        elif not np.isnan(m[TC.ANCHOR_TS]) and m[TC.VALID_TS] - m[TC.ANCHOR_TS] >= 120_000:
+            state = "stopped"
+        else:
+            state = "on_route"
+        nxt = next((i for i in range(len(stops)) if not prog.visited(i)), None)
+        cur = int(m[TC.CUR_STOP])
+        return {
+            "trip_id": trip_id,
+            "shipper": info.shipper,
+            "status": status,
+            "state": state,
+            "last_fix": last_fix,
+            "distance_to_route_m": None if np.isnan(m[TC.DIST]) else round(float(m[TC.DIST]), 1),
+            "lock_state": LOCK_NAMES[int(m[TC.LOCK_STATE])],
+            "sealed": bool(m[TC.SEALED]),
+            "departed": bool(m[TC.DEPARTED]),
+            "current_stop": stops[cur].stop_id if cur >= 0 else None,
+            "next_stop": None if nxt is None else stops[nxt].stop_id,
+            "arrived_stops": [s.stop_id for i, s in enumerate(stops) if prog.arrived[i] >= 0],
+            "visited_stops": [s.stop_id for i, s in enumerate(stops) if prog.visited(i)],
+            "open_episodes": sorted(open_episodes(trips, self.devices.m, slot))
+            + ([info.signal_episode] if info.signal_episode else []),
+            "last_message_ts": None if np.isnan(m[TC.LAST_TS]) else int(m[TC.LAST_TS]),
+            "devices": list(info.plan.devices),
+        }

@@ -1,0 +1,21 @@
+"""Errors of the rules package.
+
+CargowatchError
+ └── RulesError              anything the rule engine refuses
+      ├── TripPlanError      a trip document that is not a valid plan (the API answers 422)
+      └── RuleValueError     an unknown threshold name or a value out of its range
+"""
+
+from cargowatch.errors import CargowatchError
+
+
+class RulesError(CargowatchError):
+    """The rule engine refused its input."""
+
+
+class TripPlanError(RulesError):
+    """A trip document is not a valid plan; ``str(error)`` says what and where."""
+
+
+class RuleValueError(RulesError):
+    """A rule threshold is unknown or out of range (shipper rules, replay overrides)."""

@@ -1,0 +1,169 @@
+"""Alarm endpoints: queue filters, acknowledge / resolve transitions, 409 and 422 refusals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from test_api_support import OTHER, OWN, World, build_world
+
+from rules.events import AlarmType
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(tmp_path) -> AsyncIterator[World]:
+    w = await build_world(tmp_path)
+    try:
+        yield w
+    finally:
+        await w.aclose()
+
+
+async def test_ack_then_resolve_records_history_and_handling(world: World) -> None:
+    alarm_id = world.tenants[OWN].alarm_id
+    desk = world.auth("desk")
+    world.clock.advance(60)
+    r = await world.client.post(
+        f"/v1/alarms/{alarm_id}/ack", json={"by": "desk-07", "note": "called driver"}, headers=desk
+    )
+    assert r.status_code == 200, r.text
+    acked = r.json()
+    assert acked["status"] == "acknowledged"
+    assert acked["acknowledged_by"] == "desk-07"
+    assert acked["acknowledged_at"].endswith("Z")
+    assert [h["action"] for h in acked["history"]] == ["raised", "acknowledged"]
+
+    world.clock.advance(600)
+    r = await world.client.post(
+        f"/v1/alarms/{alarm_id}/resolve",
+        json={
+            "by": "desk-07",
+            "cause": "police_check",
+            "action": "waited",
+            "feedback": "checked by police at toll gate",
+        },
+        headers=desk,
+    )
+    assert r.status_code == 200, r.text
+    resolved = r.json()
+    assert resolved["status"] == "resolved"
+    assert resolved["resolution"] == {
+        "cause": "police_check",
+        "action": "waited",
+        "feedback": "checked by police at toll gate",
+    }
+    assert [h["action"] for h in resolved["history"]] == ["raised", "acknowledged", "resolved"]
+
+    # the shipper reads the handling record of its own alarm
+    r = await world.client.get(f"/v1/alarms/{alarm_id}", headers=world.auth("shipper"))
+    assert r.status_code == 200
+    assert r.json()["resolution"]["feedback"] == "checked by police at toll gate"
+
+
+async def test_resolve_straight_from_open_implies_ack(world: World) -> None:
+    alarm_id = world.raise_alarm(world.tenants[OWN], AlarmType.SPEEDING)
+    r = await world.client.post(
+        f"/v1/alarms/{alarm_id}/resolve",
+        json={"by": "desk-01", "cause": "false_alarm"},
+        headers=world.auth("admin"),
+    )
+    assert r.status_code == 200
+    assert [h["action"] for h in r.json()["history"]] == ["raised", "acknowledged", "resolved"]
+
+
+async def test_refused_transitions_are_409(world: World) -> None:
+    alarm_id = world.raise_alarm(world.tenants[OWN], AlarmType.LONG_STOP)
+    desk = world.auth("desk")
+    ack = {"by": "desk-02"}
+    assert (
+        await world.client.post(f"/v1/alarms/{alarm_id}/ack", json=ack, headers=desk)
+    ).status_code == 200
+    again = await world.client.post(f"/v1/alarms/{alarm_id}/ack", json=ack, headers=desk)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "conflict"
+    resolve = {"by": "desk-02", "cause": "rest_stop"}
+    r = await world.client.post(f"/v1/alarms/{alarm_id}/resolve", json=resolve, headers=desk)
+    assert r.status_code == 200
+    for action, body in (("ack", ack), ("resolve", resolve)):
+        r = await world.client.post(f"/v1/alarms/{alarm_id}/{action}", json=body, headers=desk)
+        assert r.status_code == 409, (action, r.text)
+        assert r.json()["error"]["code"] == "conflict"
+    # the refusals left no trace in the history
+    history = world.runtime.store.alarm_history(alarm_id)
+    assert [h["action"] for h in history] == ["raised", "acknowledged", "resolved"]
+
+
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("ack", {}),
+        ("ack", {"by": ""}),
+        ("ack", {"by": "x" * 129}),
+        ("ack", {"by": "desk", "extra": 1}),
+        ("resolve", {"by": "desk-07"}),
+        ("resolve", {"by": "desk-07", "cause": "aliens"}),
+        ("resolve", {"by": "desk-07", "cause": "other", "action": 5}),
+        ("resolve", {"cause": "other"}),
+    ],
+)
+async def test_bad_bodies_are_422_and_change_nothing(world: World, action: str, body: dict) -> None:
+    alarm_id = world.tenants[OTHER].alarm_id
+    before = world.runtime.store.get_alarm(alarm_id)
+    r = await world.client.post(
+        f"/v1/alarms/{alarm_id}/{action}", json=body, headers=world.auth("desk")
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    assert world.runtime.store.get_alarm(alarm_id) == before
+
+
+async def test_unknown_alarm_is_404(world: World) -> None:
+    r = await world.client.post(
+        "/v1/alarms/alm_nope/ack", json={"by": "desk"}, headers=world.auth("desk")
+    )
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+async def test_queue_filters(world: World) -> None:
+    desk = world.auth("desk")
+    speeding = world.raise_alarm(world.tenants[OTHER], AlarmType.SPEEDING)
+    r = await world.client.get("/v1/alarms", params={"type": "SPEEDING"}, headers=desk)
+    assert [a["alarm_id"] for a in r.json()] == [speeding]
+    r = await world.client.get(
+        "/v1/alarms", params={"status": "open,acknowledged", "shipper": OTHER}, headers=desk
+    )
+    assert {a["alarm_id"] for a in r.json()} == {speeding, world.tenants[OTHER].alarm_id}
+    r = await world.client.get(
+        "/v1/alarms", params={"trip_id": world.tenants[OWN].trip_id}, headers=desk
+    )
+    assert {a["trip_id"] for a in r.json()} == {world.tenants[OWN].trip_id}
+    # since: RFC 3339 and epoch ms agree; later than every alarm gives none
+    now = world.clock.now_ms()
+    for since in (str(now + 1), "2030-01-01T00:00:00Z"):
+        r = await world.client.get("/v1/alarms", params={"since": since}, headers=desk)
+        assert r.status_code == 200 and r.json() == []
+    r = await world.client.get("/v1/alarms", params={"since": str(now - 1)}, headers=desk)
+    assert len(r.json()) >= 3
+    # each alarm carries its history by default
+    assert all(a["history"] and a["history"][0]["action"] == "raised" for a in r.json())
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"status": "closed"},
+        {"type": "METEOR"},
+        {"since": "yesterday"},
+        {"since": "2026-11-22T08:00:00"},
+        {"limit": "0"},
+        {"limit": "x"},
+    ],
+)
+async def test_bad_filters_are_422(world: World, params: dict[str, str]) -> None:
+    r = await world.client.get("/v1/alarms", params=params, headers=world.auth("desk"))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"

@@ -1,0 +1,354 @@
+"""Keys, roles and tenancy: the whole matrix of endpoint x role x own/other tenant.
+
+The shipper key is the OWN tenant's (``pg``); "other" objects belong to ``acme``. Whatever
+the status, no response to the shipper key may carry anything of ``acme``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from test_api_support import OTHER, OWN, ROLES, World, build_world, fence_feature, trip_doc
+
+from rules.events import AlarmType
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+_ids = itertools.count()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    w = await build_world(tmp_path_factory.mktemp("api-auth"))
+    try:
+        yield w
+    finally:
+        await w.aclose()
+
+
+Setup = Callable[[World, str], dict[str, Any]]
+
+
+def _objects(w: World, shipper: str) -> dict[str, Any]:
+    t = w.tenants[shipper]
+    return {
+        "trip": t.trip_id,
+        "alarm": t.alarm_id,
+        "webhook": t.webhook_id,
+        "shipper": shipper,
+        "device": t.devices[0],
+        "fence": w.fence_id,
+    }
+
+
+async def _fresh_trip(w: World, shipper: str) -> dict[str, Any]:
+    n = next(_ids)
+    trip_id = f"{shipper.upper()}-T{n}"
+    doc = trip_doc(trip_id, shipper, [f"{shipper}-lock-t{n}"])
+    r = await w.client.post("/v1/trips", json=doc, headers=w.auth("admin"))
+    assert r.status_code == 201, r.text
+    return {**_objects(w, shipper), "trip": trip_id}
+
+
+async def _fresh_alarm(w: World, shipper: str) -> dict[str, Any]:
+    return {**_objects(w, shipper), "alarm": w.raise_alarm(w.tenants[shipper], AlarmType.SPEEDING)}
+
+
+async def _fresh_webhook(w: World, shipper: str) -> dict[str, Any]:
+    body = {"url": "http://127.0.0.1:9/x", "secret": "s" * 20, "shipper": shipper}
+    r = await w.client.post("/v1/webhooks", json=body, headers=w.auth("admin"))
+    assert r.status_code == 201, r.text
+    return {**_objects(w, shipper), "webhook": r.json()["webhook_id"]}
+
+
+def _unique_device(_: str) -> dict[str, Any]:
+    return {"device_id": f"dev-{next(_ids)}", "kind": "gps"}
+
+
+def _unique_trip(shipper: str) -> dict[str, Any]:
+    n = next(_ids)
+    return trip_doc(f"{shipper.upper()}-N{n}", shipper, [f"{shipper}-gps-n{n}"])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One endpoint: who may call it, and what the OWN shipper key gets for the OTHER's."""
+
+    method: str
+    path: str
+    allowed: frozenset[str]
+    ok: int = 200
+    body: Callable[[str], dict[str, Any]] | None = None
+    setup: Callable[[World, str], Any] | None = None
+    #: status for the OWN shipper key on the OTHER tenant's object (if shipper is allowed)
+    other: int = 404
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+ALL = frozenset(ROLES)
+STAFF = frozenset({"admin", "desk", "fleet"})
+FLEET = frozenset({"admin", "fleet"})
+DESK = frozenset({"admin", "desk"})
+TENANT_ADMIN = frozenset({"admin", "shipper"})
+
+CASES = [
+    Case("GET", "/v1/devices", STAFF),
+    Case("GET", "/v1/devices/{device}", STAFF),
+    Case("POST", "/v1/devices", FLEET, 201, body=_unique_device),
+    Case("GET", "/v1/geofences", STAFF),
+    Case("GET", "/v1/geofences/{fence}", STAFF),
+    Case("POST", "/v1/geofences", FLEET, 201, body=lambda s: fence_feature(f"gf-{next(_ids)}")),
+    Case("GET", "/v1/trips", ALL, other=200),
+    Case("GET", "/v1/trips/{trip}", ALL),
+    Case("POST", "/v1/trips", FLEET, 201, body=_unique_trip),
+    Case("POST", "/v1/trips/{trip}/complete", FLEET, setup=_fresh_trip),
+    Case("POST", "/v1/trips/{trip}/cancel", FLEET, setup=_fresh_trip),
+    Case("GET", "/v1/trips/{trip}/track", ALL),
+    Case("GET", "/v1/alarms", ALL, other=200),
+    Case("GET", "/v1/alarms/{alarm}", ALL),
+    Case(
+        "POST",
+        "/v1/alarms/{alarm}/ack",
+        DESK,
+        body=lambda s: {"by": "desk-07"},
+        setup=_fresh_alarm,
+    ),
+    Case(
+        "POST",
+        "/v1/alarms/{alarm}/resolve",
+        DESK,
+        body=lambda s: {"by": "desk-07", "cause": "false_alarm"},
+        setup=_fresh_alarm,
+    ),
+    Case("POST", "/v1/replay", FLEET, body=lambda s: {"trip_id": f"{s.upper()}-2026-000001"}),
+    Case("GET", "/v1/webhooks", TENANT_ADMIN, other=200),
+    Case("GET", "/v1/webhooks/deliveries", TENANT_ADMIN, other=200),
+    Case(
+        "POST",
+        "/v1/webhooks",
+        TENANT_ADMIN,
+        201,
+        other=403,
+        body=lambda s: {"url": "https://example.test/hook", "secret": "x" * 16, "shipper": s},
+    ),
+    Case("DELETE", "/v1/webhooks/{webhook}", TENANT_ADMIN, 204, setup=_fresh_webhook),
+    Case("GET", "/v1/reports/kpi", frozenset({"admin", "desk", "shipper"})),
+    Case("GET", "/v1/dead-letters", DESK),
+    Case("GET", "/v1/shippers", STAFF),
+    Case("GET", "/v1/shippers/{shipper}", ALL),
+    Case("PUT", "/v1/shippers/{shipper}", frozenset({"admin"}), body=lambda s: {"rules": {}}),
+    Case("POST", "/v1/keys", frozenset({"admin"}), 201, body=lambda s: {"role": "desk"}),
+]
+
+# Endpoints whose "other tenant" is a filter rather than a path: the OWN key filters on OTHER.
+SHIPPER_FILTERED = {
+    ("GET", "/v1/trips"),
+    ("GET", "/v1/alarms"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/deliveries"),
+    ("GET", "/v1/reports/kpi"),
+}
+SHIPPER_FILTERED_STATUS = {"/v1/reports/kpi": 404}
+
+
+def _expected(case: Case, role: str, target: str) -> int:
+    if role not in case.allowed:
+        return 403
+    if role == "shipper" and target == OTHER:
+        return case.other
+    return case.ok
+
+
+def _assert_no_leak(text: str) -> None:
+    assert OTHER not in text.lower(), f"the {OTHER} tenant leaked to {OWN}'s key: {text[:300]}"
+
+
+@pytest.mark.parametrize("target", [OWN, OTHER])
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+async def test_role_and_tenant_matrix(world: World, case: Case, role: str, target: str) -> None:
+    objects = await case.setup(world, target) if case.setup else _objects(world, target)
+    path = case.path.format(**objects)
+    params = dict(case.params)
+    if (case.method, case.path) in SHIPPER_FILTERED:
+        params["shipper"] = target
+    body = case.body(target) if case.body else None
+    r = await world.client.request(
+        case.method, path, json=body, params=params, headers=world.auth(role)
+    )
+    expected = _expected(case, role, target)
+    if (case.method, case.path) in SHIPPER_FILTERED and role == "shipper" and target == OTHER:
+        expected = SHIPPER_FILTERED_STATUS.get(case.path, 200) if role in case.allowed else 403
+    assert r.status_code == expected, f"{role} on {target}: {r.status_code} {r.text[:300]}"
+    if r.status_code >= 400:
+        assert set(r.json()) == {"error"}
+        assert set(r.json()["error"]) == {"code", "message"}
+    if role == "shipper":
+        _assert_no_leak(r.text)
+        if (
+            r.status_code == 200
+            and (case.method, case.path) in SHIPPER_FILTERED
+            and target == OTHER
+        ):
+            assert r.json() == []
+
+
+LIST_FILTERS = [
+    ("/v1/alarms", {"trip_id": "ACME-2026-000001"}),
+    ("/v1/alarms", {"shipper": OTHER, "status": "open"}),
+    ("/v1/trips", {"shipper": OTHER, "status": "planned"}),
+    ("/v1/webhooks", {"shipper": OTHER}),
+    ("/v1/webhooks/deliveries", {"shipper": OTHER, "status": "pending"}),
+]
+
+
+@pytest.mark.parametrize(("path", "params"), LIST_FILTERS)
+async def test_shipper_list_filters_on_another_tenant_are_empty(
+    world: World, path: str, params: dict[str, str]
+) -> None:
+    r = await world.client.get(path, params=params, headers=world.auth("shipper"))
+    assert r.status_code == 200
+    assert r.json() == []
+    # ... while staff (or the other tenant itself) do see data there
+    staff_role = "admin"
+    r2 = await world.client.get(path, params=params, headers=world.auth(staff_role))
+    assert r2.status_code == 200 and r2.json() != []
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/trips", "/v1/alarms", "/v1/webhooks", "/v1/webhooks/deliveries"]
+)
+async def test_shipper_lists_hold_only_its_own(world: World, path: str) -> None:
+    own = await world.client.get(path, headers=world.auth("shipper"))
+    assert own.status_code == 200
+    assert own.json(), "the own tenant's list should not be empty"
+    assert {item["shipper"] for item in own.json()} == {OWN}
+    _assert_no_leak(own.text)
+    everyone = await world.client.get(path, headers=world.auth("admin"))
+    assert {item["shipper"] for item in everyone.json()} >= {OWN, OTHER}
+
+
+async def test_shipper_kpi_counts_only_its_own_alarms(world: World) -> None:
+    mine = (await world.client.get("/v1/reports/kpi", headers=world.auth("shipper"))).json()
+    everyone = (await world.client.get("/v1/reports/kpi", headers=world.auth("desk"))).json()
+    own_alarms = world.runtime.store.list_alarms(shipper=OWN, limit=10_000)
+    assert mine["shipper"] == OWN
+    assert mine["alarms"] == len(own_alarms)
+    assert everyone["alarms"] > mine["alarms"]
+
+
+async def test_shipper_may_not_subscribe_for_another_tenant(world: World) -> None:
+    body = {"url": "https://example.test/h", "secret": "y" * 16, "shipper": OTHER}
+    r = await world.client.post("/v1/webhooks", json=body, headers=world.auth("shipper"))
+    assert r.status_code == 403
+    hooks = world.runtime.store.list_webhooks(OTHER)
+    assert all(h["url"] != "https://example.test/h" for h in hooks)
+    # without a shipper the key's own is used
+    del body["shipper"]
+    r = await world.client.post("/v1/webhooks", json=body, headers=world.auth("shipper"))
+    assert r.status_code == 201 and r.json()["shipper"] == OWN
+    assert "y" * 16 not in r.text  # the secret is never returned
+
+
+async def test_admin_webhook_needs_a_shipper(world: World) -> None:
+    body = {"url": "https://example.test/h", "secret": "z" * 16}
+    r = await world.client.post("/v1/webhooks", json=body, headers=world.auth("admin"))
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "validation_error"
+
+
+def _v1_routes(world: World) -> list[tuple[str, str]]:
+    """Every (method, path template) under /v1, from the app's own OpenAPI schema."""
+    paths = world.app.openapi()["paths"]
+    return sorted(
+        (method.upper(), path)
+        for path, ops in paths.items()
+        if path.startswith("/v1/")
+        for method in ops
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer not-a-key"},
+        {"Authorization": "Basic YWRtaW46YWRtaW4="},
+        {"Authorization": "Bearer "},
+        {"Authorization": "admin-secret"},
+    ],
+    ids=["none", "unknown", "basic", "empty", "no-scheme"],
+)
+async def test_every_v1_route_needs_a_known_key(world: World, headers: dict[str, str]) -> None:
+    routes = _v1_routes(world)
+    assert len(routes) >= 25
+    for method, template in routes:
+        path = template.replace("{", "").replace("}", "")  # any value: auth comes first
+        r = await world.client.request(method, path, headers=headers, json={})
+        assert r.status_code == 401, f"{method} {path}: {r.status_code} {r.text}"
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_every_case_covers_every_v1_route(world: World) -> None:
+    covered = {(c.method, c.path.split("{")[0]) for c in CASES} | {("GET", "/v1/live")}
+    for method, path in _v1_routes(world):
+        prefix = path.split("{")[0]
+        assert (method, prefix) in covered, f"{method} {path} missing from the matrix"
+
+
+async def test_keys_are_stored_hashed(world: World) -> None:
+    r = await world.client.post(
+        "/v1/keys",
+        json={"role": "shipper", "shipper": OWN, "label": "pg-ops"},
+        headers=world.auth("admin"),
+    )
+    assert r.status_code == 201
+    made = r.json()
+    assert made["role"] == "shipper" and made["shipper"] == OWN and made["key"]
+    import hashlib
+
+    stored = world.runtime.store.get_api_key(hashlib.sha256(made["key"].encode()).hexdigest())
+    assert stored is not None
+    assert made["key"] not in repr(stored)
+    # the new key works and is bound to its shipper
+    r = await world.client.get("/v1/trips", headers={"Authorization": f"Bearer {made['key']}"})
+    assert r.status_code == 200 and {t["shipper"] for t in r.json()} == {OWN}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"role": "shipper"}, {"role": "desk", "shipper": OWN}, {"role": "root"}, {}],
+)
+async def test_bad_key_requests_are_422(world: World, body: dict[str, Any]) -> None:
+    r = await world.client.post("/v1/keys", json=body, headers=world.auth("admin"))
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "body"),
+    [
+        ("shipper", "POST", "/v1/alarms/{alarm}/ack", {}),
+        ("shipper", "POST", "/v1/alarms/{alarm}/resolve", {"cause": "aliens"}),
+        ("fleet", "POST", "/v1/keys", {"role": "root"}),
+        ("desk", "PUT", "/v1/shippers/{shipper}", {"sla": "fast"}),
+        ("shipper", "POST", "/v1/trips", {"trip_id": 5}),
+    ],
+)
+async def test_forbidden_comes_before_invalid(
+    world: World, role: str, method: str, path: str, body: dict[str, Any]
+) -> None:
+    """A role that may not act learns nothing from validating its body."""
+    path = path.format(**_objects(world, OWN))
+    r = await world.client.request(method, path, json=body, headers=world.auth(role))
+    assert r.status_code == 403, r.text

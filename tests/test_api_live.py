@@ -1,0 +1,208 @@
+"""``GET /v1/live``: SSE frames, tenancy of the stream, heartbeat, clean ends.
+
+httpx's ASGITransport buffers whole responses, so the stream is read by calling the ASGI app
+directly: the test sees each frame as it is sent and disconnects when it wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from test_api_support import OTHER, OWN, World, build_world
+
+from api import begin_shutdown
+from rules.events import AlarmType
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(tmp_path) -> AsyncIterator[World]:
+    w = await build_world(tmp_path)
+    try:
+        yield w
+    finally:
+        await w.aclose()
+
+
+class SseReader:
+    """One SSE request against the ASGI app; ``frames`` holds what arrived so far."""
+
+    def __init__(self, world: World, key: str, query: str = "", spec: str = "2.3") -> None:
+        # 2.3 (what uvicorn speaks): the app listens for http.disconnect; 2.4: the server's
+        # send raises OSError once the client has gone.
+        self.spec = spec
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": spec},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/v1/live",
+            "raw_path": b"/v1/live",
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": [(b"host", b"cw.test"), (b"authorization", f"Bearer {key}".encode())],
+            "client": ("127.0.0.1", 5000),
+            "server": ("cw.test", 80),
+            "state": {},
+        }
+        self.app = world.app
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.buffer = b""
+        self.more_body = True
+        self._disconnect = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._sent_request = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def _receive(self) -> dict[str, Any]:
+        if not self._sent_request:
+            self._sent_request = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.spec == "2.4" and self._disconnect.is_set():
+            raise OSError("client disconnected")
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = {k.decode(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            self.buffer += message.get("body", b"")
+            self.more_body = message.get("more_body", False)
+        self._arrived.set()
+
+    async def __aenter__(self) -> SseReader:
+        self.task = asyncio.create_task(self.app(self.scope, self._receive, self._send))
+        await self.wait_for(lambda: self.status is not None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._disconnect.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 5)
+
+    async def wait_for(self, condition: Any, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._arrived.clear()
+                if self.task is not None and self.task.done():
+                    self.task.result()
+                    if not condition():
+                        raise AssertionError("the response ended before the condition held")
+                    return
+                await self._arrived.wait()
+
+    @property
+    def frames(self) -> list[str]:
+        return [f for f in self.buffer.decode().split("\n\n") if f]
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for frame in self.frames:
+            lines = dict(
+                line.split(": ", 1)
+                for line in frame.split("\n")
+                if not line.startswith(":") and ": " in line
+            )
+            if "event" in lines:
+                out.append((lines["event"], json.loads(lines["data"])))
+        return out
+
+
+async def test_stream_frames_alarms_and_transitions(world: World) -> None:
+    async with SseReader(world, world.keys["desk"]) as sse:
+        assert sse.status == 200
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        alarm_id = world.raise_alarm(world.tenants[OWN], AlarmType.LOCK_TAMPER)
+        await sse.wait_for(lambda: any(e == "alarm.raised" for e, _ in sse.events()))
+        r = await world.client.post(
+            f"/v1/alarms/{alarm_id}/ack", json={"by": "desk-07"}, headers=world.auth("desk")
+        )
+        assert r.status_code == 200
+        await sse.wait_for(lambda: any(e == "alarm.acknowledged" for e, _ in sse.events()))
+    raised = [d for e, d in sse.events() if e == "alarm.raised"]
+    assert raised[0]["alarm_id"] == alarm_id and raised[0]["type"] == "LOCK_TAMPER"
+    assert sse.buffer.startswith(b"retry: ")
+    # each frame is exactly "event: <type>\ndata: <one line of json>"
+    for frame in sse.frames:
+        if frame.startswith("event: "):
+            lines = frame.split("\n")
+            assert len(lines) == 2 and lines[1].startswith("data: {")
+
+
+async def test_shipper_stream_carries_only_its_events(world: World) -> None:
+    async with (
+        SseReader(world, world.keys["shipper"]) as mine,
+        SseReader(world, world.keys["admin"]) as everyone,
+    ):
+        world.raise_alarm(world.tenants[OTHER], AlarmType.SPEEDING)
+        world.raise_alarm(world.tenants[OTHER], AlarmType.LOCK_TAMPER)
+        own = world.raise_alarm(world.tenants[OWN], AlarmType.LOW_BATTERY)
+        await mine.wait_for(lambda: any(d.get("alarm_id") == own for _, d in mine.events()))
+        await everyone.wait_for(lambda: len(everyone.events()) >= 3)
+    assert {d["shipper"] for _, d in mine.events()} == {OWN}
+    assert OTHER not in mine.buffer.decode()
+    assert {d["shipper"] for _, d in everyone.events()} == {OWN, OTHER}
+
+
+async def test_types_filter(world: World) -> None:
+    async with SseReader(world, world.keys["fleet"], "types=alarm.acknowledged") as sse:
+        alarm_id = world.raise_alarm(world.tenants[OTHER], AlarmType.SPEEDING)
+        await world.client.post(
+            f"/v1/alarms/{alarm_id}/ack", json={"by": "d"}, headers=world.auth("desk")
+        )
+        await sse.wait_for(lambda: bool(sse.events()))
+    assert [e for e, _ in sse.events()] == ["alarm.acknowledged"]
+
+
+async def test_heartbeat_while_idle(world: World) -> None:
+    # the world's app beats every 0.2 s
+    async with SseReader(world, world.keys["shipper"]) as sse:
+        await sse.wait_for(lambda: sse.buffer.count(b": heartbeat\n\n") >= 2)
+    assert sse.events() == []
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+async def test_disconnect_releases_the_subscription(world: World, spec: str) -> None:
+    hub = world.runtime.hub
+    before = hub.subscriber_count
+    async with SseReader(world, world.keys["desk"], spec=spec):
+        assert hub.subscriber_count == before + 1
+    assert hub.subscriber_count == before
+
+
+async def test_shutdown_ends_open_streams(world: World) -> None:
+    async with SseReader(world, world.keys["desk"]) as sse:
+        begin_shutdown(world.app)
+        await sse.wait_for(lambda: not sse.more_body)
+        assert sse.task is not None
+        await asyncio.wait_for(sse.task, 2)
+    world.app.state.live.stopping.clear()
+
+
+async def test_hub_close_ends_open_streams(world: World) -> None:
+    async with SseReader(world, world.keys["desk"]) as sse:
+        world.runtime.hub.close()
+        await sse.wait_for(lambda: not sse.more_body)
+
+
+@pytest.mark.parametrize(
+    ("key", "query", "status"),
+    [("shipper", "shipper=acme", 404), ("shipper", "types=meteor", 422), (None, "", 401)],
+)
+async def test_refusals_are_plain_json(
+    world: World, key: str | None, query: str, status: int
+) -> None:
+    headers = world.auth(key) if key else {}
+    r = await world.client.get(f"/v1/live?{query}", headers=headers)
+    assert r.status_code == status
+    assert "error" in r.json()
