@@ -12,8 +12,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.deps import RuntimeLike
 from api.errors import install_error_handlers
@@ -76,4 +78,18 @@ def create_app(runtime: RuntimeLike, *, heartbeat_s: float = 15.0) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+
+    @app.get("/config.json", include_in_schema=False)
+    def desk_config() -> dict:
+        settings = getattr(runtime, "settings", None)
+        return {
+            "tiles": getattr(settings, "tiles", None),
+            "clock_speed": float(getattr(runtime.clock, "speed", 1.0)),
+            "now": runtime.clock.now_ms(),
+        }
+
+    # The desk page, served by the API itself; mounted last so /v1 routes win.
+    static_dir = Path(__file__).parent / "static"
+    if static_dir.is_dir():
+        app.mount("/", StaticFiles(directory=static_dir, html=True), name="desk")
     return app

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api import create_app
+    from api import ApiServer, create_app
     from cargowatch.runtime import Runtime
     from cargowatch.settings import Settings
 
@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: the app's lifespan then stops
     # ingest, drains the in-flight batch into the store and stops the other loops.
     try:
-        asyncio.run(uvicorn.Server(config).serve())
+        asyncio.run(ApiServer(config).serve())
     finally:
         runtime.close()
     return 0

@@ -73,9 +73,11 @@ async def run_demo(
     duration_s: float | None = None,
     seed: int = 7,
 ) -> int:
-    from api import create_app
+    from api import ApiServer, create_app
     from simulators import build_fleet, publish
 
+    for noisy in ("amqtt", "transitions", "aiomqtt", "paho"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     for suffix in ("", "-wal", "-shm"):
         Path(db_path + suffix).unlink(missing_ok=True)
     mqtt_port = free_port()
@@ -102,7 +104,7 @@ async def run_demo(
         runtime.create_trip(sim.trip)
 
     app = create_app(runtime)
-    server = uvicorn.Server(
+    server = ApiServer(
         uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     )
     url = f"http://{settings.http_host}:{settings.http_port}/"
