@@ -236,7 +236,7 @@ def _wrong_consignee(d: Draft) -> None:
     # first and unseals there: not the next unvisited stop in plan order
     d.plan_order = [1, 0, *range(2, len(d.consignees))]
     d.after.append(_mark_arrival("S2"))
-    d.alarm("UNLOCK_OUT_OF_SEQUENCE", d.lock.device_id)
+    d.alarm("UNLOCK_OUT_OF_SEQUENCE", d.lock.device_id, stop_id="S2")
 
 
 def _lock_event(event: str) -> _Edit:
@@ -257,7 +257,7 @@ def _lock_event(event: str) -> _Edit:
             d.marks["incident"] = t
 
         d.after.append(place)
-        d.alarm("LOCK_TAMPER", d.lock.device_id)
+        d.alarm("LOCK_TAMPER", d.lock.device_id, event=event)
 
     return edit
 
@@ -342,14 +342,14 @@ def _speeding(d: Draft) -> None:
 def _dwell_overtime(d: Draft) -> None:
     d.dwell_s[0] = float(d.rng.uniform(140, 160)) * 60.0
     d.after.append(_mark_arrival("S1"))
-    d.alarm("DWELL_OVERTIME", d.gps.device_id)
+    d.alarm("DWELL_OVERTIME", d.gps.device_id, stop_id="S1")
 
 
 def _late_arrival(d: Draft) -> None:
     # loading took 100 min longer than planned; the ETA was made from the plan
     d.depart_delay_s = 100 * 60.0
     d.eta_from_nominal = True
-    d.alarm("LATE_ARRIVAL")
+    d.alarm("LATE_ARRIVAL", stop_id="S1")
 
 
 def _low_battery(d: Draft) -> None:

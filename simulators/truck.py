@@ -121,7 +121,8 @@ def drive(plan: DrivePlan) -> Drive:
     dwell = np.zeros(n)
     for h in plan.halts:
         dwell[h.vertex] += h.dwell_s
-    cap[dwell > 0] = 0.0
+    halted = dwell > 0
+    cap[halted] = 0.0
     cap[0] = cap[-1] = 0.0
     # forward pass: w_i = min_j≤i (cap_j + 2a(s_i - s_j)), a cumulative minimum
     fa = 2.0 * plan.accel * s
@@ -131,9 +132,12 @@ def drive(plan: DrivePlan) -> Drive:
     w = np.minimum.accumulate((w + fb)[::-1])[::-1] - fb
     v = np.sqrt(np.maximum(w, 0.0))
     ds = np.diff(s)
-    # constant acceleration within a segment: dt = 2·ds / (v0 + v1); the floor only matters
-    # between two adjacent halts, which plans avoid
-    dt = 2.0 * ds / np.maximum(v[:-1] + v[1:], 0.2)
+    if ((v[:-1] == 0.0) & (v[1:] == 0.0) & (ds > 0)).any():
+        # standing at both ends of a segment (two halts one segment apart, or a halt next to
+        # the start or the end) leaves no knot to move on: plans keep halts apart
+        raise ValueError("halts on adjacent path vertices; plans keep halts apart")
+    # constant acceleration within a segment: dt = 2·ds / (v0 + v1)
+    dt = np.divide(2.0 * ds, v[:-1] + v[1:], out=np.zeros_like(ds), where=ds > 0)
     run = np.concatenate([[0.0], np.cumsum(dt)])
     waited = np.cumsum(dwell) - dwell  # dwell spent before reaching each vertex
     arrive = plan.depart_ms + (run + waited) * 1000.0

@@ -57,7 +57,10 @@ def test_straight_road_accelerates_cruises_and_brakes() -> None:
 )
 def test_profile_invariants_on_a_real_road(pace, halts, zone) -> None:
     path = default_atlas().roads[2].path
-    verts = sorted({v for v, _ in halts})
+    verts: list[int] = []
+    for v in sorted({v for v, _ in halts}):
+        if not verts or v - verts[-1] > 1:  # plans keep halts apart (drive() refuses)
+            verts.append(v)
     hs = tuple(Halt(v, dict(halts)[v], "traffic") for v in verts)
     zones = (
         ()
@@ -87,6 +90,12 @@ def test_profile_invariants_on_a_real_road(pace, halts, zone) -> None:
     np.testing.assert_allclose(drv.at(drv.t_ms)[0], drv.s, atol=1e-6)
     assert drv.at(np.array([drv.end_ms + 1e6]))[0][0] == pytest.approx(path.length_m)
     assert drv.at(np.array([T0 - 1e6]))[0][0] == 0.0
+
+
+def test_adjacent_halts_are_refused() -> None:
+    path = straight(5_000, 70)
+    with pytest.raises(ValueError, match="adjacent"):
+        drive(DrivePlan(path, T0, (Halt(10, 60.0, "traffic"), Halt(11, 60.0, "traffic"))))
 
 
 def test_forced_zone_overrides_the_cap_and_time_at_inverts_position() -> None:
