@@ -79,30 +79,37 @@ class AlarmService:
         live: Live = []
         batch = _BatchLookups(self._store, self._default_sla)
         want_positions = self._hub.subscriber_count > 0
-        for event in events:
-            try:
-                if isinstance(event, PositionUpdate):
-                    if want_positions:
-                        live.append(_position_event(event))
-                    continue
-                with self._lock:
-                    if isinstance(event, AlarmSignal):
-                        doc = self._raise(event, batch, live)
-                        if doc is not None:
-                            created.append(doc)
-                    elif isinstance(event, EpisodeEnded):
-                        self._end_episode(event, live)
-                    elif isinstance(event, Milestone):
-                        self._milestone(event, batch, live)
-                    elif isinstance(event, TripStatusChanged):
-                        self._trip_status(event, live)
-                    else:
-                        raise TypeError(f"not an engine event: {type(event).__name__}")
-            except Exception:
-                self.counters["alarm_events_failed_total"] += 1
-                logger.exception("could not handle engine event %r", event)
+        stored = [e for e in events if not isinstance(e, PositionUpdate)]
+        if want_positions:
+            live.extend(_position_event(e) for e in events if isinstance(e, PositionUpdate))
+        # One transaction for the batch (one commit, not three per alarm); each event is a
+        # savepoint in it, all of the event or none, so a bad one is skipped, the rest kept.
+        with self._lock, self._store.unit_of_work():
+            for event in stored:
+                try:
+                    with self._store.unit_of_work():
+                        self._apply(event, batch, live, created)
+                except Exception:
+                    self.counters["alarm_events_failed_total"] += 1
+                    logger.exception("could not handle engine event %r", event)
         self._publish(live)
         return created
+
+    def _apply(
+        self, event: EngineEvent, batch: _BatchLookups, live: Live, created: list[Doc]
+    ) -> None:
+        if isinstance(event, AlarmSignal):
+            doc = self._raise(event, batch, live)
+            if doc is not None:
+                created.append(doc)
+        elif isinstance(event, EpisodeEnded):
+            self._end_episode(event, live)
+        elif isinstance(event, Milestone):
+            self._milestone(event, batch, live)
+        elif isinstance(event, TripStatusChanged):
+            self._trip_status(event, live)
+        else:
+            raise TypeError(f"not an engine event: {type(event).__name__}")
 
     def _raise(self, signal: AlarmSignal, batch: _BatchLookups, live: Live) -> Doc | None:
         now = self._clock.now_ms()

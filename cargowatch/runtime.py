@@ -82,6 +82,7 @@ class Runtime:
                 protocol=settings.mqtt_protocol,
             )
         self.started = False
+        self._busy = False
         self._describe_metrics()
         self._load_state()
         if settings.admin_key:
@@ -443,10 +444,16 @@ class Runtime:
     async def _consume(self) -> None:
         while True:
             batch = await self.queue.get()
+            self._busy = True
             try:
                 await self._process_until_stored(batch)
             finally:
+                self._busy = False
                 self.queue.task_done()
+
+    def backlog(self) -> bool:
+        """Received messages wait to be evaluated (queued or in the pipeline now)."""
+        return self._busy or not self.queue.empty()
 
     async def _process_until_stored(self, batch: RawBatch) -> None:
         backoff = 0.2
@@ -470,10 +477,12 @@ class Runtime:
                 backoff = min(backoff * 2, 10.0)
 
     async def _tick_loop(self) -> None:
-        period = max(0.05, self.settings.tick_s / float(getattr(self.clock, "speed", 1.0)))
+        # tick_s of the (possibly accelerated) clock; the floor keeps an idle engine cheap
+        period = max(0.01, self.settings.tick_s / float(getattr(self.clock, "speed", 1.0)))
         while True:
             try:
-                await asyncio.to_thread(self.pipeline.tick)
+                now = self.clock.now_ms()
+                await asyncio.to_thread(self.pipeline.tick, now, self.backlog())
             except asyncio.CancelledError:
                 raise
             except Exception:

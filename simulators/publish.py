@@ -293,6 +293,17 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     return exc
 
 
+def device_document(dev: dict[str, Any]) -> dict[str, Any]:
+    """The ``POST /v1/devices`` body of a simulated device: a unit publishing both topics is
+    a ``combo``."""
+    topics = set(dev.get("topics") or ())
+    kind = "combo" if {"position", "lock"} <= topics else dev["kind"]
+    doc = {"device_id": dev["device_id"], "kind": kind}
+    if dev.get("shipper"):
+        doc["shipper"] = dev["shipper"]
+    return doc
+
+
 async def register(
     trips: Sequence[SimTrip],
     api_url: str,
@@ -327,7 +338,7 @@ async def register(
 
         for t in trips:
             for dev in t.devices:
-                await post("/v1/devices", dev, "devices")
+                await post("/v1/devices", device_document(dev), "devices")
             for g in t.geofences:
                 await post("/v1/geofences", g, "geofences")
             await post("/v1/trips", t.trip, "trips")

@@ -14,7 +14,9 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
+from test_api_support import ADMIN_KEY, make_runtime
 
+from api import create_app
 from cargowatch.clock import ManualClock
 from cargowatch.testing.services import MosquittoServer, free_port
 from simulators import PublishError, SimTrip, build_scenario, publish, register, run_cli
@@ -193,6 +195,25 @@ async def test_register_posts_devices_fences_and_trips() -> None:
         "/v1/trips",
     ]
     assert calls[-1][1] == json.loads(json.dumps(trip.trip))
+
+
+async def test_register_is_accepted_by_the_real_api(tmp_path: Path) -> None:
+    # one trip with a combined GPS e-lock, one with two units, one with a rest area
+    trips = [
+        build_scenario(name, seed=seed, start_ms=START)
+        for name, seed in (("rope_cut", 0), ("normal", 1), ("rest_area_stop", 2))
+    ]
+    assert {len(t.devices) for t in trips} == {1, 2}
+    runtime = make_runtime(tmp_path, ManualClock(START))
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    counts = await register(trips, "http://api.test", ADMIN_KEY, transport=transport)
+    n_devices = sum(len(t.devices) for t in trips)
+    assert counts == {"devices": n_devices, "geofences": 1, "trips": 3, "existing": 0}
+    combo = next(t for t in trips if len(t.devices) == 1).devices[0]["device_id"]
+    assert runtime.store.get_device(combo)["kind"] == "combo"
+    again = await register(trips, "http://api.test", ADMIN_KEY, transport=transport)
+    assert again["trips"] == 0 and again["existing"] == 3  # devices and fences update in place
+    runtime.close()
 
 
 def test_build_for_cli() -> None:

@@ -28,7 +28,7 @@ from telemetry.store import _pgcopy as pgcopy
 from telemetry.store.migrations import check_sequence
 from telemetry.store.migrations.postgres import POSTGRES
 from telemetry.store.migrations.sqlite import SQLITE
-from telemetry.store.postgres import redact
+from telemetry.store.postgres import PostgresStore, redact
 
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
 DAY = 86_400_000
@@ -935,3 +935,47 @@ def test_copy_block_matches_psycopg_rows() -> None:
         + b"{}"
     )
     assert body == row1 + row2
+
+
+# -- units of work ---------------------------------------------------------------------------
+def test_unit_of_work_commits_once_at_the_end(db_url: str) -> None:
+    writer, reader = open_store(db_url), open_store(db_url)
+    try:
+        with writer.unit_of_work():
+            writer.put_shipper({"shipper": "pg"})
+            writer.insert_alarm(alarm("a1"))
+            assert writer.get_shipper("pg") == {"shipper": "pg"}  # its own writes: seen
+            if isinstance(writer, PostgresStore):
+                # another connection sees nothing before the commit (SQLite's single
+                # connection per store makes a second reader wait instead)
+                assert reader.get_shipper("pg") is None
+        assert reader.get_shipper("pg") == {"shipper": "pg"}
+        assert reader.get_alarm("a1")["alarm_id"] == "a1"
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_unit_of_work_rolls_back_when_it_raises(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.unit_of_work():
+        store.put_shipper({"shipper": "pg"})
+        raise RuntimeError("boom")
+    assert store.get_shipper("pg") is None
+    store.put_shipper({"shipper": "acme"})  # the store is usable afterwards
+    assert store.get_shipper("acme") == {"shipper": "acme"}
+
+
+def test_a_failed_call_or_nested_unit_leaves_the_rest_of_the_unit(store: Store) -> None:
+    store.insert_alarm(alarm("a1"))
+    with store.unit_of_work():
+        store.put_shipper({"shipper": "pg"})
+        with pytest.raises(Conflict):
+            store.insert_alarm(alarm("a1"))  # a conflict the caller expects and skips
+        with pytest.raises(RuntimeError), store.unit_of_work():
+            store.put_shipper({"shipper": "acme"})
+            raise RuntimeError("one bad event")
+        with store.unit_of_work():
+            store.insert_alarm(alarm("a2"))
+    assert store.get_shipper("pg") == {"shipper": "pg"}
+    assert store.get_shipper("acme") is None
+    assert store.get_alarm("a2") is not None

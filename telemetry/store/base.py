@@ -19,7 +19,8 @@ Conventions
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> bool:
         """True when the store answers (health check)."""
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        """The calls this thread makes inside the block share one transaction, committed
+        when the block ends (rolled back if it raises); each call stays atomic on its own
+        (a savepoint), so a caller may catch one call's error and go on. Many small writes
+        then cost one commit: the alarm side of a batch. A nested block is a savepoint of
+        the outer one (all of it or none). This default groups nothing."""
+        yield
 
     # -- devices ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -81,6 +82,7 @@ class PostgresStore(Store):
         self, url: str, min_size: int = 1, max_size: int = 8, *, timeout_s: float = 10.0
     ) -> None:
         self.url = redact(url)
+        self._unit = threading.local()  # .conn: the connection of this thread's unit of work
         try:
             # One direct attempt first: a wrong URL or a server that is down fails at once
             # with libpq's own message, instead of after the pool's retries time out.
@@ -109,16 +111,44 @@ class PostgresStore(Store):
     # -- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _conn(self, what: str, **context: Any) -> Iterator[psycopg.Connection]:
-        """A pooled connection (autocommit); database errors become StoreErrors."""
+        """A pooled connection (autocommit), or this thread's unit of work's; database
+        errors become StoreErrors."""
+        unit = getattr(self._unit, "conn", None)
         try:
+            if unit is not None:
+                # a savepoint: a failing statement (a conflict the caller expects) must not
+                # abort the whole unit
+                with unit.transaction():
+                    yield unit
+                return
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as exc:
             raise _store_error(what, exc, context) from exc
 
     @contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        if getattr(self._unit, "conn", None) is not None:
+            with self._conn("nested unit of work"):  # a savepoint of the outer unit
+                yield
+            return
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                self._unit.conn = conn
+                try:
+                    yield
+                finally:
+                    self._unit.conn = None
+        except psycopg.Error as exc:
+            raise _store_error("unit of work", exc, {}) from exc
+
+    @contextmanager
     def _tx(self, what: str, **context: Any) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside one transaction."""
+        """A pooled connection inside one transaction (in a unit of work: its savepoint)."""
+        if getattr(self._unit, "conn", None) is not None:
+            with self._conn(what, **context) as conn:
+                yield conn
+            return
         with self._conn(what, **context) as conn, conn.transaction():
             yield conn
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -44,12 +45,27 @@ _INSERT_LOCK_EVENT = (
 _IN_DEVICES = "device_id IN (SELECT value FROM json_each(?))"
 
 
+def _enable_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch to WAL. Two processes opening a new file at once can get "database is locked"
+    here without the busy handler being asked, so wait for the other one explicitly."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStore(Store):
     """``Store`` on SQLite; ``path`` is a file path or ``":memory:"``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by calls inside unit_of_work
+        self._unit_owner: int | None = None  # thread running a unit of work
         try:
             conn = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -57,10 +73,10 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database: {exc}", path=path) from exc
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
             # A batch of fixes from thousands of devices touches one leaf page of the key
             # index per device: a 64 MB page cache keeps those pages in memory, and
             # checkpointing every ~40 MB of WAL instead of every 4 MB writes a page that
@@ -79,10 +95,45 @@ class SqliteStore(Store):
         return self._conn
 
     @contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        with self._lock:
+            if self._unit_owner == threading.get_ident():
+                with self._write("nested unit of work"):  # a savepoint of the outer unit
+                    yield
+                return
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._unit_owner = threading.get_ident()
+                yield
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"unit of work failed: {exc}") from exc
+                raise
+            finally:
+                self._unit_owner = None
+
+    @contextmanager
     def _write(self, what: str, **context: Any) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock; any database error becomes a StoreError."""
+        """One write transaction under the lock (a savepoint inside a unit of work); any
+        database error becomes a StoreError."""
         with self._lock:
             conn = self._connection()
+            if self._unit_owner == threading.get_ident():
+                try:
+                    conn.execute("SAVEPOINT call")
+                    yield conn
+                    conn.execute("RELEASE call")
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO call")
+                        conn.execute("RELEASE call")
+                    if isinstance(exc, sqlite3.Error | OverflowError):
+                        raise StoreError(f"{what} failed: {exc}", **context) from exc
+                    raise
+                return
             try:
                 # IMMEDIATE takes the file's write lock now, not at the first write, so two
                 # processes cannot both read-then-write and deadlock on the upgrade.

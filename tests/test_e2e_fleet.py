@@ -1,0 +1,246 @@
+"""End to end, as a shipper's fleet would run it: ``cargowatch serve`` as a subprocess against
+the session's real Mosquitto and a fresh TimescaleDB database, local webhook receivers, and
+a mixed fleet — one trip of every incident scenario and 200 normal trucks — published
+through the broker by the simulators on a clock shared with the engine
+(``CARGOWATCH_CLOCK_*``), so six hours of trips run in under a minute.
+
+One run (module fixture) feeds several checks: exactly the expected alarms per trip,
+nothing from normal trips, signed webhooks of each shipper's own trips, the dead letters of
+the malformed scenario, the detection latency (printed), and a clean SIGTERM exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from alerts_support import Receiver
+
+from cargowatch.clock import ScaledClock
+from cargowatch.testing.services import MosquittoServer, PostgresServer, free_port
+from simulators import SimTrip, build_fleet, publish, register, scenario_names
+from simulators.verify import Verdict, detection_lag_ms, match_alarms, trigger_times
+
+SPEED = 300.0  # simulated seconds per real second
+N_NORMAL = 200
+START = 1_795_334_400_000  # 2026-11-22T08:00:00Z, simulated
+LEAD_S = 12.0  # real seconds for the server to start and the fleet to be registered
+ADMIN_KEY = "e2e-admin-key-0123456789"
+SECRETS = {"pg": "pg-webhook-secret-0123456789", "unilever": "ul-webhook-secret-0123456789"}
+DETECTION_DEADLINE_S = 2.0  # contract §4, real seconds from publish to stored alarm
+INCIDENTS = [n for n in scenario_names() if n != "normal"]
+
+
+@dataclass
+class Run:
+    trips: list[SimTrip]
+    alarms: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    receivers: dict[str, Receiver]
+    published: dict[str, Any]
+    lags_ms: dict[str, int | None] = field(default_factory=dict)
+    exit_code: int | None = None
+    log: str = ""
+    metrics: str = ""
+    started_late_s: float = 0.0
+    publisher_lag_max_s: float = 0.0  # real seconds the simulated fleet fell behind its clock
+
+    def watch_publisher(self, progress: dict[str, Any]) -> None:
+        self.publisher_lag_max_s = max(self.publisher_lag_max_s, progress["lag_ms"] / 1000 / SPEED)
+
+
+async def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"cargowatch serve exited with {proc.returncode}")
+            try:
+                if (await http.get(url + "/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError("cargowatch serve did not answer /healthz")
+
+
+async def _all_alarms(api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    r = await api.get("/v1/alarms", params={"limit": 10_000})
+    r.raise_for_status()
+    return r.json()
+
+
+async def _run(mqtt_url: str, db_url: str, workdir: Path) -> Run:
+    fleet = build_fleet(
+        N_NORMAL + len(INCIDENTS),
+        seed=11,
+        start_ms=START + 60_000,
+        incidents=INCIDENTS,
+        shipper_cycle=tuple(SECRETS),
+    )
+    http_port = free_port()
+    api_url = f"http://127.0.0.1:{http_port}"
+    anchor_ms = time.time_ns() // 1_000_000 + int(LEAD_S * 1000)
+    clock = ScaledClock(SPEED, start_ms=START, anchor_ms=anchor_ms)
+    env = {
+        **os.environ,
+        "CARGOWATCH_MQTT": mqtt_url,
+        "CARGOWATCH_DB": db_url,
+        "CARGOWATCH_HTTP": f"127.0.0.1:{http_port}",
+        "CARGOWATCH_ADMIN_KEY": ADMIN_KEY,
+        "CARGOWATCH_CLOCK_SPEED": str(SPEED),
+        "CARGOWATCH_CLOCK_START_MS": str(START),
+        "CARGOWATCH_CLOCK_ANCHOR_MS": str(anchor_ms),
+        "CARGOWATCH_CLIENT_ID": f"cargowatch-e2e-{os.getpid()}",
+    }
+    log_path = workdir / "serve.log"
+    receivers = {s: await Receiver(secret).start() for s, secret in SECRETS.items()}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cargowatch", "--log-level", "warning", "serve"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    run = Run(fleet, [], [], receivers, {})
+    try:
+        await _wait_http(api_url, proc)
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=30) as api:
+            for shipper, rec in receivers.items():
+                body = {"url": rec.url, "secret": SECRETS[shipper], "shipper": shipper}
+                (await api.post("/v1/webhooks", json=body)).raise_for_status()
+            await register(fleet, api_url, ADMIN_KEY)
+            run.started_late_s = max(0.0, (clock.now_ms() - START) / 1000 / SPEED)
+            run.published = await publish(
+                fleet, mqtt_url, speed=SPEED, clock=clock, progress=run.watch_publisher
+            )
+
+            # every expected alarm, then a quiet spell in which nothing else may appear
+            expected = sum(len(t.expected) for t in fleet)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                run.alarms = await _all_alarms(api)
+                if len(run.alarms) >= expected:
+                    break
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(1200 / SPEED)  # 20 simulated minutes: room for SIGNAL_LOST
+            run.alarms = await _all_alarms(api)
+            r = await api.get("/v1/dead-letters", params={"limit": 10_000})
+            r.raise_for_status()
+            run.dead_letters = r.json()
+            run.metrics = (await api.get("/metrics")).text
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if sum(len(rec.events) for rec in receivers.values()) >= len(run.alarms):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        run.exit_code = proc.returncode
+        run.log = log_path.read_text(errors="replace")
+        for rec in receivers.values():
+            await rec.stop()
+    triggers = trigger_times(fleet)
+    run.lags_ms = {a["alarm_id"]: detection_lag_ms(a, triggers) for a in run.alarms}
+    return run
+
+
+@pytest.fixture(scope="module")
+def e2e(
+    mosquitto: MosquittoServer, pg_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Run:
+    mqtt_url = os.environ.get("CARGOWATCH_TEST_MQTT") or mosquitto.url
+    return asyncio.run(_run(mqtt_url, pg_server.create_database(), tmp_path_factory.mktemp("e2e")))
+
+
+def _incident_trips(run: Run) -> list[SimTrip]:
+    return [t for t in run.trips if t.scenario != "normal"]
+
+
+def test_fleet_is_mixed_and_published(e2e: Run) -> None:
+    assert {t.scenario for t in e2e.trips} == set(INCIDENTS) | {"normal"}
+    assert sum(t.scenario == "normal" for t in e2e.trips) >= 200
+    assert e2e.published["published"] == sum(len(t.messages) for t in e2e.trips)
+    assert e2e.started_late_s == 0.0, "the fleet was registered after its clock started"
+
+
+def test_every_scenario_raises_exactly_its_alarms(e2e: Run) -> None:
+    incidents = _incident_trips(e2e)
+    ids = {t.trip_id for t in incidents}
+    verdict: Verdict = match_alarms(incidents, [a for a in e2e.alarms if a["trip_id"] in ids])
+    assert verdict.ok, verdict.explain()
+    assert len(verdict.matched) == sum(len(t.expected) for t in incidents) >= len(INCIDENTS) - 5
+
+
+def test_normal_trips_raise_no_alarm(e2e: Run) -> None:
+    normal = {t.trip_id for t in e2e.trips if t.scenario == "normal"}
+    noisy = [(a["type"], a["trip_id"], a["details"]) for a in e2e.alarms if a["trip_id"] in normal]
+    assert noisy == []
+    assert match_alarms(e2e.trips, e2e.alarms).ok
+
+
+def test_detection_latency_is_within_the_deadline(
+    e2e: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = []
+    for a in e2e.alarms:
+        lag = e2e.lags_ms[a["alarm_id"]]
+        assert lag is not None, f"no trigger found for {a['type']} {a['trip_id']}"
+        rows.append((a["type"], a["trip_id"], lag / 1000, lag / 1000 / SPEED))
+    real = np.array([r[3] for r in rows])
+    with capsys.disabled():
+        print(f"\ndetection latency, clock x{SPEED:g} ({len(rows)} alarms):")
+        for kind, trip, sim_s, real_s in sorted(rows):
+            print(f"  {kind:24s} {trip:24s} simulated {sim_s:7.1f} s  real {real_s:6.3f} s")
+        print(
+            f"  real seconds: median {np.median(real):.3f}, p99 {np.percentile(real, 99):.3f},"
+            f" max {real.max():.3f}"
+        )
+    assert real.min() >= -0.05  # never before its cause (clock reads may differ by a tick)
+    assert real.max() <= DETECTION_DEADLINE_S
+
+
+def test_webhooks_are_signed_and_only_of_own_trips(e2e: Run) -> None:
+    shipper_of = {t.trip_id: t.trip["shipper"] for t in e2e.trips}
+    for shipper, rec in e2e.receivers.items():
+        assert rec.bad_signatures == 0
+        raised = [e for e in rec.events if e["type"] == "alarm.raised"]
+        assert all(e["shipper"] == shipper for e in rec.events)
+        assert all(shipper_of[e["data"]["trip_id"]] == shipper for e in rec.events)
+        want = {a["alarm_id"] for a in e2e.alarms if a["shipper"] == shipper}
+        assert {e["data"]["alarm_id"] for e in raised} == want
+        assert len(raised) == len(want)  # de-duplicated by id: one raise per alarm
+
+
+def test_malformed_messages_become_their_dead_letters(e2e: Run) -> None:
+    trip = next(t for t in e2e.trips if t.scenario == "malformed")
+    devices = {d["device_id"] for d in trip.devices}
+    got = sorted(
+        (d["device_id"], d["reason"]) for d in e2e.dead_letters if d.get("device_id") in devices
+    )
+    want = sorted((d["device_id"], d["reason"]) for d in trip.expected_dead_letters)
+    assert got == want
+    others = [d for d in e2e.dead_letters if d.get("device_id") not in devices]
+    assert others == []
+
+
+def test_serve_stops_cleanly_on_sigterm(e2e: Run) -> None:
+    assert e2e.exit_code == 0, e2e.log[-3000:]
+    assert "Traceback" not in e2e.log, e2e.log[-3000:]
