@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -33,12 +34,26 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: the app's lifespan then stops
-    # ingest, drains the in-flight batch into the store and stops the other loops.
+    # ingest, drains the in-flight batch into the store and stops the other loops. Then it
+    # raises the signal again for the handler it found; ours ends the process with 0 after
+    # closing the store, instead of dying of the signal before that.
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         asyncio.run(ApiServer(config).serve())
+    except _Stopped:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         runtime.close()
     return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM, after uvicorn's graceful shutdown."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 def _demo(args: argparse.Namespace) -> int:

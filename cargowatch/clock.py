@@ -12,6 +12,10 @@ import time
 from typing import Protocol
 
 
+#: shortest real sleep of an accelerated clock (x300: six simulated seconds)
+MIN_REAL_SLEEP_S = 0.02
+
+
 class Clock(Protocol):
     def now_ms(self) -> int:
         """Current wall-clock time, epoch milliseconds."""
@@ -74,4 +78,7 @@ class ScaledClock:
         return self._t0 + int((real - self._anchor) * self.speed)
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds / self.speed)
+        # Not below MIN_REAL_SLEEP_S of real time (unless asked for less): a loop that polls
+        # every simulated second would otherwise hit the store hundreds of times a second
+        # at x300 and starve the pipeline it shares the machine with.
+        await asyncio.sleep(max(seconds / self.speed, min(seconds, MIN_REAL_SLEEP_S)))

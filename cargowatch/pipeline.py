@@ -111,6 +111,7 @@ class Pipeline:
         duplicates = len(fixes) - len(new_fixes) + len(events) - len(new_events)
 
         now = self.clock.now_ms()
+        t_rules = t_store
         try:
             with self.engine_lock:
                 result = self.engine.process(new_fixes, new_events, now)
@@ -126,19 +127,21 @@ class Pipeline:
                 by_flag[flag].append(key)
             for flag, keys in by_flag.items():
                 self.store.flag_fixes(keys, flag)
+            t_rules = time.perf_counter()
             created = self.alarms.handle(result.events)
         t_done = time.perf_counter()
 
         if t_done - t0 > SLOW_BATCH_S:
             log.warning(
-                "slow batch: %d messages, %d alarm events in %.2f s "
-                "(parse %.2f, store %.2f, rules and alarms %.2f)",
+                "slow batch: %d messages, %d engine events in %.2f s "
+                "(parse %.2f, store %.2f, rules %.2f, alarms %.2f)",
                 len(messages),
                 len(result.events) if result is not None else 0,
                 t_done - t0,
                 t_parse - t0,
                 t_store - t_parse,
-                t_done - t_store,
+                t_rules - t_store,
+                t_done - t_rules,
             )
         m = self.metrics
         m.inc("cargowatch_messages_in_total", len(messages))

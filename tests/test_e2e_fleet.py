@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from alerts_support import Receiver
 
@@ -31,7 +32,7 @@ from cargowatch.testing.services import MosquittoServer, PostgresServer, free_po
 from simulators import SimTrip, build_fleet, publish, register, scenario_names
 from simulators.verify import Verdict, detection_lag_ms, match_alarms, trigger_times
 
-SPEED = 300.0  # simulated seconds per real second
+SPEED = float(os.environ.get("CW_E2E_SPEED", "150"))  # simulated seconds per real second
 N_NORMAL = 200
 START = 1_795_334_400_000  # 2026-11-22T08:00:00Z, simulated
 LEAD_S = 12.0  # real seconds for the server to start and the fleet to be registered
@@ -159,6 +160,10 @@ async def _run(mqtt_url: str, db_url: str, workdir: Path) -> Run:
             await rec.stop()
     triggers = trigger_times(fleet)
     run.lags_ms = {a["alarm_id"]: detection_lag_ms(a, triggers) for a in run.alarms}
+    # for a post-mortem of a failed run: what came out, beside serve.log
+    (workdir / "outcome.json").write_bytes(
+        orjson.dumps({"alarms": run.alarms, "dead_letters": run.dead_letters, "lags": run.lags_ms})
+    )
     return run
 
 
@@ -230,15 +235,14 @@ def test_webhooks_are_signed_and_only_of_own_trips(e2e: Run) -> None:
 
 
 def test_malformed_messages_become_their_dead_letters(e2e: Run) -> None:
-    trip = next(t for t in e2e.trips if t.scenario == "malformed")
-    devices = {d["device_id"] for d in trip.devices}
-    got = sorted(
-        (d["device_id"], d["reason"]) for d in e2e.dead_letters if d.get("device_id") in devices
+    want = sorted(
+        (d["device_id"], d["reason"]) for t in e2e.trips for d in t.expected_dead_letters
     )
-    want = sorted((d["device_id"], d["reason"]) for d in trip.expected_dead_letters)
-    assert got == want
-    others = [d for d in e2e.dead_letters if d.get("device_id") not in devices]
-    assert others == []
+    # a topic too bad to name a device: its device segment is what the simulator meant
+    got = sorted(
+        (d.get("device_id") or d["topic"].split("/")[1], d["reason"]) for d in e2e.dead_letters
+    )
+    assert want and got == want
 
 
 def test_serve_stops_cleanly_on_sigterm(e2e: Run) -> None:

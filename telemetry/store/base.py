@@ -50,10 +50,11 @@ class Store(abc.ABC):
     @contextmanager
     def unit_of_work(self) -> Iterator[None]:
         """The calls this thread makes inside the block share one transaction, committed
-        when the block ends (rolled back if it raises); each call stays atomic on its own
-        (a savepoint), so a caller may catch one call's error and go on. Many small writes
-        then cost one commit: the alarm side of a batch. A nested block is a savepoint of
-        the outer one (all of it or none). This default groups nothing."""
+        when the block ends (rolled back if it raises). Many small writes then cost one
+        commit: the alarm side of a batch. A nested block is a savepoint of the outer one:
+        all of it or none, and the outer unit goes on if it fails. A call that fails with a
+        database error may spoil its innermost unit, so guard such calls with a nested one
+        (a ``Conflict`` from an insert is not such an error). This default groups nothing."""
         yield
 
     # -- devices ----------------------------------------------------------------------------

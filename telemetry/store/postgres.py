@@ -116,10 +116,10 @@ class PostgresStore(Store):
         unit = getattr(self._unit, "conn", None)
         try:
             if unit is not None:
-                # a savepoint: a failing statement (a conflict the caller expects) must not
-                # abort the whole unit
-                with unit.transaction():
-                    yield unit
+                # No savepoint per call (two more round trips each): expected conflicts are
+                # ON CONFLICT DO NOTHING, not errors; a real error spoils the unit up to its
+                # innermost nested unit (a savepoint), which is what callers guard with.
+                yield unit
                 return
             with self._pool.connection() as conn:
                 yield conn
@@ -128,9 +128,13 @@ class PostgresStore(Store):
 
     @contextmanager
     def unit_of_work(self) -> Iterator[None]:
-        if getattr(self._unit, "conn", None) is not None:
-            with self._conn("nested unit of work"):  # a savepoint of the outer unit
-                yield
+        unit = getattr(self._unit, "conn", None)
+        if unit is not None:
+            try:
+                with unit.transaction():  # a savepoint of the outer unit
+                    yield
+            except psycopg.Error as exc:
+                raise _store_error("nested unit of work", exc, {}) from exc
             return
         try:
             with self._pool.connection() as conn, conn.transaction():
@@ -144,7 +148,7 @@ class PostgresStore(Store):
 
     @contextmanager
     def _tx(self, what: str, **context: Any) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside one transaction (in a unit of work: its savepoint)."""
+        """A pooled connection inside one transaction (in a unit of work: the unit's)."""
         if getattr(self._unit, "conn", None) is not None:
             with self._conn(what, **context) as conn:
                 yield conn
