@@ -11,7 +11,6 @@ import asyncio
 import time
 from typing import Protocol
 
-
 #: shortest real sleep of an accelerated clock (x300: six simulated seconds)
 MIN_REAL_SLEEP_S = 0.02
 

@@ -235,9 +235,7 @@ def test_webhooks_are_signed_and_only_of_own_trips(e2e: Run) -> None:
 
 
 def test_malformed_messages_become_their_dead_letters(e2e: Run) -> None:
-    want = sorted(
-        (d["device_id"], d["reason"]) for t in e2e.trips for d in t.expected_dead_letters
-    )
+    want = sorted((d["device_id"], d["reason"]) for t in e2e.trips for d in t.expected_dead_letters)
     # a topic too bad to name a device: its device segment is what the simulator meant
     got = sorted(
         (d.get("device_id") or d["topic"].split("/")[1], d["reason"]) for d in e2e.dead_letters
