@@ -72,16 +72,28 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from cargowatch.clock import ScaledClock
+    from cargowatch.settings import Settings
     from simulators import run_cli
 
+    # The engine's accelerated clock, when set (CARGOWATCH_CLOCK_*, as for `serve`): event
+    # times then follow it, so the two processes agree on "now".
+    settings = Settings()
+    clock = settings.make_clock() if settings.clock_speed != 1.0 else None
+    speed = clock.speed if isinstance(clock, ScaledClock) else args.speed
     return asyncio.run(
         run_cli(
             mqtt_url=args.mqtt,
             trucks=args.trucks,
             scenario=args.scenario,
-            speed=args.speed,
+            speed=speed,
             rate=args.rate,
             seed=args.seed,
+            trips_out=args.trips_out,
+            api_url=args.api,
+            api_key=args.api_key,
+            start_ms=args.start_ms,
+            clock=clock,
         )
     )
 
@@ -113,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=60.0)
     m.add_argument("--rate", type=float, default=None, help="target messages per second")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--trips-out", help="write the trips and their expected alarms (JSON lines)")
+    m.add_argument("--api", help="register devices, geofences and trips here first (API URL)")
+    m.add_argument(
+        "--api-key",
+        default=os.environ.get("CARGOWATCH_ADMIN_KEY"),
+        help="admin API key for --api (env CARGOWATCH_ADMIN_KEY)",
+    )
+    m.add_argument("--start-ms", type=int, default=None, help="first event time, epoch ms")
     m.set_defaults(func=_simulate)
     return p
 

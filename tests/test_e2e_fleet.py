@@ -40,6 +40,7 @@ ADMIN_KEY = "e2e-admin-key-0123456789"
 SECRETS = {"pg": "pg-webhook-secret-0123456789", "unilever": "ul-webhook-secret-0123456789"}
 DETECTION_DEADLINE_S = 2.0  # contract §4, real seconds from publish to stored alarm
 INCIDENTS = [n for n in scenario_names() if n != "normal"]
+CLI_SCENARIO = "forced_open"  # a short trip (40 simulated minutes) with one alarm
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Run:
     log: str = ""
     metrics: str = ""
     started_late_s: float = 0.0
+    cli_trips: list[SimTrip] = field(default_factory=list)
+    cli_exit: int | None = None
+    cli_output: str = ""
     publisher_lag_max_s: float = 0.0  # real seconds the simulated fleet fell behind its clock
 
     def watch_publisher(self, progress: dict[str, Any]) -> None:
@@ -73,6 +77,19 @@ async def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) 
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError("cargowatch serve did not answer /healthz")
+
+
+def _bundle_trip(bundle: dict[str, Any]) -> SimTrip:
+    """A trip from `cargowatch simulate --trips-out` (no messages: they were the CLI's)."""
+    return SimTrip(
+        trip=bundle["trip"],
+        devices=bundle["devices"],
+        expected=bundle["expected"],
+        geofences=bundle["geofences"],
+        scenario=bundle["scenario"],
+        expected_dead_letters=bundle["expected_dead_letters"],
+        marks=bundle["marks"],
+    )
 
 
 async def _all_alarms(api: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -121,14 +138,31 @@ async def _run(mqtt_url: str, db_url: str, workdir: Path) -> Run:
             for shipper, rec in receivers.items():
                 body = {"url": rec.url, "secret": SECRETS[shipper], "shipper": shipper}
                 (await api.post("/v1/webhooks", json=body)).raise_for_status()
+            # one more truck from the command line, as an operator would run it: it registers
+            # its trip through the API and follows the engine's clock (CARGOWATCH_CLOCK_*)
+            cli_trips = workdir / "cli-trips.jsonl"
+            sim = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "cargowatch", "simulate", "--mqtt", mqtt_url),
+                    *("--trucks", "1"),
+                    *("--scenario", CLI_SCENARIO, "--seed", "5", "--api", api_url),
+                    *("--trips-out", str(cli_trips), "--start-ms", str(START + 120_000)),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             await register(fleet, api_url, ADMIN_KEY)
             run.started_late_s = max(0.0, (clock.now_ms() - START) / 1000 / SPEED)
             run.published = await publish(
                 fleet, mqtt_url, speed=SPEED, clock=clock, progress=run.watch_publisher
             )
+            _, err = await asyncio.to_thread(sim.communicate, timeout=60)
+            run.cli_exit, run.cli_output = sim.returncode, err.decode(errors="replace")
+            run.cli_trips = [_bundle_trip(orjson.loads(line)) for line in cli_trips.open("rb")]
 
             # every expected alarm, then a quiet spell in which nothing else may appear
-            expected = sum(len(t.expected) for t in fleet)
+            expected = sum(len(t.expected) for t in [*fleet, *run.cli_trips])
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 run.alarms = await _all_alarms(api)
@@ -194,18 +228,29 @@ def test_every_scenario_raises_exactly_its_alarms(e2e: Run) -> None:
     assert len(verdict.matched) == sum(len(t.expected) for t in incidents) >= len(INCIDENTS) - 5
 
 
+def test_a_truck_from_the_command_line_is_monitored_too(e2e: Run) -> None:
+    assert e2e.cli_exit == 0, e2e.cli_output
+    assert "registered" in e2e.cli_output and "done:" in e2e.cli_output
+    (trip,) = e2e.cli_trips
+    assert trip.scenario == CLI_SCENARIO and trip.expected
+    verdict = match_alarms([trip], [a for a in e2e.alarms if a["trip_id"] == trip.trip_id])
+    assert verdict.ok, verdict.explain()
+
+
 def test_normal_trips_raise_no_alarm(e2e: Run) -> None:
     normal = {t.trip_id for t in e2e.trips if t.scenario == "normal"}
     noisy = [(a["type"], a["trip_id"], a["details"]) for a in e2e.alarms if a["trip_id"] in normal]
     assert noisy == []
-    assert match_alarms(e2e.trips, e2e.alarms).ok
+    everything = match_alarms([*e2e.trips, *e2e.cli_trips], e2e.alarms)
+    assert everything.ok, everything.explain()
 
 
 def test_detection_latency_is_within_the_deadline(
     e2e: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = []
-    for a in e2e.alarms:
+    fleet = {t.trip_id for t in e2e.trips}  # the CLI truck's messages are not known here
+    for a in (a for a in e2e.alarms if a["trip_id"] in fleet):
         lag = e2e.lags_ms[a["alarm_id"]]
         assert lag is not None, f"no trigger found for {a['type']} {a['trip_id']}"
         rows.append((a["type"], a["trip_id"], lag / 1000, lag / 1000 / SPEED))
@@ -223,7 +268,7 @@ def test_detection_latency_is_within_the_deadline(
 
 
 def test_webhooks_are_signed_and_only_of_own_trips(e2e: Run) -> None:
-    shipper_of = {t.trip_id: t.trip["shipper"] for t in e2e.trips}
+    shipper_of = {t.trip_id: t.trip["shipper"] for t in [*e2e.trips, *e2e.cli_trips]}
     for shipper, rec in e2e.receivers.items():
         assert rec.bad_signatures == 0
         raised = [e for e in rec.events if e["type"] == "alarm.raised"]
