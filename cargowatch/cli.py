@@ -10,6 +10,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from cargowatch.errors import CargowatchError
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -148,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 0
+    except CargowatchError as exc:
+        # a database that is down, a bad URL, ...: say what, not where in the code
+        print(f"cargowatch {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -144,8 +144,10 @@ async def run_demo(
             for t in helpers:
                 t.cancel()
     finally:
+        # Also on Ctrl-C: uvicorn re-raises SIGINT after its graceful shutdown and
+        # asyncio.run then cancels this task; the clean-up below still runs.
         runtime.close()
         with contextlib.suppress(Exception):
             await broker.shutdown()
-    print("[demo] stopped cleanly", file=sys.stderr)
+        print("[demo] stopped cleanly", file=sys.stderr)
     return 0
