@@ -194,25 +194,44 @@ class MqttIngest:
     async def _consume(self, client: aiomqtt.Client) -> None:
         messages = client.messages
         ack = self._acker(client)
-        while True:
-            first = await anext(messages)
-            batch = [self._raw(first)]
-            deadline = time.monotonic() + self.batch_ms / 1000
-            while len(batch) < self.batch_max:
-                if len(messages) == 0:
+        # The receive in progress. Never cancelled while it may hold a message: aiomqtt takes
+        # the message off its queue in a task of its own, so cancelling `anext` (as a batch
+        # timeout would) can drop one that was just handed over, and with manual acks the
+        # broker never sends it again in this session. A batch that times out leaves the
+        # receive running for the next batch instead.
+        pending: asyncio.Task[aiomqtt.Message] | None = None
+
+        async def receive(timeout: float | None) -> aiomqtt.Message | None:
+            nonlocal pending
+            if pending is None:
+                pending = asyncio.ensure_future(anext(messages))
+            done, _ = await asyncio.wait((pending,), timeout=timeout)
+            if not done:
+                return None
+            task, pending = pending, None
+            return task.result()  # MqttError on a lost connection
+
+        try:
+            while True:
+                first = await receive(None)
+                assert first is not None
+                batch = [self._raw(first)]
+                deadline = time.monotonic() + self.batch_ms / 1000
+                while len(batch) < self.batch_max:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if pending is None and len(messages) == 0 and remaining <= 0:
                         break
-                    try:
-                        async with asyncio.timeout(remaining):
-                            msg = await anext(messages)
-                    except TimeoutError:
+                    msg = await receive(max(remaining, 0.0))
+                    if msg is None:
                         break
-                else:
-                    msg = await anext(messages)
-                batch.append(self._raw(msg))
-            self.received += len(batch)
-            await self.out.put(RawBatch(batch, _ack=ack))
+                    batch.append(self._raw(msg))
+                self.received += len(batch)
+                await self.out.put(RawBatch(batch, _ack=ack))
+        finally:
+            if pending is not None:
+                # shutting down or disconnected: a message it may hold was not acknowledged,
+                # so the broker redelivers it to the persistent session
+                pending.cancel()
 
     def _raw(self, msg: aiomqtt.Message) -> RawMessage:
         payload = msg.payload

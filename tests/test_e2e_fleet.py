@@ -56,6 +56,7 @@ class Run:
     metrics: str = ""
     started_late_s: float = 0.0
     cli_trips: list[SimTrip] = field(default_factory=list)
+    diagnostics: dict[str, str] = field(default_factory=dict)
     cli_exit: int | None = None
     cli_output: str = ""
     publisher_lag_max_s: float = 0.0  # real seconds the simulated fleet fell behind its clock
@@ -171,6 +172,14 @@ async def _run(mqtt_url: str, db_url: str, workdir: Path) -> Run:
                 await asyncio.sleep(0.25)
             await asyncio.sleep(1200 / SPEED)  # 20 simulated minutes: room for SIGNAL_LOST
             run.alarms = await _all_alarms(api)
+            # for a failure message: what the server thinks of trips with surprises
+            for a in match_alarms([*fleet, *run.cli_trips], run.alarms).unexpected:
+                doc = (await api.get(f"/v1/trips/{a['trip_id']}")).json()
+                doc.pop("route", None)
+                track = await api.get(f"/v1/trips/{a['trip_id']}/track")
+                kinds = [f["properties"] for f in track.json().get("features", [])]
+                doc["track_events"] = [k for k in kinds if k.get("kind") != "fix"][:40]
+                run.diagnostics[a["trip_id"]] = orjson.dumps(doc).decode()[:6000]
             r = await api.get("/v1/dead-letters", params={"limit": 10_000})
             r.raise_for_status()
             run.dead_letters = r.json()
@@ -224,7 +233,7 @@ def test_every_scenario_raises_exactly_its_alarms(e2e: Run) -> None:
     incidents = _incident_trips(e2e)
     ids = {t.trip_id for t in incidents}
     verdict: Verdict = match_alarms(incidents, [a for a in e2e.alarms if a["trip_id"] in ids])
-    assert verdict.ok, verdict.explain()
+    assert verdict.ok, verdict.explain() + f"\n{e2e.diagnostics}"
     assert len(verdict.matched) == sum(len(t.expected) for t in incidents) >= len(INCIDENTS) - 5
 
 
@@ -240,9 +249,9 @@ def test_a_truck_from_the_command_line_is_monitored_too(e2e: Run) -> None:
 def test_normal_trips_raise_no_alarm(e2e: Run) -> None:
     normal = {t.trip_id for t in e2e.trips if t.scenario == "normal"}
     noisy = [(a["type"], a["trip_id"], a["details"]) for a in e2e.alarms if a["trip_id"] in normal]
-    assert noisy == []
+    assert noisy == [], e2e.diagnostics
     everything = match_alarms([*e2e.trips, *e2e.cli_trips], e2e.alarms)
-    assert everything.ok, everything.explain()
+    assert everything.ok, everything.explain() + f"\n{e2e.diagnostics}"
 
 
 def test_detection_latency_is_within_the_deadline(
