@@ -218,12 +218,17 @@ class MqttIngest:
                 batch = [self._raw(first)]
                 deadline = time.monotonic() + self.batch_ms / 1000
                 while len(batch) < self.batch_max:
-                    remaining = deadline - time.monotonic()
-                    if pending is None and len(messages) == 0 and remaining <= 0:
-                        break
-                    msg = await receive(max(remaining, 0.0))
-                    if msg is None:
-                        break
+                    if len(messages) > 0 or (pending is not None and pending.done()):
+                        # already here: take it, the batch grows under load (up to batch_max)
+                        msg = await receive(None)
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        msg = await receive(remaining)
+                        if msg is None:
+                            break
+                    assert msg is not None
                     batch.append(self._raw(msg))
                 self.received += len(batch)
                 await self.out.put(RawBatch(batch, _ack=ack))
