@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from alerts.render import iso
-from cargowatch.clock import Clock
+from core.clock import Clock
 from telemetry.store.base import Doc, Store
 
 logger = logging.getLogger(__name__)

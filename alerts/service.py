@@ -24,7 +24,7 @@ from alerts.errors import AlarmNotFound, ConflictError
 from alerts.live import LiveHub
 from alerts.outbox import WEBHOOK_EVENTS, enqueue_event, jsonable, stable_event_id
 from alerts.render import iso, render_alarm
-from cargowatch.clock import Clock
+from core.clock import Clock
 from rules.events import (
     AlarmSignal,
     EngineEvent,

@@ -24,7 +24,7 @@ from types import TracebackType
 import httpx
 
 from alerts.signing import HEADER, sign
-from cargowatch.clock import Clock
+from core.clock import Clock
 from telemetry.store.base import Doc, Store
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
-from cargowatch.clock import Clock
+from core.clock import Clock
 from telemetry.store.base import Store
 
 

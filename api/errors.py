@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alerts.errors import AlarmNotFound, ConflictError, TransitionError
 from alerts.errors import ValidationError as AlarmValidationError
-from cargowatch.errors import CargowatchError, InvalidInput, NotFoundError, StateConflict
+from core.errors import CargowatchError, InvalidInput, NotFoundError, StateConflict
 from geofence.errors import GeometryError
 from rules.errors import RulesError
 from telemetry.errors import Conflict, StoreError

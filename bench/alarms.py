@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alerts import AlarmService, LiveHub
-from cargowatch.clock import ManualClock
-from cargowatch.testing import PostgresServer
+from core.clock import ManualClock
 from rules.events import (
     AlarmSignal,
     AlarmType,
@@ -36,6 +35,7 @@ from rules.events import (
     TripStatusChanged,
 )
 from telemetry.store import Store, open_store
+from tests.services import PostgresServer
 
 T0_MS = 1_795_334_400_000
 

@@ -21,9 +21,9 @@ import orjson
 
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
-from cargowatch.testing import MosquittoServer, PostgresServer
 from telemetry.models import Fix
 from telemetry.store import open_store
+from tests.services import MosquittoServer, PostgresServer
 
 T0_MS = 1_795_334_400_000
 

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cargowatch.testing import PostgresServer
 from telemetry.models import Fix
 from telemetry.store import Store, open_store
 from telemetry.store import postgres as pg_store
+from tests.services import PostgresServer
 
 T0_MS = 1_795_334_400_000
 

@@ -4,7 +4,7 @@ Data flows one way: broker -> ``telemetry`` (validate, dead-letter, store) -> ``
 (batched arrays) -> ``alerts`` (alarm life cycle, deadlines, webhooks) -> ``api`` (HTTP, live feed).
 """
 
-from cargowatch.clock import Clock, ManualClock, SystemClock
-from cargowatch.errors import CargowatchError
+from core.clock import Clock, ManualClock, SystemClock
+from core.errors import CargowatchError
 
 __all__ = ["CargowatchError", "Clock", "ManualClock", "SystemClock"]

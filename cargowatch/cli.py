@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from cargowatch.errors import CargowatchError
+from core.errors import CargowatchError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -74,8 +74,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from cargowatch.clock import ScaledClock
     from cargowatch.settings import Settings
+    from core.clock import ScaledClock
     from simulators import run_cli
 
     # The engine's accelerated clock, when set (CARGOWATCH_CLOCK_*, as for `serve`): event

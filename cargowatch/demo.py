@@ -18,10 +18,9 @@ from pathlib import Path
 
 import uvicorn
 
-from cargowatch.clock import ScaledClock
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
-from cargowatch.testing.services import free_port
+from core.clock import ScaledClock
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ async def run_demo(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for suffix in ("", "-wal", "-shm"):
         Path(db_path + suffix).unlink(missing_ok=True)
-    mqtt_port = free_port()
+    mqtt_port = _free_port()
     broker = await start_embedded_broker(mqtt_port)
     admin_key = "cw_demo_" + secrets.token_urlsafe(12)
     clock = ScaledClock(speed=speed)
@@ -151,3 +150,12 @@ async def run_demo(
             await broker.shutdown()
         print("[demo] stopped cleanly", file=sys.stderr)
     return 0
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for the embedded broker)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from alerts import AlarmService
-from cargowatch.clock import Clock
 from cargowatch.metrics import Metrics
+from core.clock import Clock
 from rules import Engine
 from telemetry.ingest import RawMessage
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent

@@ -20,11 +20,11 @@ from typing import Any
 import alerts
 import rules
 from alerts import AlarmService, LiveHub, WebhookSender
-from cargowatch.clock import Clock
-from cargowatch.errors import InvalidInput, NotFoundError, StateConflict
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import Pipeline
 from cargowatch.settings import Settings
+from core.clock import Clock
+from core.errors import InvalidInput, NotFoundError, StateConflict
 from geofence import FenceSet, GeometryError
 from rules import Engine, TripStatus
 from rules.events import AlarmSignal

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cargowatch.clock import Clock, ScaledClock, SystemClock
+from core.clock import Clock, ScaledClock, SystemClock
 
 
 def _env(name: str) -> AliasChoices:

@@ -1,11 +1,12 @@
 """Errors of the geofence package.
 
 CargowatchError
- └── GeometryError   bad coordinates, rings or routes; unknown keys or slots
+ └── InvalidInput
+      └── GeometryError   bad coordinates, rings or routes; unknown keys or slots
 """
 
-from cargowatch.errors import CargowatchError
+from core.errors import InvalidInput
 
 
-class GeometryError(CargowatchError):
+class GeometryError(InvalidInput):
     """A geometry, coordinate, key or slot handed to the geofence package is not usable."""

@@ -6,16 +6,16 @@ CargowatchError
       └── RuleValueError     an unknown threshold name or a value out of its range
 """
 
-from cargowatch.errors import CargowatchError
+from core import errors as kinds
 
 
-class RulesError(CargowatchError):
+class RulesError(kinds.CargowatchError):
     """The rule engine refused its input."""
 
 
-class TripPlanError(RulesError):
+class TripPlanError(RulesError, kinds.InvalidInput):
     """A trip document is not a valid plan; ``str(error)`` says what and where."""
 
 
-class RuleValueError(RulesError):
+class RuleValueError(RulesError, kinds.InvalidInput):
     """A rule threshold is unknown or out of range (shipper rules, replay overrides)."""

@@ -8,7 +8,7 @@ CargowatchError
 
 from __future__ import annotations
 
-from cargowatch.errors import CargowatchError
+from core.errors import CargowatchError
 
 
 class SimulatorError(CargowatchError):

@@ -37,7 +37,7 @@ import aiomqtt
 import httpx
 import orjson
 
-from cargowatch.clock import Clock, ScaledClock
+from core.clock import Clock, ScaledClock
 from simulators.errors import PublishError, SimulatorError
 from simulators.fleet import build_fleet, iter_fleet_messages
 from simulators.model import SimMessage, SimTrip

@@ -24,8 +24,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cargowatch.clock import Clock, SystemClock
-from telemetry.errors import TelemetryError
+from core.clock import Clock, SystemClock
+from telemetry.errors import InvalidAddress
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BrokerAddress:
         """``mqtt://[user:pass@]host[:port]`` (also ``tcp://``)."""
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
         if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise TelemetryError("MQTT URL must look like mqtt://host:port", url=url)
+            raise InvalidAddress("MQTT URL must look like mqtt://host:port", url=url)
         return cls(parsed.hostname, parsed.port or 1883, parsed.username, parsed.password)
 
 
@@ -107,7 +107,7 @@ class MqttIngest:
         self.shared_group = shared_group
         self.backoff_max_s = backoff_max_s
         if protocol not in ("5", "3.1.1"):
-            raise TelemetryError("MQTT protocol must be 5 or 3.1.1", protocol=protocol)
+            raise InvalidAddress("MQTT protocol must be 5 or 3.1.1", protocol=protocol)
         self.protocol = protocol
         self.connected = False
         self.connects = 0

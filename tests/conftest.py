@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cargowatch.testing import MosquittoServer, PostgresServer
+from tests.services import MosquittoServer, PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from alerts_support import T0, make_store
 
 from alerts import enqueue_event, iso
 from alerts.outbox import stable_event_id
-from cargowatch.clock import ManualClock
+from core.clock import ManualClock
 
 
 def hooks(store) -> None:

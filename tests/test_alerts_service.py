@@ -16,7 +16,7 @@ from alerts import (
     ValidationError,
     iso,
 )
-from cargowatch.clock import ManualClock
+from core.clock import ManualClock
 from rules.events import (
     AlarmType,
     EpisodeEnded,

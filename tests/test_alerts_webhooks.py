@@ -12,7 +12,7 @@ import pytest
 from alerts_support import T0, Receiver, check_signature, make_store, put_trip, signal
 
 from alerts import AlarmService, LiveHub, WebhookSender, backoff_s
-from cargowatch.clock import ManualClock
+from core.clock import ManualClock
 from rules.events import AlarmType, Milestone, MilestoneKind
 
 ALL_EVENTS = ["alarm.raised", "alarm.acknowledged", "alarm.resolved", "alarm.escalated",

@@ -11,7 +11,7 @@ import uvicorn
 from test_api_support import ADMIN_KEY, api_client, make_runtime
 
 from api import ApiServer, create_app
-from cargowatch.clock import ManualClock
+from core.clock import ManualClock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

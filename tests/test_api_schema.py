@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from test_api_support import ADMIN_KEY, OWN, make_runtime, trip_doc
 
 from api import create_app
-from cargowatch.clock import ManualClock
+from core.clock import ManualClock
 
 MAX_EXAMPLES = 10
 # An endless stream and a probe that is 503 by design while the engine does not run.

@@ -15,9 +15,9 @@ import httpx
 from fastapi import FastAPI
 
 from api import create_app
-from cargowatch.clock import ManualClock
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
+from core.clock import ManualClock
 from rules.events import AlarmSignal, AlarmType
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent, LockEventType
 

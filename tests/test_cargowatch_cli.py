@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cargowatch.testing.services import free_port
+from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "cli-test-admin-key-0123456789"

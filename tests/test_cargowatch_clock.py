@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from cargowatch.clock import MIN_REAL_SLEEP_S, ManualClock, ScaledClock, SystemClock
 from cargowatch.settings import Settings
+from core.clock import MIN_REAL_SLEEP_S, ManualClock, ScaledClock, SystemClock
 
 T = 1_795_334_400_000
 

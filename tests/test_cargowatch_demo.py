@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cargowatch.testing.services import free_port
+from tests.services import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from test_api_support import T0, make_runtime, trip_doc
 
-from cargowatch.clock import ManualClock
 from cargowatch.runtime import Runtime
+from core.clock import ManualClock
 from telemetry.ingest import RawMessage
 
 

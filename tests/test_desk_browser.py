@@ -30,7 +30,7 @@ from desk_harness import (
 )
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from cargowatch.testing import MosquittoServer
+from tests.services import MosquittoServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 

@@ -27,10 +27,10 @@ import orjson
 import pytest
 from alerts_support import Receiver
 
-from cargowatch.clock import ScaledClock
-from cargowatch.testing.services import MosquittoServer, PostgresServer, free_port
+from core.clock import ScaledClock
 from simulators import SimTrip, build_fleet, publish, register, scenario_names
 from simulators.verify import Verdict, detection_lag_ms, match_alarms, trigger_times
+from tests.services import MosquittoServer, PostgresServer, free_port
 
 SPEED = float(os.environ.get("CW_E2E_SPEED", "150"))  # simulated seconds per real second
 N_NORMAL = 200

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.render import iso
-from cargowatch.clock import ManualClock
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
+from core.clock import ManualClock
 from simulators import (
     SimMessage,
     SimTrip,
