@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from test_api_support import OTHER, OWN, World, build_world
 
 from rules.events import AlarmType
+from tests.api_world import OTHER, OWN, World, build_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,10 +8,10 @@ import socket
 import httpx
 import pytest
 import uvicorn
-from test_api_support import ADMIN_KEY, api_client, make_runtime
 
 from api import ApiServer, create_app
 from core.clock import ManualClock
+from tests.api_world import ADMIN_KEY, api_client, make_runtime
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from test_api_support import OTHER, OWN, ROLES, World, build_world, fence_feature, trip_doc
 
 from rules.events import AlarmType
+from tests.api_world import OTHER, OWN, ROLES, World, build_world, fence_feature, trip_doc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

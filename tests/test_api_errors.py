@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from test_api_support import OWN, World, api_client, build_world, trip_doc
 
 from api import create_app
 from telemetry.errors import StoreError
+from tests.api_world import OWN, World, api_client, build_world, trip_doc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -9,10 +9,10 @@ import pytest
 import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
-from test_api_support import OTHER, OWN, World, build_world
 
 from api.kpi import compute_kpi
 from rules.events import AlarmType
+from tests.api_world import OTHER, OWN, World, build_world
 
 in_session_loop = pytest.mark.asyncio(loop_scope="session")
 

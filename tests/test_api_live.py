@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from test_api_support import OTHER, OWN, World, build_world
 
 from api import begin_shutdown
 from rules.events import AlarmType
+from tests.api_world import OTHER, OWN, World, build_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

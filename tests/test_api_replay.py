@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from test_api_support import OWN, T0, World, along_route, build_world
+
+from tests.api_world import OWN, T0, World, along_route, build_world
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -19,10 +19,10 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from test_api_support import ADMIN_KEY, OWN, make_runtime, trip_doc
 
 from api import create_app
 from core.clock import ManualClock
+from tests.api_world import ADMIN_KEY, OWN, make_runtime, trip_doc
 
 MAX_EXAMPLES = 10
 # An endless stream and a probe that is 503 by design while the engine does not run.

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from test_api_support import OTHER, OWN, World, build_world, fence_feature, trip_doc
+
+from tests.api_world import OTHER, OWN, World, build_world, fence_feature, trip_doc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

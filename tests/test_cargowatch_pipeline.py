@@ -7,11 +7,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from test_api_support import T0, make_runtime, trip_doc
 
 from cargowatch.runtime import Runtime
 from core.clock import ManualClock
 from telemetry.ingest import RawMessage
+from tests.api_world import T0, make_runtime, trip_doc
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-from test_api_support import ADMIN_KEY, make_runtime
 
 from api import create_app
 from core.clock import ManualClock
 from simulators import PublishError, SimTrip, build_scenario, publish, register, run_cli
 from simulators.publish import build_for_cli, parse_mqtt_url
+from tests.api_world import ADMIN_KEY, make_runtime
 from tests.services import MosquittoServer, free_port
 
 START = 1_795_334_400_000
