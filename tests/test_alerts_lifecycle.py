@@ -3,12 +3,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from alerts_support import T0, signal
 
 from alerts import Cause, TransitionError, ValidationError, alarm_id_for
 from alerts.deadlines import merge_sla
 from alerts.lifecycle import acknowledge, new_alarm, resolve
 from rules.events import AlarmType
+from tests.alerts_support import T0, signal
 
 
 def fresh() -> dict:

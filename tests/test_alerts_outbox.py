@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from alerts_support import T0, make_store
 
 from alerts import enqueue_event, iso
 from alerts.outbox import stable_event_id
 from core.clock import ManualClock
+from tests.alerts_support import T0, make_store
 
 
 def hooks(store) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from alerts_support import T0, signal
 from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts import ValidationError, iso, parse_time, render_alarm
 from alerts.deadlines import merge_sla
 from alerts.lifecycle import new_alarm, raised_entry
+from tests.alerts_support import T0, signal
 
 ALARM_FIELDS = {
     "alarm_id", "type", "severity", "trip_id", "device_id", "shipper", "ts", "raised_at",

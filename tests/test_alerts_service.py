@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from alerts_support import T0, make_store, put_trip, signal
 
 from alerts import (
     AlarmNotFound,
@@ -26,6 +25,7 @@ from rules.events import (
     TripStatus,
     TripStatusChanged,
 )
+from tests.alerts_support import T0, make_store, put_trip, signal
 
 MIN = 60_000
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from alerts_support import T0, Receiver, check_signature, make_store, put_trip, signal
 
 from alerts import AlarmService, LiveHub, WebhookSender, backoff_s
 from core.clock import ManualClock
 from rules.events import AlarmType, Milestone, MilestoneKind
+from tests.alerts_support import T0, Receiver, check_signature, make_store, put_trip, signal
 
 ALL_EVENTS = ["alarm.raised", "alarm.acknowledged", "alarm.resolved", "alarm.escalated",
               "trip.milestone"]  # fmt: skip

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from desk_harness import (
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from tests.desk_harness import (
     DeskServer,
     Publisher,
     ScriptedTrip,
@@ -28,8 +30,6 @@ from desk_harness import (
     tamper_message,
     wait_for_alarms,
 )
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-
 from tests.services import MosquittoServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]

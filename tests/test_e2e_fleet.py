@@ -25,11 +25,11 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from alerts_support import Receiver
 
 from core.clock import ScaledClock
 from simulators import SimTrip, build_fleet, publish, register, scenario_names
 from simulators.verify import Verdict, detection_lag_ms, match_alarms, trigger_times
+from tests.alerts_support import Receiver
 from tests.services import MosquittoServer, PostgresServer, free_port
 
 SPEED = float(os.environ.get("CW_E2E_SPEED", "150"))  # simulated seconds per real second

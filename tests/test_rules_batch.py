@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-from tracks import T0, lock_event
 
 from rules.batch import FixCols, LockCols, duplicate_mask, rounds
 from rules.state import DeviceTable
 from telemetry.models import Fix
+from tests.tracks import T0, lock_event
 
 
 def test_fix_columns_with_absent_fields() -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from tracks import STRAIGHT, T0, trip_doc
 
 from rules import AlarmType, MilestoneKind, TripStatus, parse_trip
 from rules.emit import Emitter, episode_key, plain
 from rules.state import TripInfo
+from tests.tracks import STRAIGHT, T0, trip_doc
 
 
 def info() -> TripInfo:

@@ -9,7 +9,18 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tracks import (
+
+from rules import (
+    AlarmType,
+    Engine,
+    MilestoneKind,
+    PositionUpdate,
+    RulesError,
+    TripPlanError,
+    TripStatus,
+)
+from telemetry.models import Fix
+from tests.tracks import (
     GPS,
     INCIDENTS,
     LOCK,
@@ -24,17 +35,6 @@ from tracks import (
     normal_trip,
     trip_doc,
 )
-
-from rules import (
-    AlarmType,
-    Engine,
-    MilestoneKind,
-    PositionUpdate,
-    RulesError,
-    TripPlanError,
-    TripStatus,
-)
-from telemetry.models import Fix
 
 ALL_TYPES = list(AlarmType)
 FULL_MILESTONES = [

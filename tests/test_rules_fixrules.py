@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tracks import (
+
+from rules import AlarmType, Engine
+from tests.tracks import (
     GPS,
     MIN,
     SEC,
@@ -18,8 +20,6 @@ from tracks import (
     stay,
     trip_doc,
 )
-
-from rules import AlarmType, Engine
 
 ROUTE = AlarmType.ROUTE_DEVIATION
 LONG = AlarmType.LONG_STOP

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tracks import STRAIGHT, circle, square, trip_doc
 
 from rules import RulesError, TripPlanError, parse_trip
 from rules.geometry import TripGeometry, fence_box
 from rules.state import TC, TripTable
+from tests.tracks import STRAIGHT, circle, square, trip_doc
 
 
 def setup_trip(stops_at=(5000.0, 5100.0, 20_000.0)) -> tuple[TripGeometry, TripTable, int]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tracks import GPS, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, stay, trip_doc
-
 from rules import AlarmType, Engine, TripStatus
+from tests.tracks import GPS, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, stay, trip_doc
 
 ORIGIN = STRAIGHT.point(0.0)
 

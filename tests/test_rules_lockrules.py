@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from tracks import GPS, LOCK, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, stay, trip_doc
 
 from rules import AlarmType, Engine
+from tests.tracks import (
+    GPS,
+    LOCK,
+    MIN,
+    SEC,
+    STRAIGHT,
+    T0,
+    Live,
+    drive,
+    lock_event,
+    path,
+    stay,
+    trip_doc,
+)
 
 UNAUTH = AlarmType.UNAUTHORIZED_UNLOCK
 OOS = AlarmType.UNLOCK_OUT_OF_SEQUENCE

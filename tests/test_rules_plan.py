@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tracks import STRAIGHT, T0, square, trip_doc
 
 from rules import TripPlanError, parse_time_ms, parse_trip
 from rules.geometry import TripGeometry
+from tests.tracks import STRAIGHT, T0, square, trip_doc
 
 
 def contract_example() -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tracks import INCIDENTS, MIN, ROADS, STRAIGHT, T0, Live, circle, normal_trip
 
 from rules import AlarmType, Engine, PositionUpdate, RuleValueError, replay
+from tests.tracks import INCIDENTS, MIN, ROADS, STRAIGHT, T0, Live, circle, normal_trip
 
 
 def live_events(sc) -> list:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from tracks import GPS, LOCK, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, trip_doc
-
 from rules import AlarmType, Engine, Journal
+from tests.tracks import GPS, LOCK, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, trip_doc
 
 ROUTE = AlarmType.ROUTE_DEVIATION
 LOST = AlarmType.SIGNAL_LOST

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tracks import GPS, LOCK, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, trip_doc
 
 from rules import AlarmType, Engine
+from tests.tracks import GPS, LOCK, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, trip_doc
 
 LOST = AlarmType.SIGNAL_LOST
 LATE = AlarmType.LATE_ARRIVAL
