@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from geofence.errors import GeometryError
 
 
-def lonlat_array(coords: ArrayLike, what: str, min_points: int, **context: object) -> NDArray:
+def lonlat_array(
+    coords: ArrayLike, what: str, min_points: int, **context: object
+) -> NDArray[np.float64]:
     """``coords`` as a float64 (N, 2) lon/lat array, checked for shape, NaN and range."""
     try:
         arr = np.array(coords, dtype=np.float64)
@@ -27,7 +31,9 @@ def lonlat_array(coords: ArrayLike, what: str, min_points: int, **context: objec
     return arr
 
 
-def check_lonlat(lon: NDArray, lat: NDArray, what: str, **context: object) -> None:
+def check_lonlat(
+    lon: NDArray[np.float64], lat: NDArray[np.float64], what: str, **context: object
+) -> None:
     """Raise GeometryError unless every lon is in [-180, 180] and every lat in [-90, 90]."""
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise GeometryError(f"{what}: coordinates must be finite (NaN or inf found)", **context)
@@ -37,7 +43,7 @@ def check_lonlat(lon: NDArray, lat: NDArray, what: str, **context: object) -> No
         )
 
 
-def fix_arrays(*arrays: ArrayLike) -> tuple[NDArray, ...]:
+def fix_arrays(*arrays: ArrayLike) -> tuple[NDArray[Any], ...]:
     """1-d arrays of equal length (scalars broadcast), for per-fix inputs."""
     out = [np.atleast_1d(np.asarray(a)) for a in arrays]
     try:

@@ -53,15 +53,17 @@ def cell_boxes(
     x1 = int(np.floor((maxx + 180.0) / size))
     y0 = min(int(np.floor((miny + 90.0) / size)), nrow - 1)
     y1 = min(int(np.floor((maxy + 90.0) / size)), nrow - 1)
-    ix, iy = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1), indexing="ij")
-    ix, iy = ix.ravel(), iy.ravel()
+    gx, gy = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1), indexing="ij")
+    ix, iy = gx.ravel(), gy.ravel()
     bounds = np.column_stack(
         [ix * size - 180.0, iy * size - 90.0, (ix + 1) * size - 180.0, (iy + 1) * size - 90.0]
     )
     return ix, iy, bounds
 
 
-def cell_of(level: int, lon: NDArray, lat: NDArray) -> tuple[NDArray, NDArray]:
+def cell_of(
+    level: int, lon: NDArray[np.float64], lat: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Column and row of the cell holding each point at ``level`` (columns wrap at 360°)."""
     size = LEVELS[level]
     ncol = round(360.0 / size)
@@ -74,7 +76,14 @@ def cell_of(level: int, lon: NDArray, lat: NDArray) -> tuple[NDArray, NDArray]:
 class _Level:
     """Cells of one level: cell -> run of (slot, full) entries."""
 
-    def __init__(self, level: int, ix: NDArray, iy: NDArray, slot: NDArray, full: NDArray) -> None:
+    def __init__(
+        self,
+        level: int,
+        ix: NDArray[np.int64],
+        iy: NDArray[np.int64],
+        slot: NDArray[np.int64],
+        full: NDArray[np.bool_],
+    ) -> None:
         self.level = level
         ncol = round(360.0 / LEVELS[level])
         key = iy * ncol + ix
@@ -96,7 +105,7 @@ class _Level:
             self.dense = np.full((w, h), -1, np.int32)
             self.dense[cx - self.x0, cy - self.y0] = np.arange(starts.shape[0], dtype=np.int32)
 
-    def rows(self, lon: NDArray, lat: NDArray) -> NDArray[np.int64]:
+    def rows(self, lon: NDArray[np.float64], lat: NDArray[np.float64]) -> NDArray[np.int64]:
         """Cell row per point, -1 where the cell holds no fence."""
         ix, iy = cell_of(self.level, lon, lat)
         if self.dense is not None:
@@ -125,12 +134,12 @@ class GridIndex:
             ix = np.concatenate([c.ix % ncol for _, c in items])
             iy = np.concatenate([c.iy for _, c in items])
             full = np.concatenate([c.full for _, c in items])
-            slot = np.concatenate([np.full(c.ix.shape[0], s, np.int64) for s, c in items])
+            slots = np.concatenate([np.full(c.ix.shape[0], s, np.int64) for s, c in items])
             if ix.size:
-                self.levels.append(_Level(level, ix, iy, slot, full))
+                self.levels.append(_Level(level, ix, iy, slots, full))
 
     def candidates(
-        self, lon: NDArray, lat: NDArray
+        self, lon: NDArray[np.float64], lat: NDArray[np.float64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
         """(fix, slot, full) for every fence whose cell holds the fix."""
         fixes, slots, fulls = [], [], []

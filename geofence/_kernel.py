@@ -9,6 +9,8 @@ few parts per million near the fix and below 0.1 % hundreds of km away (docs/geo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
@@ -18,7 +20,12 @@ _TINY = F32(1e-30)
 _BLOCK_ELEMENTS = 24_000
 
 
-def point_segment(ax: NDArray, ay: NDArray, bx: NDArray, by: NDArray) -> tuple[NDArray, NDArray]:
+def point_segment(
+    ax: NDArray[np.floating[Any]],
+    ay: NDArray[np.floating[Any]],
+    bx: NDArray[np.floating[Any]],
+    by: NDArray[np.floating[Any]],
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]]]:
     """Squared distance from the origin to segments a->b, and the projection parameter t."""
     dx = bx - ax
     dy = by - ay
@@ -92,7 +99,9 @@ def ragged_arange(counts: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray
     return owner, pos
 
 
-def group_argmin(values: NDArray, owner: NDArray[np.int64]) -> tuple[NDArray, NDArray]:
+def group_argmin(
+    values: NDArray[Any], owner: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Per run of equal ``owner`` (sorted, contiguous): (owner, index of its smallest value)."""
     if owner.shape[0] == 0:
         return owner, owner

@@ -40,7 +40,7 @@ def parse_fence(geometry: Any, radius_m: float, key: str) -> Circle | BaseGeomet
                 key=key,
             )
         try:
-            geom = shapely.geometry.shape(geometry)
+            geom = shapely.geometry.shape(dict(geometry))
         except Exception as exc:  # shapely raises many kinds for malformed input
             raise GeometryError(f"malformed GeoJSON {gtype}: {exc}", key=key) from None
     elif isinstance(geometry, BaseGeometry):

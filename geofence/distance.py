@@ -53,7 +53,8 @@ def distance_m(
     kx, ky = metres_per_degree(0.5 * (lat1 + lat2))
     dx = wrap_lon(np.subtract(lon2, lon1, dtype=np.float64)) * kx
     dy = (lat2 - lat1) * ky
-    return np.sqrt(dx * dx + dy * dy)
+    out: NDArray[np.float64] = np.sqrt(dx * dx + dy * dy)
+    return out
 
 
 def geodesic_m(

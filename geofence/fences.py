@@ -140,7 +140,7 @@ class FenceSet:
         """The kind of the fence in ``slot`` (a FenceKind value)."""
         slot = int(slot)
         self._check_slots(np.array([slot]))
-        return _KINDS[self._kind[slot]].value
+        return _KINDS[int(self._kind[slot])].value
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -219,7 +219,9 @@ class FenceSet:
 
     # ---------------------------------------------------------------------- helpers
 
-    def _inside(self, slot: NDArray[np.int64], lon: NDArray, lat: NDArray) -> NDArray[np.bool_]:
+    def _inside(
+        self, slot: NDArray[np.int64], lon: NDArray[np.float64], lat: NDArray[np.float64]
+    ) -> NDArray[np.bool_]:
         out = np.empty(slot.shape[0], bool)
         circ = self._circle[slot]
         c = self._centre[slot[circ]]
@@ -236,7 +238,7 @@ class FenceSet:
             raise GeometryError("unknown fence slot", slot=int(slots[bad][0]))
 
     def _candidates(
-        self, lon: NDArray, lat: NDArray
+        self, lon: NDArray[np.float64], lat: NDArray[np.float64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
         if (
             self._grid is None
@@ -257,7 +259,7 @@ class FenceSet:
         self._stale = 0
 
     def _pending_candidates(
-        self, lon: NDArray, lat: NDArray, kinds: Collection[str] | None
+        self, lon: NDArray[np.float64], lat: NDArray[np.float64], kinds: Collection[str] | None
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         fixes, slots = [], []
         wanted = None if kinds is None else {_KIND_CODE[_kind(k, "kinds")] for k in kinds}
@@ -297,7 +299,7 @@ class FenceSet:
         return slot
 
 
-def _inputs(slots: ArrayLike, lon: ArrayLike, lat: ArrayLike) -> tuple[NDArray, ...]:
+def _inputs(slots: ArrayLike, lon: ArrayLike, lat: ArrayLike) -> tuple[NDArray[Any], ...]:
     s, x, y = fix_arrays(slots, lon, lat)
     return s.astype(np.int64), x.astype(np.float64), y.astype(np.float64)
 
@@ -336,7 +338,9 @@ def _polygon_cells(poly: BaseGeometry) -> Cells:
     return Cells(level, ix[keep], iy[keep], full[keep])
 
 
-def _polygon_distance(poly: BaseGeometry, lon: NDArray, lat: NDArray) -> NDArray[np.float64]:
+def _polygon_distance(
+    poly: BaseGeometry, lon: NDArray[np.float64], lat: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """Metres from each point to the polygon's boundary, 0 inside (local ellipsoidal scale)."""
     inside = shapely.intersects_xy(poly, lon, lat)
     best = np.full(lon.shape[0], np.inf)

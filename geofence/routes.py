@@ -182,7 +182,11 @@ class RouteSet:
         return RouteMatch(dist, seg, along)
 
     def _search(
-        self, s: NDArray[np.int64], lon: NDArray, lat: NDArray, hint: NDArray[np.int64]
+        self,
+        s: NDArray[np.int64],
+        lon: NDArray[np.float64],
+        lat: NDArray[np.float64],
+        hint: NDArray[np.int64],
     ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]]:
         """Squared distance, padded segment index and projection parameter per fix."""
         m = s.shape[0]
@@ -299,7 +303,9 @@ class RouteSet:
         info = self._chunks[rows]
         fx = px[fix]
         fy = py[fix]
-        gx = np.maximum(np.maximum(info[:, MINX] - fx, fx - info[:, MAXX]), F32(0))
+        gx: NDArray[np.float32] = np.maximum(
+            np.maximum(info[:, MINX] - fx, fx - info[:, MAXX]), F32(0)
+        )
         gy = np.maximum(np.maximum(info[:, MINY] - fy, fy - info[:, MAXY]), F32(0))
         gx *= F32(0.5) * (kxp[fix] + info[:, KXMIN])
         gy *= kyp[fix]
