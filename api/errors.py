@@ -5,50 +5,39 @@ ApiError                 (root of this package, a CargowatchError; carries statu
  ├── Forbidden           403: the key's role may not do this
  └── NotFound            404: no such object, or one of another tenant
 
-Errors of the engine packages map onto statuses here (``DOMAIN_STATUS``): invalid input 422,
-not found 404, conflicts and refused transitions 409, an unavailable store 503. FastAPI's own
-validation errors become 422 (400 when the body is not JSON at all), unknown routes 404, and
-anything unexpected a logged 500 whose body says only "internal error".
+The engine's errors are mapped by their kind (``core.errors``) alone, never by package:
+InvalidInput 422, NotFound 404, Conflict 409, Unavailable 503. FastAPI's own validation
+errors become 422 (400 when the body is not JSON at all), unknown routes 404. Anything else
+(a CargowatchError of no kind, or any other exception: a bug) is a 500 whose body says only
+"internal error" plus an ``error_id`` that is also in the log record with the trace.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alerts.errors import AlarmNotFound, ConflictError, TransitionError
-from alerts.errors import ValidationError as AlarmValidationError
-from core.errors import CargowatchError, InvalidInput, NotFoundError, StateConflict
-from geofence.errors import GeometryError
-from rules.errors import RulesError
-from telemetry.errors import Conflict, StoreError
-from telemetry.errors import NotFound as StoreNotFound
+from core import errors as kinds
+from core.errors import CargowatchError
 
 log = logging.getLogger(__name__)
 
-#: Status and code of the engine's errors, most specific first (checked with isinstance).
-DOMAIN_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (AlarmNotFound, 404, "not_found"),
-    (NotFoundError, 404, "not_found"),
-    (StoreNotFound, 404, "not_found"),
-    (TransitionError, 409, "conflict"),
-    (ConflictError, 409, "conflict"),
-    (StateConflict, 409, "conflict"),
-    (Conflict, 409, "conflict"),
-    (AlarmValidationError, 422, "validation_error"),
-    (InvalidInput, 422, "validation_error"),
-    (RulesError, 422, "validation_error"),
-    (GeometryError, 422, "validation_error"),
-    (StoreError, 503, "unavailable"),
+#: Status and code of each kind of engine error; an error has at most one kind.
+KIND_STATUS: tuple[tuple[type[CargowatchError], int, str], ...] = (
+    (kinds.InvalidInput, 422, "validation_error"),
+    (kinds.NotFound, 404, "not_found"),
+    (kinds.Conflict, 409, "conflict"),
+    (kinds.Unavailable, 503, "unavailable"),
 )
 
 HTTP_CODES = {
@@ -94,7 +83,7 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
-class NotFound(ApiError):
+class NotFound(ApiError, kinds.NotFound):
     status = 404
     code = "not_found"
 
@@ -102,6 +91,9 @@ class NotFound(ApiError):
 class ErrorBody(BaseModel):
     code: str
     message: str
+    error_id: str | None = Field(
+        default=None, description="Only on a 500: the id of the server's log record"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -139,15 +131,26 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message)
 
 
+def internal_error(exc: BaseException, method: str, path: str) -> JSONResponse:
+    """A 500 for a bug: the trace goes to the log under a fresh id, the client gets the id."""
+    error_id = secrets.token_hex(8)
+    log.error("internal error %s on %s %s: %r", error_id, method, path, exc, exc_info=exc)
+    return JSONResponse(
+        {"error": {"code": "internal", "message": "internal error", "error_id": error_id}},
+        status_code=500,
+    )
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    for cls, status, code in DOMAIN_STATUS:
-        if isinstance(exc, cls):
+    assert isinstance(exc, CargowatchError)
+    for kind, status, code in KIND_STATUS:
+        if isinstance(exc, kind):
             if status >= 500:
+                # the message may name hosts and ports: log it, answer in general terms
                 log.warning("%s %s: %s", request.method, request.url.path, exc)
-                return error_response(status, code, "the store is unavailable; retry later")
-            return error_response(status, code, getattr(exc, "message", str(exc)))
-    log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
-    return error_response(500, "internal", "internal error")
+                return error_response(status, code, "a service is unavailable; retry later")
+            return error_response(status, code, exc.message)
+    return internal_error(exc, request.method, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -210,10 +213,9 @@ class CatchAllMiddleware:
             await self.app(scope, receive, tracking_send)
         except ClientDisconnect:
             log.debug("client left during %s %s", scope.get("method"), scope.get("path"))
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        except Exception as exc:
+            response = internal_error(exc, str(scope.get("method")), str(scope.get("path")))
             if not started:
-                response = error_response(500, "internal", "internal error")
                 await response(scope, receive, send)
 
 

@@ -1,12 +1,15 @@
 """Shared world for the API tests: a runtime on SQLite in a temp dir, keys of every role and
 two tenants (``pg`` and ``acme``) with a trip, an alarm, a webhook, telemetry each.
 
-Not a test module of its own (it holds no tests); the ``test_api_*`` modules import it.
+The ``world`` and ``module_world`` fixtures of ``tests/conftest.py`` hand it to the tests;
+helpers and constants are imported from here as ``tests.api_world``.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from cargowatch.settings import Settings
 from core.clock import ManualClock
 from rules.events import AlarmSignal, AlarmType
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent, LockEventType
+from telemetry.store import Store
 
 ADMIN_KEY = "admin-secret"
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z, the ManualClock's default start
@@ -28,12 +32,12 @@ ROLES = ("admin", "desk", "fleet", "shipper")
 _counter = itertools.count()
 
 
-def make_runtime(tmp_path: Path, clock: ManualClock) -> Runtime:
-    """The real runtime on a fresh SQLite file, without MQTT."""
+def make_runtime(tmp_path: Path, clock: ManualClock, store: Store | None = None) -> Runtime:
+    """The real runtime on a fresh SQLite file (or on ``store``), without MQTT."""
     settings = Settings(
         db_url=f"sqlite:///{tmp_path / 'api.sqlite'}", mqtt_url=None, admin_key=ADMIN_KEY
     )
-    return Runtime(settings, clock=clock)
+    return Runtime(settings, clock=clock, store=store)
 
 
 def trip_doc(trip_id: str, shipper: str, devices: list[str], **extra: Any) -> dict[str, Any]:
@@ -228,3 +232,13 @@ async def build_world(tmp_path: Path) -> World:
         ]
     )
     return world
+
+
+@asynccontextmanager
+async def running_world(tmp_path: Path) -> AsyncIterator[World]:
+    """``build_world`` in ``tmp_path``, closed (client and runtime) on the way out."""
+    world = await build_world(tmp_path)
+    try:
+        yield world
+    finally:
+        await world.aclose()

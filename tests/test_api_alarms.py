@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-import pytest_asyncio
 
 from rules.events import AlarmType
-from tests.api_world import OTHER, OWN, World, build_world
+from tests.api_world import OTHER, OWN, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def world(tmp_path) -> AsyncIterator[World]:
-    w = await build_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.aclose()
 
 
 async def test_ack_then_resolve_records_history_and_handling(world: World) -> None:

@@ -7,28 +7,18 @@ the status, no response to the shipper key may carry anything of ``acme``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from rules.events import AlarmType
-from tests.api_world import OTHER, OWN, ROLES, World, build_world, fence_feature, trip_doc
+from tests.api_world import OTHER, OWN, ROLES, World, fence_feature, trip_doc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 _ids = itertools.count()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    w = await build_world(tmp_path_factory.mktemp("api-auth"))
-    try:
-        yield w
-    finally:
-        await w.aclose()
 
 
 Setup = Callable[[World, str], dict[str, Any]]
@@ -175,15 +165,19 @@ def _assert_no_leak(text: str) -> None:
 @pytest.mark.parametrize("target", [OWN, OTHER])
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-async def test_role_and_tenant_matrix(world: World, case: Case, role: str, target: str) -> None:
-    objects = await case.setup(world, target) if case.setup else _objects(world, target)
+async def test_role_and_tenant_matrix(
+    module_world: World, case: Case, role: str, target: str
+) -> None:
+    objects = (
+        await case.setup(module_world, target) if case.setup else _objects(module_world, target)
+    )
     path = case.path.format(**objects)
     params = dict(case.params)
     if (case.method, case.path) in SHIPPER_FILTERED:
         params["shipper"] = target
     body = case.body(target) if case.body else None
-    r = await world.client.request(
-        case.method, path, json=body, params=params, headers=world.auth(role)
+    r = await module_world.client.request(
+        case.method, path, json=body, params=params, headers=module_world.auth(role)
     )
     expected = _expected(case, role, target)
     if (case.method, case.path) in SHIPPER_FILTERED and role == "shipper" and target == OTHER:
@@ -213,62 +207,72 @@ LIST_FILTERS = [
 
 @pytest.mark.parametrize(("path", "params"), LIST_FILTERS)
 async def test_shipper_list_filters_on_another_tenant_are_empty(
-    world: World, path: str, params: dict[str, str]
+    module_world: World, path: str, params: dict[str, str]
 ) -> None:
-    r = await world.client.get(path, params=params, headers=world.auth("shipper"))
+    r = await module_world.client.get(path, params=params, headers=module_world.auth("shipper"))
     assert r.status_code == 200
     assert r.json() == []
     # ... while staff (or the other tenant itself) do see data there
     staff_role = "admin"
-    r2 = await world.client.get(path, params=params, headers=world.auth(staff_role))
+    r2 = await module_world.client.get(path, params=params, headers=module_world.auth(staff_role))
     assert r2.status_code == 200 and r2.json() != []
 
 
 @pytest.mark.parametrize(
     "path", ["/v1/trips", "/v1/alarms", "/v1/webhooks", "/v1/webhooks/deliveries"]
 )
-async def test_shipper_lists_hold_only_its_own(world: World, path: str) -> None:
-    own = await world.client.get(path, headers=world.auth("shipper"))
+async def test_shipper_lists_hold_only_its_own(module_world: World, path: str) -> None:
+    own = await module_world.client.get(path, headers=module_world.auth("shipper"))
     assert own.status_code == 200
     assert own.json(), "the own tenant's list should not be empty"
     assert {item["shipper"] for item in own.json()} == {OWN}
     _assert_no_leak(own.text)
-    everyone = await world.client.get(path, headers=world.auth("admin"))
+    everyone = await module_world.client.get(path, headers=module_world.auth("admin"))
     assert {item["shipper"] for item in everyone.json()} >= {OWN, OTHER}
 
 
-async def test_shipper_kpi_counts_only_its_own_alarms(world: World) -> None:
-    mine = (await world.client.get("/v1/reports/kpi", headers=world.auth("shipper"))).json()
-    everyone = (await world.client.get("/v1/reports/kpi", headers=world.auth("desk"))).json()
-    own_alarms = world.runtime.store.list_alarms(shipper=OWN, limit=10_000)
+async def test_shipper_kpi_counts_only_its_own_alarms(module_world: World) -> None:
+    mine = (
+        await module_world.client.get("/v1/reports/kpi", headers=module_world.auth("shipper"))
+    ).json()
+    everyone = (
+        await module_world.client.get("/v1/reports/kpi", headers=module_world.auth("desk"))
+    ).json()
+    own_alarms = module_world.runtime.store.list_alarms(shipper=OWN, limit=10_000)
     assert mine["shipper"] == OWN
     assert mine["alarms"] == len(own_alarms)
     assert everyone["alarms"] > mine["alarms"]
 
 
-async def test_shipper_may_not_subscribe_for_another_tenant(world: World) -> None:
+async def test_shipper_may_not_subscribe_for_another_tenant(module_world: World) -> None:
     body = {"url": "https://example.test/h", "secret": "y" * 16, "shipper": OTHER}
-    r = await world.client.post("/v1/webhooks", json=body, headers=world.auth("shipper"))
+    r = await module_world.client.post(
+        "/v1/webhooks", json=body, headers=module_world.auth("shipper")
+    )
     assert r.status_code == 403
-    hooks = world.runtime.store.list_webhooks(OTHER)
+    hooks = module_world.runtime.store.list_webhooks(OTHER)
     assert all(h["url"] != "https://example.test/h" for h in hooks)
     # without a shipper the key's own is used
     del body["shipper"]
-    r = await world.client.post("/v1/webhooks", json=body, headers=world.auth("shipper"))
+    r = await module_world.client.post(
+        "/v1/webhooks", json=body, headers=module_world.auth("shipper")
+    )
     assert r.status_code == 201 and r.json()["shipper"] == OWN
     assert "y" * 16 not in r.text  # the secret is never returned
 
 
-async def test_admin_webhook_needs_a_shipper(world: World) -> None:
+async def test_admin_webhook_needs_a_shipper(module_world: World) -> None:
     body = {"url": "https://example.test/h", "secret": "z" * 16}
-    r = await world.client.post("/v1/webhooks", json=body, headers=world.auth("admin"))
+    r = await module_world.client.post(
+        "/v1/webhooks", json=body, headers=module_world.auth("admin")
+    )
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "validation_error"
 
 
-def _v1_routes(world: World) -> list[tuple[str, str]]:
+def _v1_routes(module_world: World) -> list[tuple[str, str]]:
     """Every (method, path template) under /v1, from the app's own OpenAPI schema."""
-    paths = world.app.openapi()["paths"]
+    paths = module_world.app.openapi()["paths"]
     return sorted(
         (method.upper(), path)
         for path, ops in paths.items()
@@ -288,40 +292,46 @@ def _v1_routes(world: World) -> list[tuple[str, str]]:
     ],
     ids=["none", "unknown", "basic", "empty", "no-scheme"],
 )
-async def test_every_v1_route_needs_a_known_key(world: World, headers: dict[str, str]) -> None:
-    routes = _v1_routes(world)
+async def test_every_v1_route_needs_a_known_key(
+    module_world: World, headers: dict[str, str]
+) -> None:
+    routes = _v1_routes(module_world)
     assert len(routes) >= 25
     for method, template in routes:
         path = template.replace("{", "").replace("}", "")  # any value: auth comes first
-        r = await world.client.request(method, path, headers=headers, json={})
+        r = await module_world.client.request(method, path, headers=headers, json={})
         assert r.status_code == 401, f"{method} {path}: {r.status_code} {r.text}"
         assert r.json()["error"]["code"] == "unauthorized"
         assert r.headers["www-authenticate"] == "Bearer"
 
 
-async def test_every_case_covers_every_v1_route(world: World) -> None:
+async def test_every_case_covers_every_v1_route(module_world: World) -> None:
     covered = {(c.method, c.path.split("{")[0]) for c in CASES} | {("GET", "/v1/live")}
-    for method, path in _v1_routes(world):
+    for method, path in _v1_routes(module_world):
         prefix = path.split("{")[0]
         assert (method, prefix) in covered, f"{method} {path} missing from the matrix"
 
 
-async def test_keys_are_stored_hashed(world: World) -> None:
-    r = await world.client.post(
+async def test_keys_are_stored_hashed(module_world: World) -> None:
+    r = await module_world.client.post(
         "/v1/keys",
         json={"role": "shipper", "shipper": OWN, "label": "pg-ops"},
-        headers=world.auth("admin"),
+        headers=module_world.auth("admin"),
     )
     assert r.status_code == 201
     made = r.json()
     assert made["role"] == "shipper" and made["shipper"] == OWN and made["key"]
     import hashlib
 
-    stored = world.runtime.store.get_api_key(hashlib.sha256(made["key"].encode()).hexdigest())
+    stored = module_world.runtime.store.get_api_key(
+        hashlib.sha256(made["key"].encode()).hexdigest()
+    )
     assert stored is not None
     assert made["key"] not in repr(stored)
     # the new key works and is bound to its shipper
-    r = await world.client.get("/v1/trips", headers={"Authorization": f"Bearer {made['key']}"})
+    r = await module_world.client.get(
+        "/v1/trips", headers={"Authorization": f"Bearer {made['key']}"}
+    )
     assert r.status_code == 200 and {t["shipper"] for t in r.json()} == {OWN}
 
 
@@ -329,8 +339,8 @@ async def test_keys_are_stored_hashed(world: World) -> None:
     "body",
     [{"role": "shipper"}, {"role": "desk", "shipper": OWN}, {"role": "root"}, {}],
 )
-async def test_bad_key_requests_are_422(world: World, body: dict[str, Any]) -> None:
-    r = await world.client.post("/v1/keys", json=body, headers=world.auth("admin"))
+async def test_bad_key_requests_are_422(module_world: World, body: dict[str, Any]) -> None:
+    r = await module_world.client.post("/v1/keys", json=body, headers=module_world.auth("admin"))
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "validation_error"
 
@@ -346,9 +356,9 @@ async def test_bad_key_requests_are_422(world: World, body: dict[str, Any]) -> N
     ],
 )
 async def test_forbidden_comes_before_invalid(
-    world: World, role: str, method: str, path: str, body: dict[str, Any]
+    module_world: World, role: str, method: str, path: str, body: dict[str, Any]
 ) -> None:
     """A role that may not act learns nothing from validating its body."""
-    path = path.format(**_objects(world, OWN))
-    r = await world.client.request(method, path, json=body, headers=world.auth(role))
+    path = path.format(**_objects(module_world, OWN))
+    r = await module_world.client.request(method, path, json=body, headers=module_world.auth(role))
     assert r.status_code == 403, r.text

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
 from api.kpi import compute_kpi
 from rules.events import AlarmType
-from tests.api_world import OTHER, OWN, World, build_world
+from tests.api_world import OTHER, OWN, World
 
 in_session_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -104,15 +102,6 @@ def test_rates_are_fractions(rows: list[tuple[int, int | None, int | None, str]]
     assert sum(kpi["by_type"].values()) == len(alarms)
     if kpi["false_alarm_rate"] is not None:
         assert 0.0 <= kpi["false_alarm_rate"] <= 1.0
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def world(tmp_path) -> AsyncIterator[World]:
-    w = await build_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.aclose()
 
 
 @in_session_loop

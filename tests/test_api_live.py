@@ -8,26 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from api import begin_shutdown
 from rules.events import AlarmType
-from tests.api_world import OTHER, OWN, World, build_world
+from tests.api_world import OTHER, OWN, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def world(tmp_path) -> AsyncIterator[World]:
-    w = await build_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.aclose()
 
 
 class SseReader:

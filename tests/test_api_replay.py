@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-import pytest_asyncio
 
-from tests.api_world import OWN, T0, World, along_route, build_world
+from tests.api_world import OWN, T0, World, along_route
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def world(tmp_path) -> AsyncIterator[World]:
-    w = await build_world(tmp_path)
-    # 3 more minutes along the route at 50 km/h after the 5 seeded fixes
-    gps = w.tenants[OWN].devices[1]
-    w.runtime.store.insert_fixes([along_route(gps, T0 + 3600_000, i) for i in range(5, 23)])
-    try:
-        yield w
-    finally:
-        await w.aclose()
+@pytest.fixture
+def world(world: World) -> World:
+    """The conftest world, with 3 more minutes along the route at 50 km/h after the 5 seeded
+    fixes."""
+    gps = world.tenants[OWN].devices[1]
+    world.runtime.store.insert_fixes([along_route(gps, T0 + 3600_000, i) for i in range(5, 23)])
+    return world
 
 
 def live_state(world: World) -> list[tuple[str, str, int]]:

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-import pytest_asyncio
 
-from tests.api_world import OTHER, OWN, World, build_world, fence_feature, trip_doc
+from tests.api_world import OTHER, OWN, World, fence_feature, trip_doc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def world(tmp_path) -> AsyncIterator[World]:
-    w = await build_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.aclose()
 
 
 async def test_create_read_list_and_complete_a_trip(world: World) -> None:
