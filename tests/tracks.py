@@ -193,18 +193,32 @@ def drive(
         noise_m,
         np.random.default_rng(seed),
     )
+    speed = speed_kmh if report_speed else None
+    return _fixes(device, times, lon, lat, speed, battery_pct, seq0)
+
+
+def _fixes(
+    device: str,
+    times: Sequence[int],
+    lons: np.ndarray,
+    lats: np.ndarray,
+    speed_kmh: float | None,
+    battery_pct: float | None,
+    seq0: int | None = None,
+) -> list[Fix]:
+    """One fix per time, received half a second later; ``seq`` counts up from ``seq0``."""
     return [
         Fix(
             device_id=device,
             ts=t,
             lat=float(y),
             lon=float(x),
-            speed_kmh=speed_kmh if report_speed else None,
+            speed_kmh=speed_kmh,
             battery_pct=battery_pct,
             seq=None if seq0 is None else seq0 + k,
             received_at=t + 500,
         )
-        for k, (t, x, y) in enumerate(zip(times, lon, lat, strict=True))
+        for k, (t, x, y) in enumerate(zip(times, lons, lats, strict=True))
     ]
 
 
@@ -248,18 +262,7 @@ def stay(
     n = int(duration_s // interval_s) + 1
     times = [t_start + round(k * interval_s * 1000) for k in range(n)]
     lons, lats = _noisy(np.full(n, lon), np.full(n, lat), noise_m, np.random.default_rng(seed))
-    return [
-        Fix(
-            device_id=device,
-            ts=t,
-            lat=float(y),
-            lon=float(x),
-            speed_kmh=speed_kmh,
-            battery_pct=battery_pct,
-            received_at=t + 500,
-        )
-        for t, x, y in zip(times, lons, lats, strict=True)
-    ]
+    return _fixes(device, times, lons, lats, speed_kmh, battery_pct)
 
 
 def lock_event(
