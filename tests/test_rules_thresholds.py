@@ -13,7 +13,28 @@ from hypothesis import strategies as st
 from rules import DEFAULT_RULES, RULE_NAMES, RULE_RANGES, RuleValueError, validate_rules
 from rules.thresholds import merge_rules
 
-CONTRACT = Path("/work/shared/spec/CONTRACT.md")
+RULES_DOC = Path(__file__).resolve().parent.parent / "docs" / "rules.md"
+# A row of the thresholds table: | `name` | default | unit | low–high[, whole] | meaning |
+_ROW = re.compile(
+    r"^\| `(?P<name>[a-z_]+)` \| (?P<default>[0-9.,]+) \| (?P<unit>[^|]+?) \| "
+    r"(?P<low>[0-9.,]+)–(?P<high>[0-9.,]+)(?P<whole>, whole)? \| (?P<meaning>[^|]+?) \|$"
+)
+
+
+def documented_thresholds() -> dict[str, re.Match[str]]:
+    """The rows of the table under ``## Thresholds`` in docs/rules.md, by name."""
+    section = RULES_DOC.read_text().split("\n## Thresholds\n")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    matches = [_ROW.match(line) for line in rows]
+    bad = [line for line, m in zip(rows, matches, strict=True) if m is None]
+    assert not bad, f"rows of the thresholds table in docs/rules.md not understood: {bad}"
+    out = {m["name"]: m for m in matches if m is not None}
+    assert len(out) == len(rows), "a threshold is listed twice in docs/rules.md"
+    return out
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
 
 
 def test_defaults_are_the_contract_values() -> None:
@@ -39,11 +60,21 @@ def test_defaults_are_the_contract_values() -> None:
         DEFAULT_RULES["corridor_m"] = 1  # type: ignore[index]
 
 
-@pytest.mark.skipif(not CONTRACT.exists(), reason="contract not available")
-def test_every_back_quoted_threshold_of_the_contract_is_known() -> None:
-    section = CONTRACT.read_text().split("## 4. Alarms")[1].split("## 5.")[0]
-    names = set(re.findall(r"`([a-z_]+_(?:m|s|min|kmh|pct))`", section)) - {"battery_pct"}
-    assert names and names <= set(RULE_NAMES)
+def test_every_documented_threshold_is_known_and_every_known_one_is_documented() -> None:
+    rows = documented_thresholds()
+    assert set(rows) - set(RULE_NAMES) == set(), "docs/rules.md lists thresholds the engine lacks"
+    assert set(RULE_NAMES) - set(rows) == set(), "thresholds missing from docs/rules.md"
+    for name, row in rows.items():
+        assert _number(row["default"]) == DEFAULT_RULES[name], f"default of {name}"
+        rng = RULE_RANGES[name]
+        assert (_number(row["low"]), _number(row["high"])) == (rng.low, rng.high), name
+        assert bool(row["whole"]) == rng.integer, f"whole-number flag of {name}"
+        assert row["meaning"].strip(), f"{name} has no meaning in docs/rules.md"
+    # Units follow the names' suffixes, so a table row cannot drift to another unit silently.
+    suffix_units = {"_m": "m", "_s": "s", "_min": "min", "_kmh": "km/h", "_pct": "%"}
+    for name, row in rows.items():
+        unit = next((u for sfx, u in suffix_units.items() if name.endswith(sfx)), "fixes")
+        assert row["unit"] == unit, f"unit of {name}"
 
 
 def test_validation_messages() -> None:
