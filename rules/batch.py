@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,9 @@ F64 = npt.NDArray[np.float64]
 _DEVICE = attrgetter("device_id")
 
 
-def _column(items: Sequence[object], name: str, n: int, dtype: type = np.float64) -> npt.NDArray:
+def _column(
+    items: Sequence[object], name: str, n: int, dtype: type = np.float64
+) -> npt.NDArray[Any]:
     """One attribute of every item as an array (absent numbers -> NaN for floats)."""
     values = map(attrgetter(name), items)
     try:

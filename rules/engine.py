@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -88,9 +89,10 @@ class PositionBatch:
 
     def updates(self) -> list[PositionUpdate]:
         """One PositionUpdate per device."""
-        speed = np.where(np.isnan(self.speed_kmh), None, self.speed_kmh).tolist()
-        dist = np.round(self.distance_to_route_m, 1)
-        dist = np.where(np.isnan(dist), None, dist).tolist()
+        speed = [None if math.isnan(v) else v for v in self.speed_kmh.tolist()]
+        dist = [
+            None if math.isnan(v) else v for v in np.round(self.distance_to_route_m, 1).tolist()
+        ]
         states = np.asarray(STATE_NAMES, dtype=object)[self.state].tolist()
         return [
             PositionUpdate(dev, trip, shipper, ts, lat, lon, sp, st, di)
@@ -131,12 +133,15 @@ def _doc_digest(doc: Mapping[str, Any]) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(body, sort_keys=True, default=str, separators=(",", ":")).encode())
     route = doc.get("route")
-    coords = route.get("coordinates") if isinstance(route, Mapping) else None
-    try:
-        h.update(np.asarray(coords, dtype=np.float64).tobytes())
-        h.update(str(route.get("type")).encode())  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        h.update(json.dumps(route, sort_keys=True, default=str).encode())
+    if isinstance(route, Mapping):
+        try:
+            h.update(np.asarray(route.get("coordinates"), dtype=np.float64).tobytes())
+            h.update(str(route.get("type")).encode())
+            return h.digest()
+        except (TypeError, ValueError):
+            pass
+    # Not a GeoJSON object (parse_trip refuses it next) or coordinates that are not numbers.
+    h.update(json.dumps(route, sort_keys=True, default=str).encode())
     return h.digest()
 
 
@@ -224,10 +229,10 @@ class Engine:
         digest = _doc_digest(doc)
         slot = self._slots.get(trip_id) if isinstance(trip_id, str) else None
         info = self.trips.info[slot] if slot is not None else None
-        if info is not None and info.doc_digest == digest:
+        if slot is not None and info is not None and info.doc_digest == digest:
             # The same plan again (e.g. the store's copy with a new status): state is kept;
             # only planned -> active is taken over (never backwards).
-            self._take_status(slot, STATUS_CODE[status])  # type: ignore[arg-type]
+            self._take_status(slot, STATUS_CODE[status])
             return []
         plan = parse_trip(doc)
         if slot is None:
@@ -261,7 +266,9 @@ class Engine:
         self._gen += 1
         return self._gen
 
-    def _stop_arrays(self, plan: TripPlan, fence_slots: I64, fence_stops: I64, boxes: F64) -> tuple:
+    def _stop_arrays(
+        self, plan: TripPlan, fence_slots: I64, fence_stops: I64, boxes: F64
+    ) -> tuple[I64, I64, F64, npt.NDArray[np.bool_], F64, F64]:
         n = len(plan.stops)
         unlock = np.fromiter((s.unlock_allowed for s in plan.stops), bool, n)
         eta = np.fromiter(
@@ -312,9 +319,9 @@ class Engine:
         m = trips.m[slot]
         cur = int(m[TC.CUR_STOP])
         cur_id = old.stops[cur].stop_id if cur >= 0 else None
-        trips.progress[slot] = reconcile_progress(info, prog, new_ids)
+        prog = trips.progress[slot] = reconcile_progress(info, prog, new_ids)
         m[TC.CUR_STOP] = new_ids.index(cur_id) if cur_id in new_ids else -1
-        m[TC.NEXT_STOP] = trips.progress[slot].next_arrival()  # type: ignore[union-attr]
+        m[TC.NEXT_STOP] = prog.next_arrival()
         plan, digest = self._slim(plan)
         if digest != info.route_digest:
             m[TC.HINT] = -1

@@ -198,8 +198,8 @@ def apply_fix_round(
     if not all_valid:
         ids = ctx.devices.ids
         for i in np.flatnonzero(~valid).tolist():
-            key = (ids[d[i]], int(ts[i]), None if np.isnan(seq[i]) else int(seq[i]))
-            ctx.flagged.append((key, "gps_jump" if ok[i] else "null_island"))
+            fix_key = (ids[d[i]], int(ts[i]), None if np.isnan(seq[i]) else int(seq[i]))
+            ctx.flagged.append((fix_key, "gps_jump" if ok[i] else "null_island"))
     for col, values in ((DC.VALID_TS, ts), (DC.VALID_LON, lon), (DC.VALID_LAT, lat)):
         D[:, col] = np.where(valid, values, D[:, col])
     D[:, DC.JUMP_RUN] = np.where(valid, 0.0, D[:, DC.JUMP_RUN])
@@ -241,7 +241,11 @@ def apply_fix_round(
     S[:, TC.CUR_STOP] = g_stop
     S[:, TC.VISIT_START] = np.where(changed, vts, S[:, TC.VISIT_START])
     S[:, TC.DWELL_OPEN] = np.where(changed, NAN, S[:, TC.DWELL_OPEN])
-    dwell_ms = trips.st_dwell_ms[trips.stop_base[T] + np.maximum(g_stop, 0)] if in_stop.any() else 0
+    dwell_ms = (
+        trips.st_dwell_ms[trips.stop_base[T] + np.maximum(g_stop, 0)]
+        if in_stop.any()
+        else np.zeros(g_stop.shape[0])
+    )
     dwell_raise = (
         active & in_stop & np.isnan(S[:, TC.DWELL_OPEN]) & (vts - S[:, TC.VISIT_START] > dwell_ms)
     )
@@ -296,7 +300,7 @@ def apply_fix_round(
         s_raise[cand[exempt[cand]]] = False
         cand = np.flatnonzero(s_raise)
         if cand.size:
-            shippers = [trips.info[s].shipper for s in T[cand].tolist()]  # type: ignore[union-attr]
+            shippers = [trips.info[s].shipper for s in T[cand].tolist()]
             rest = ctx.geometry.in_rest_area(vlon[cand], vlat[cand], shippers)
             rest |= ctx.geometry.in_rest_area(a_lon2[cand], a_lat2[cand], shippers)
             s_raise[cand[rest]] = False
@@ -344,7 +348,6 @@ def apply_fix_round(
         assert info is not None
         tid, ts_i, dev_id = info.trip_id, int(vts[i]), ids[vd[i]]
         lon_i, lat_i, arr_i = float(vlon[i]), float(vlat[i]), int(arrival_v[i])
-        where = {"lat": lat_i, "lon": lon_i}
         if r_end[i]:
             key = episode_key(tid, AlarmType.ROUTE_DEVIATION, r_ended_since[i])
             emit.ended(
@@ -382,7 +385,9 @@ def apply_fix_round(
                 },
             )
         if departed[i]:
-            emit.milestone(info, MilestoneKind.DEPARTED, ts_i, device_id=dev_id, **where)
+            emit.milestone(
+                info, MilestoneKind.DEPARTED, ts_i, device_id=dev_id, lat=lat_i, lon=lon_i
+            )
         if changed[i]:
             stop_change(
                 ctx,
@@ -408,10 +413,11 @@ def apply_fix_round(
                     "stop_id": stop.stop_id,
                     "entered_at": int(start),
                     "dwell_min": round((ts_i - start) / 60_000.0, 2),
-                    "max_dwell_min": float(dwell_ms[i]) / 60_000.0,  # type: ignore[index]
+                    "max_dwell_min": float(dwell_ms[i]) / 60_000.0,
                 },
                 arrival_ms=arr_i,
-                **where,
+                lat=lat_i,
+                lon=lon_i,
             )
         if r_raise[i]:
             emit.alarm(
@@ -429,7 +435,8 @@ def apply_fix_round(
                     "fixes": int(cnt2[i]),
                 },
                 arrival_ms=arr_i,
-                **where,
+                lat=lat_i,
+                lon=lon_i,
             )
         if s_raise[i]:
             emit.alarm(
@@ -447,7 +454,8 @@ def apply_fix_round(
                     "stop_max_min": float(R[i, RC.STOP_MAX_MIN]),
                 },
                 arrival_ms=arr_i,
-                **where,
+                lat=lat_i,
+                lon=lon_i,
             )
         if sp_raise[i]:
             emit.alarm(
@@ -464,5 +472,6 @@ def apply_fix_round(
                     "duration_s": round((ts_i - sp_since2[i]) / 1000.0, 1),
                 },
                 arrival_ms=arr_i,
-                **where,
+                lat=lat_i,
+                lon=lon_i,
             )

@@ -192,7 +192,7 @@ class TripGeometry:
         gid = fence.get("geofence_id")
         if not isinstance(gid, str) or not gid:
             raise RulesError("geofence_id must be a non-empty string")
-        geometry = fence.get("geometry")
+        geometry: Any = fence.get("geometry")  # FenceSet.add checks it (GeometryError)
         kind = fence.get("kind")
         props = fence.get("properties")
         if geometry is None and fence.get("type") == "Feature":

@@ -127,7 +127,6 @@ def stop_change(
     info, prog = trips.info[slot], trips.progress[slot]
     assert info is not None and prog is not None
     active = trips.m[slot, TC.STATUS] == ACTIVE
-    where = {"device_id": device_id, "lon": lon, "lat": lat}
     if old >= 0:
         if not math.isnan(old_dwell_open):
             stop_id = info.plan.stops[old].stop_id
@@ -135,10 +134,14 @@ def stop_change(
             ctx.emit.ended(info, AlarmType.DWELL_OVERTIME, key, ts, {"stop_id": stop_id})
         if active and prog.arrived[old] >= 0 and prog.left[old] < 0:
             prog = prog.with_("left", old, ts)
-            ctx.emit.milestone(info, MilestoneKind.LEFT, ts, stop_index=old, **where)
+            ctx.emit.milestone(
+                info, MilestoneKind.LEFT, ts, stop_index=old, device_id=device_id, lon=lon, lat=lat
+            )
     if new >= 0 and active and prog.arrived[new] < 0:
         prog = prog.with_("arrived", new, ts)
-        ctx.emit.milestone(info, MilestoneKind.ARRIVED, ts, stop_index=new, **where)
+        ctx.emit.milestone(
+            info, MilestoneKind.ARRIVED, ts, stop_index=new, device_id=device_id, lon=lon, lat=lat
+        )
     trips.progress[slot] = prog
     trips.m[slot, TC.NEXT_STOP] = prog.next_arrival()
     update_late_deadline(trips, slot)
@@ -225,6 +228,8 @@ def restore_history(trips: TripTable, slot: int, history: Iterable[Mapping[str, 
             info.emitted.add(f"status:{status}")
             if status == TripStatus.ACTIVE.value:
                 m[TC.ACTIVE_SINCE] = ts
+            continue
+        if not isinstance(kind, str):
             continue
         try:
             mk = MilestoneKind(kind)

@@ -100,7 +100,10 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
     if kind not in TAMPER and kind not in (LockEventType.LOCKED, LockEventType.UNLOCKED):
         return
     pos = lock_position(ctx, slot, event, ts)
-    base = {"event": kind.value, "method": None if event.method is None else event.method.value}
+    base: dict[str, object] = {
+        "event": kind.value,
+        "method": None if event.method is None else event.method.value,
+    }
     if kind in TAMPER:
         if m[TC.STATUS] == ACTIVE:
             ctx.emit.alarm(
@@ -119,7 +122,7 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
         (False, []) if pos is None else ctx.geometry.fences_at(trips, slot, pos[0], pos[1])
     )
     if kind == LockEventType.LOCKED:
-        if in_origin:
+        if in_origin and pos is not None:  # in_origin implies a position
             m[TC.SEEN_ORIGIN] = 1.0
             if m[TC.STATUS] == PLANNED:
                 activate(ctx, slot, ts, "sealed at origin", arrival)
@@ -131,7 +134,7 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
                     ts,
                     device_id=device_id,
                     lon=pos[0],
-                    lat=pos[1],  # type: ignore[index]
+                    lat=pos[1],
                     details={"method": base["method"]},
                 )
         return
@@ -147,16 +150,27 @@ def _arrive(
     prog = ctx.trips.progress[slot]
     assert prog is not None
     cur = int(m[TC.CUR_STOP])
-    where = {"device_id": device_id, "lon": lon, "lat": lat}
     if cur == index:
         if prog.arrived[index] < 0:
-            stop_change(ctx, slot, -1, index, ts, old_dwell_open=math.nan, **where)
+            stop_change(
+                ctx,
+                slot,
+                -1,
+                index,
+                ts,
+                device_id=device_id,
+                lon=lon,
+                lat=lat,
+                old_dwell_open=math.nan,
+            )
         return
     old_dwell = float(m[TC.DWELL_OPEN])
     m[TC.CUR_STOP] = index
     m[TC.VISIT_START] = ts
     m[TC.DWELL_OPEN] = math.nan
-    stop_change(ctx, slot, cur, index, ts, old_dwell_open=old_dwell, **where)
+    stop_change(
+        ctx, slot, cur, index, ts, device_id=device_id, lon=lon, lat=lat, old_dwell_open=old_dwell
+    )
 
 
 def _unlocked(
@@ -185,7 +199,6 @@ def _unlocked(
         )
         return
     lon, lat, source = pos
-    where = {"lon": lon, "lat": lat}
     sb = int(trips.stop_base[slot])
     n = int(trips.n_stops[slot])
     unlock_ok = trips.st_unlock[sb : sb + n]
@@ -200,7 +213,8 @@ def _unlocked(
             episode_key(tid, AlarmType.UNAUTHORIZED_UNLOCK, device_id, ts),
             details={**base, "position_source": source, "inside_stops": stop_ids},
             arrival_ms=arrival,
-            **where,
+            lon=lon,
+            lat=lat,
         )
     else:
         prog = trips.progress[slot]
@@ -219,7 +233,8 @@ def _unlocked(
                 stop_index=expected,
                 device_id=device_id,
                 details={"method": base["method"]},
-                **where,
+                lon=lon,
+                lat=lat,
             )
         elif not any(prog.unsealed[s] >= 0 and prog.left[s] < 0 for s in allowed):
             stop = allowed[0]
@@ -248,7 +263,8 @@ def _unlocked(
                     "position_source": source,
                 },
                 arrival_ms=arrival,
-                **where,
+                lon=lon,
+                lat=lat,
             )
     last = n - 1
     if n > 0 and last in stops:

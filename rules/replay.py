@@ -99,8 +99,8 @@ def _feed(
     while j < stop and (due is None or messages[j][0] < due):
         j += 1
     chunk = messages[i:j]
-    fixes = [m[2] for m in chunk if m[1] == 0]
-    locks = [m[2] for m in chunk if m[1] == 1]
-    result = engine.process(fixes, locks, now_ms=chunk[-1][0])  # type: ignore[arg-type]
+    fixes = [m[2] for m in chunk if isinstance(m[2], Fix)]
+    locks = [m[2] for m in chunk if isinstance(m[2], LockEvent)]
+    result = engine.process(fixes, locks, now_ms=chunk[-1][0])
     events += result.events
     return j

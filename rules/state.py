@@ -90,8 +90,33 @@ class DC(IntEnum):
     BATTERY = 11  # last reported battery_pct
 
 
-RC = IntEnum("RC", {name.upper(): i for i, name in enumerate(RULE_NAMES)})  # type: ignore[misc]
-"""Columns of the per-trip threshold table, in ``RULE_NAMES`` order."""
+class RC(IntEnum):
+    """Columns of the per-trip threshold table, in ``RULE_NAMES`` order.
+
+    Spelled out (not built from RULE_NAMES) so the type checker knows the members; the check
+    below keeps the two in step.
+    """
+
+    CORRIDOR_M = 0
+    OFF_ROUTE_MIN_S = 1
+    OFF_ROUTE_MIN_FIXES = 2
+    BACK_ON_ROUTE_FIXES = 3
+    STOP_RADIUS_M = 4
+    STOP_SPEED_KMH = 5
+    STOP_MAX_MIN = 6
+    SIGNAL_LOST_S = 7
+    SPEED_LIMIT_KMH = 8
+    SPEEDING_MIN_S = 9
+    LATE_TOLERANCE_MIN = 10
+    LOW_BATTERY_PCT = 11
+    LOW_BATTERY_CLEAR_PCT = 12
+    MAX_DWELL_MIN = 13
+    MAX_JUMP_KMH = 14
+    UNLOCK_FIX_MAX_AGE_S = 15
+
+
+if tuple(m.name.lower() for m in RC) != RULE_NAMES:
+    raise RuntimeError("rules.state.RC is out of step with rules.thresholds.RULE_NAMES")
 
 STATUS_CODE = {"planned": 0, "active": 1, "completed": 2, "cancelled": 3}
 STATUS_NAME = {v: k for k, v in STATUS_CODE.items()}
@@ -244,7 +269,7 @@ class TripTable:
 
     @property
     def capacity(self) -> int:
-        return self.m.shape[0]
+        return int(self.m.shape[0])
 
     def allocate(self) -> int:
         """A free slot (the table grows by doubling)."""
