@@ -2,6 +2,7 @@
 
 ``AlarmService`` turns engine events into stored alarms, trip events, live events and
 outbox rows; ``WebhookSender`` delivers the outbox; ``LiveHub`` feeds ``GET /v1/live``.
+The first two count through the ``AlertMetrics`` the caller passes in (``alerts.metrics``).
 """
 
 from alerts.deadlines import DEFAULT_SLA, Deadline, merge_sla, validate_sla
@@ -14,6 +15,7 @@ from alerts.errors import (
 )
 from alerts.lifecycle import AlarmStatus, Cause, alarm_id_for
 from alerts.live import LiveHub, Subscription
+from alerts.metrics import AlertMetrics, CountingAlertMetrics, NullAlertMetrics
 from alerts.outbox import WEBHOOK_EVENTS, enqueue_event
 from alerts.render import iso, parse_time, render_alarm
 from alerts.service import AlarmService
@@ -29,10 +31,13 @@ __all__ = [
     "AlarmService",
     "AlarmStatus",
     "AlertError",
+    "AlertMetrics",
     "Cause",
     "ConflictError",
+    "CountingAlertMetrics",
     "Deadline",
     "LiveHub",
+    "NullAlertMetrics",
     "Subscription",
     "TransitionError",
     "ValidationError",

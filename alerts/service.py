@@ -12,7 +12,6 @@ documents, so a restarted service carries on where the previous one stopped.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from alerts import escalation, lifecycle
 from alerts.deadlines import Deadline, merge_sla, validate_sla
 from alerts.errors import AlarmNotFound, ConflictError
 from alerts.live import LiveHub
+from alerts.metrics import AlertMetrics, NullAlertMetrics
 from alerts.outbox import WEBHOOK_EVENTS, enqueue_event, jsonable, stable_event_id
 from alerts.render import iso, render_alarm
 from core.clock import Clock
@@ -60,19 +60,20 @@ class AlarmService:
         hub: LiveHub,
         *,
         default_sla: Mapping[str, Any] | None = None,
+        metrics: AlertMetrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._hub = hub
         self._default_sla = validate_sla(default_sla) if default_sla else None
         self._lock = threading.RLock()
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.metrics: AlertMetrics = metrics or NullAlertMetrics()
 
     # -- engine events ------------------------------------------------------------------------
     def handle(self, events: Sequence[EngineEvent]) -> list[Doc]:
         """Apply one batch of engine events; returns the stored documents of new alarms.
 
-        A bad event is logged and counted (``alarm_events_failed_total``); the rest of the
+        A bad event is logged and counted (``alerts_error("event")``); the rest of the
         batch goes on. Live events are published once, at the end of the batch.
         """
         created: list[Doc] = []
@@ -90,7 +91,7 @@ class AlarmService:
                     with self._store.unit_of_work():
                         self._apply(event, batch, live, created)
                 except Exception:
-                    self.counters["alarm_events_failed_total"] += 1
+                    self.metrics.alerts_error("event")
                     logger.exception("could not handle engine event %r", event)
         self._publish(live)
         return created
@@ -121,11 +122,11 @@ class AlarmService:
             self._store.insert_alarm(doc)
         except Conflict:
             # The episode was seen before (engine restart, replayed backlog): one alarm only.
-            self.counters["alarm_duplicates_total"] += 1
+            self.metrics.alarm_event_skipped("duplicate_alarm")
             return None
         entry = lifecycle.raised_entry(doc)
         self._store.add_alarm_history(doc["alarm_id"], entry)
-        self.counters[f'alarms_raised_total{{type="{doc["type"]}"}}'] += 1
+        self.metrics.alarm_raised(str(doc["type"]))
         self._emit(
             "alarm.raised",
             doc,
@@ -152,7 +153,7 @@ class AlarmService:
         try:
             new = self._update(alarm_id, apply)
         except AlarmNotFound:
-            self.counters["episode_ends_unmatched_total"] += 1
+            self.metrics.alarm_event_skipped("unmatched_episode_end")
             logger.debug("episode end without an alarm: %s", alarm_id)
             return
         if new is None:
@@ -168,7 +169,7 @@ class AlarmService:
         # A trip has a handful of milestones: reading them is cheap and makes a re-emitted
         # milestone (engine restart, replayed backlog) a no-op instead of a second record.
         if any(e.get("event_id") == event_id for e in self._store.trip_events(event.trip_id)):
-            self.counters["milestone_duplicates_total"] += 1
+            self.metrics.alarm_event_skipped("duplicate_milestone")
             return
         record = {
             "kind": "milestone",
@@ -207,7 +208,7 @@ class AlarmService:
         status = event.status.value
         trip = self._store.get_trip(event.trip_id)
         if trip is None:
-            self.counters["trip_status_unknown_trip_total"] += 1
+            self.metrics.alarm_event_skipped("unknown_trip")
             logger.warning("status %s for unknown trip %s", status, event.trip_id)
             return
         old = trip.get("status")
@@ -215,7 +216,7 @@ class AlarmService:
             return  # re-emitted change
         if old in _TERMINAL:
             # The API completed or cancelled the trip first; the desk's word stands.
-            self.counters["trip_status_ignored_total"] += 1
+            self.metrics.alarm_event_skipped("trip_already_ended")
             logger.warning("trip %s is %s; ignoring %s", event.trip_id, old, status)
             return
         trip = dict(trip)
@@ -290,6 +291,7 @@ class AlarmService:
             assert new is not None
             for entry in entries:
                 self._store.add_alarm_history(alarm_id, entry)
+                self.metrics.alarm_transition(str(entry["action"]))
             history = self._store.alarm_history(alarm_id)
             view = render_alarm(new, history)
             if len(entries) == 2:
@@ -315,7 +317,7 @@ class AlarmService:
                 if new is not None:
                     escalated.append(new)
             except Exception:
-                self.counters["escalation_errors_total"] += 1
+                self.metrics.alerts_error("escalation")
                 logger.exception("could not escalate alarm %s", doc.get("alarm_id"))
         self._publish(live)
         return escalated
@@ -340,7 +342,7 @@ class AlarmService:
             self._store.add_alarm_history(alarm_id, entry)
         view = render_alarm(new, self._store.alarm_history(alarm_id))
         for deadline in missed:
-            self.counters[f'escalations_total{{deadline="{deadline}"}}'] += 1
+            self.metrics.alarm_transition("escalated")
             self._emit(
                 "alarm.escalated",
                 new,
@@ -360,7 +362,7 @@ class AlarmService:
                 delay = interval_s
             except Exception:
                 delay = min(max(delay, interval_s) * 2, _LOOP_BACKOFF_CAP_S)
-                self.counters["escalation_loop_errors_total"] += 1
+                self.metrics.alerts_error("escalation_loop")
                 logger.exception("escalation pass failed; retrying in %.3gs", delay)
             await self._clock.sleep(delay)
 
@@ -390,7 +392,7 @@ class AlarmService:
             if self._store.update_alarm(new, int(doc["version"])):
                 return new
             doc = None
-        self.counters["alarm_conflicts_total"] += 1
+        self.metrics.alerts_error("conflict")
         raise ConflictError("the alarm was changed concurrently; try again", alarm_id=alarm_id)
 
     def _emit(
@@ -442,7 +444,7 @@ class AlarmService:
         except Exception:
             # The change itself is stored; losing the webhook must not turn an ack into an
             # error for the desk. Counted so an operator sees it.
-            self.counters["webhook_enqueue_failures_total"] += 1
+            self.metrics.alerts_error("webhook_enqueue")
             logger.exception("could not enqueue %s %s", event_type, event_id)
 
     def _publish(self, live: Live) -> None:

@@ -23,6 +23,7 @@ from types import TracebackType
 
 import httpx
 
+from alerts.metrics import AlertMetrics, NullAlertMetrics
 from alerts.signing import HEADER, sign
 from core.clock import Clock
 from telemetry.store.base import Doc, Store
@@ -78,6 +79,7 @@ class WebhookSender:
         per_receiver: int = 2,
         batch: int = 500,
         rng: random.Random | None = None,
+        metrics: AlertMetrics | None = None,
     ) -> None:
         if max_age_s < MIN_MAX_AGE_S:
             raise ValueError("webhooks are retried for at least 24 h (contract §6)")
@@ -96,7 +98,7 @@ class WebhookSender:
         self._receivers: dict[str, _Receiver] = collections.defaultdict(_Receiver)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake: asyncio.Event | None = None
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.metrics: AlertMetrics = metrics or NullAlertMetrics()
 
     # -- life cycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> WebhookSender:
@@ -130,7 +132,7 @@ class WebhookSender:
                     delay = poll_s
                 except Exception:
                     delay = min(max(delay, poll_s) * 2, _STORE_RETRY_CAP_S)
-                    self.counters["webhook_loop_errors_total"] += 1
+                    self.metrics.alerts_error("webhook_loop")
                     logger.exception("webhook dispatch failed; retrying in %.3gs", delay)
                 await self._sleep_or_wake(delay)
         finally:
@@ -190,7 +192,7 @@ class WebhookSender:
         except Exception:
             # The outcome could not be stored: the row stays due and is sent again
             # (at-least-once; the receiver de-duplicates by event id).
-            self.counters["webhook_loop_errors_total"] += 1
+            self.metrics.alerts_error("webhook_loop")
             logger.exception("recording delivery %s failed", delivery["delivery_id"])
         finally:
             receiver.in_flight -= 1
@@ -241,9 +243,8 @@ class WebhookSender:
             updated["last_error"] = error
             result = "failed"
         await asyncio.to_thread(self._store.update_delivery, updated)
-        self.counters[f'webhook_deliveries_total{{result="{result}"}}'] += 1
+        self.metrics.webhook_result(result)
         if not ok:
-            self.counters["webhook_failures_total"] += 1
             log = logger.warning if final else logger.info
             log(
                 "webhook delivery %s to %s %s: %s (attempt %s)",
@@ -259,7 +260,7 @@ class WebhookSender:
         updated = dict(delivery)
         updated["next_attempt_at"] = until + int(self._rng.random() * 1000)
         await asyncio.to_thread(self._store.update_delivery, updated)
-        self.counters["webhook_deferred_total"] += 1
+        self.metrics.webhook_result("deferred")
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -98,7 +98,7 @@ class Pipeline:
         if dead:
             self.store.insert_dead_letters(dead)
             for d in dead:
-                self.metrics.inc("cargowatch_dead_letters_total", reason=str(d.reason))
+                self.metrics.dead_letters.labels(str(d.reason)).inc()
         new_fixes = fixes
         new_events = events
         if fixes:
@@ -118,7 +118,7 @@ class Pipeline:
         except Exception:
             # A rule bug must not stall ingest: the telemetry is stored (replayable); count it.
             log.exception("rule engine failed on a batch of %d messages", len(messages))
-            self.metrics.inc("cargowatch_rule_errors_total")
+            self.metrics.rule_errors.inc()
             result = None
         created: list[dict] = []
         if result is not None:
@@ -144,19 +144,19 @@ class Pipeline:
                 t_done - t_rules,
             )
         m = self.metrics
-        m.inc("cargowatch_messages_in_total", len(messages))
-        m.inc("cargowatch_fixes_stored_total", len(new_fixes))
-        m.inc("cargowatch_lock_events_stored_total", len(new_events))
-        m.inc("cargowatch_duplicates_total", duplicates)
-        m.observe("cargowatch_batch_size", len(messages))
-        m.observe("cargowatch_parse_seconds", t_parse - t0)
-        m.observe("cargowatch_store_write_seconds", t_store - t_parse)
-        m.observe("cargowatch_rules_seconds", t_done - t_store)
+        m.messages_in.inc(len(messages))
+        m.fixes_stored.inc(len(new_fixes))
+        m.lock_events_stored.inc(len(new_events))
+        m.duplicates.inc(duplicates)
+        m.batch_size.observe(len(messages))
+        m.parse_seconds.observe(t_parse - t0)
+        m.store_write_seconds.observe(t_store - t_parse)
+        m.rules_seconds.observe(t_done - t_store)
         if messages:
             self.evaluated_to = max(self.evaluated_to, max(msg.received_at for msg in messages))
             lag_s = max(0, now - min(msg.received_at for msg in messages)) / 1000
-            m.set("cargowatch_ingest_lag_seconds", lag_s)
-            m.observe("cargowatch_ingest_lag", lag_s)
+            m.last_batch_lag_seconds.set(lag_s)
+            m.ingest_lag_seconds.observe(lag_s)
         return BatchReport(
             len(messages), len(new_fixes), len(new_events), duplicates, len(dead), len(created)
         )

@@ -10,6 +10,7 @@ from alerts import (
     AlarmNotFound,
     AlarmService,
     ConflictError,
+    CountingAlertMetrics,
     LiveHub,
     TransitionError,
     ValidationError,
@@ -54,7 +55,7 @@ def hub() -> LiveHub:
 
 @pytest.fixture
 def service(store, clock, hub) -> AlarmService:
-    return AlarmService(store, clock, hub)
+    return AlarmService(store, clock, hub, metrics=CountingAlertMetrics())
 
 
 def webhook_types(store, alarm_id: str | None = None) -> list[str]:
@@ -80,7 +81,7 @@ def test_signal_raises_one_alarm_per_episode(service, store, clock, hub) -> None
     events = sub.drain()
     assert [e["type"] for e in events] == ["alarm.raised"]
     assert events[0]["shipper"] == "pg" and events[0]["data"]["alarm_id"] == doc["alarm_id"]
-    assert service.counters['alarms_raised_total{type="LOCK_TAMPER"}'] == 1
+    assert service.metrics.count("alarm_raised", "LOCK_TAMPER") == 1
 
 
 def test_raised_alarm_view_and_webhook_body(service, store) -> None:
@@ -319,7 +320,8 @@ async def test_run_loop_survives_store_errors(store, clock, hub) -> None:
             return self.inner.alarms_due(now_ms)
 
     flaky = Flaky(store)
-    service = AlarmService(flaky, clock, hub)  # type: ignore[arg-type]
+    counted = CountingAlertMetrics()
+    service = AlarmService(flaky, clock, hub, metrics=counted)  # type: ignore[arg-type]
     (doc,) = service.handle([signal()])
     clock.advance(10 * 60)
     task = asyncio.ensure_future(service.run(interval_s=0.01))
@@ -329,7 +331,7 @@ async def test_run_loop_survives_store_errors(store, clock, hub) -> None:
                 break
             await asyncio.sleep(0.01)
         assert store.get_alarm(doc["alarm_id"])["escalation_level"] == 1
-        assert service.counters["escalation_loop_errors_total"] == 3
+        assert counted.count("alerts_error", "escalation_loop") == 3
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -354,8 +356,8 @@ def test_episode_end_recorded_status_unchanged(service, store, clock, hub) -> No
     assert webhook_types(store) == ["alarm.raised"]  # not a webhook event
     # an end without an alarm is counted, not an error
     service.handle([EpisodeEnded(AlarmType.SPEEDING, "T1", "pg", "nope", T0)])
-    assert service.counters["episode_ends_unmatched_total"] == 1
-    assert service.counters["alarm_events_failed_total"] == 0
+    assert service.metrics.count("alarm_event_skipped", "unmatched_episode_end") == 1
+    assert service.metrics.count("alerts_error", "event") == 0
 
 
 def test_milestones_and_status_changes_are_stored(service, store, clock, hub) -> None:
@@ -371,7 +373,7 @@ def test_milestones_and_status_changes_are_stored(service, store, clock, hub) ->
     ]  # fmt: skip
     service.handle(events)
     service.handle(events[1:3])  # milestones re-emitted after an engine restart
-    assert service.counters["milestone_duplicates_total"] == 2
+    assert service.metrics.count("alarm_event_skipped", "duplicate_milestone") == 2
     trip = store.get_trip("T1")
     assert trip["status"] == "completed"
     assert trip["activated_at"] == T0 - 10_000 and trip["completed_at"] == T0 - 1_000
@@ -393,7 +395,7 @@ def test_milestones_and_status_changes_are_stored(service, store, clock, hub) ->
     # a completed trip is not re-activated by a late engine event
     service.handle([TripStatusChanged("T1", "pg", TripStatus.ACTIVE, T0, "late")])
     assert store.get_trip("T1")["status"] == "completed"
-    assert service.counters["trip_status_ignored_total"] == 1
+    assert service.metrics.count("alarm_event_skipped", "trip_already_ended") == 1
 
 
 def test_positions_go_to_the_live_feed_only(service, store, hub) -> None:
@@ -419,4 +421,4 @@ def test_one_bad_event_does_not_stop_the_batch(service, store) -> None:
     weird = "not an event"
     created = service.handle([weird, signal(episode="ok"), bad])  # type: ignore[list-item]
     assert len(created) == 2
-    assert service.counters["alarm_events_failed_total"] == 1
+    assert service.metrics.count("alerts_error", "event") == 1

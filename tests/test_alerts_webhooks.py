@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts import AlarmService, LiveHub, WebhookSender, backoff_s
+from alerts import AlarmService, CountingAlertMetrics, LiveHub, WebhookSender, backoff_s
 from core.clock import ManualClock
 from rules.events import AlarmType, Milestone, MilestoneKind
 from tests.alerts_support import T0, Receiver, check_signature, make_store, put_trip, signal
@@ -88,7 +88,11 @@ async def test_retries_with_backoff_for_48h_then_dead(store) -> None:
     AlarmService(store, clock, LiveHub()).handle([signal()])
     (row,) = store.list_deliveries()
     async with WebhookSender(
-        store, clock, transport=httpx.MockTransport(handler), rng=random.Random(3)
+        store,
+        clock,
+        transport=httpx.MockTransport(handler),
+        rng=random.Random(3),
+        metrics=CountingAlertMetrics(),
     ) as sender:
         for _ in range(1000):
             (row,) = store.list_deliveries()
@@ -107,8 +111,9 @@ async def test_retries_with_backoff_for_48h_then_dead(store) -> None:
         # a paused receiver's delivery may wait up to the end of the pause (+1 s jitter)
         assert gap <= max(1.2 * expected, 1.2 * 1800 + 1)
     assert gaps[:5] == pytest.approx([5, 10, 20, 40, 80], rel=0.2)
-    assert sender.counters['webhook_deliveries_total{result="dead"}'] == 1
-    assert sender.counters["webhook_failures_total"] == len(attempts_at)
+    assert sender.metrics.count("webhook_result", "dead") == 1
+    failed = sender.metrics.count("webhook_result", "failed")
+    assert failed + sender.metrics.count("webhook_result", "dead") == len(attempts_at)
 
 
 async def test_paused_receiver_deliveries_are_deferred_not_attempted(store) -> None:
@@ -124,13 +129,15 @@ async def test_paused_receiver_deliveries_are_deferred_not_attempted(store) -> N
     service = AlarmService(store, clock, LiveHub())
     service.handle([signal(episode=f"e{i}") for i in range(10)])
     service.handle([signal(trip_id="T3", shipper="acme")])
-    async with WebhookSender(store, clock, transport=httpx.MockTransport(handler)) as sender:
+    counted = CountingAlertMetrics()
+    transport = httpx.MockTransport(handler)
+    async with WebhookSender(store, clock, transport=transport, metrics=counted) as sender:
         for _ in range(4):
             await sender.deliver_due()
     # pass 1: two failures; pass 2: two more (the third trips the breaker while the fourth is
     # already in flight); passes 3-4: the other six wait for the end of the pause unsent
     assert calls == {"bad.invalid": 4, "good.invalid": 1}
-    assert sender.counters["webhook_deferred_total"] == 6
+    assert counted.count("webhook_result", "deferred") == 6
     pending = store.list_deliveries(shipper="pg", status="pending")
     assert len(pending) == 10
     assert sorted(r["attempts"] for r in pending) == [0] * 6 + [1] * 4
@@ -281,7 +288,7 @@ async def test_run_survives_store_errors(store) -> None:
     try:
         add_hook(store, "wh", "pg", rx.url, "s")
         AlarmService(store, clock, LiveHub()).handle([signal()])
-        sender = WebhookSender(Flaky(store), clock)  # type: ignore[arg-type]
+        sender = WebhookSender(Flaky(store), clock, metrics=CountingAlertMetrics())  # type: ignore[arg-type]
         task = asyncio.ensure_future(sender.run(poll_s=0.01))
         try:
             for _ in range(500):
@@ -292,7 +299,7 @@ async def test_run_survives_store_errors(store) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert sender.counters["webhook_loop_errors_total"] == 2
+        assert sender.metrics.count("alerts_error", "webhook_loop") == 2
         (row,) = store.list_deliveries()
         assert row["status"] == "delivered" and row["attempts"] == 1
         assert [e["id"] for e in rx.events] == [row["event_id"]]

@@ -78,3 +78,21 @@ def test_backlog_counts_queued_batches(world: tuple[Runtime, ManualClock]) -> No
     assert runtime.backlog() is False
     runtime.queue.put_nowait(object())  # type: ignore[arg-type]
     assert runtime.backlog() is True
+
+
+def test_batch_metrics_by_value(world: tuple[Runtime, ManualClock]) -> None:
+    runtime, clock = world
+    m = runtime.metrics
+    clock.advance(3)  # the batch was received 3 s ago
+    runtime.pipeline.process([fix(T0), fix(T0), RawMessage("devices/gps-1/position", b"{", T0)])
+    assert m.value("cargowatch_messages_in_total") == 3
+    assert m.value("cargowatch_fixes_stored_total") == 1
+    assert m.value("cargowatch_duplicates_total") == 1
+    assert m.value("cargowatch_dead_letters_total", reason="bad_json") == 1
+    assert m.value("cargowatch_batch_size_count") == 1
+    assert m.value("cargowatch_batch_size_sum") == 3
+    assert m.value("cargowatch_last_batch_lag_seconds") == 3.0
+    assert m.value("cargowatch_ingest_lag_seconds_sum") == 3.0
+    assert m.value("cargowatch_ingest_lag_seconds_bucket", le="2.0") == 0
+    assert m.value("cargowatch_ingest_lag_seconds_bucket", le="5.0") == 1
+    assert m.value("cargowatch_rule_errors_total") == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
@@ -35,10 +36,10 @@ async def healthz(runtime: RuntimeDep) -> Any:
 
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
+    response_class=Response,
     responses={200: {"content": {"text/plain": {}}}},
 )
-async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
-    """Prometheus text exposition format."""
-    text = await run_in_threadpool(runtime.metrics_text)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus text exposition format (metrics listed in docs/operations.md)."""
+    body = await run_in_threadpool(runtime.metrics_text)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
