@@ -230,11 +230,11 @@ class _StateCollector(Collector):
                 labels=["type", "status"],
             )
             counts = {(str(t), str(s)): n for (t, s), n in open_alarms.items() if s in UNRESOLVED}
-            for alarm_type in AlarmType:
+            for known in AlarmType:
                 for status in UNRESOLVED:
-                    counts.setdefault((str(alarm_type), status), 0)
-            for (alarm_type, status), n in sorted(counts.items()):
-                family.add_metric([alarm_type, status], float(n))
+                    counts.setdefault((str(known), status), 0)
+            for labels, n in sorted(counts.items()):
+                family.add_metric(list(labels), float(n))
             yield family
         for name, help_text, source in (
             ("cargowatch_active_trips", "Trips the engine is watching", self._active_trips),

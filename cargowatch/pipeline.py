@@ -143,20 +143,20 @@ class Pipeline:
                 t_rules - t_store,
                 t_done - t_rules,
             )
-        m = self.metrics
-        m.messages_in.inc(len(messages))
-        m.fixes_stored.inc(len(new_fixes))
-        m.lock_events_stored.inc(len(new_events))
-        m.duplicates.inc(duplicates)
-        m.batch_size.observe(len(messages))
-        m.parse_seconds.observe(t_parse - t0)
-        m.store_write_seconds.observe(t_store - t_parse)
-        m.rules_seconds.observe(t_done - t_store)
+        metrics = self.metrics
+        metrics.messages_in.inc(len(messages))
+        metrics.fixes_stored.inc(len(new_fixes))
+        metrics.lock_events_stored.inc(len(new_events))
+        metrics.duplicates.inc(duplicates)
+        metrics.batch_size.observe(len(messages))
+        metrics.parse_seconds.observe(t_parse - t0)
+        metrics.store_write_seconds.observe(t_store - t_parse)
+        metrics.rules_seconds.observe(t_done - t_store)
         if messages:
             self.evaluated_to = max(self.evaluated_to, max(msg.received_at for msg in messages))
             lag_s = max(0, now - min(msg.received_at for msg in messages)) / 1000
-            m.last_batch_lag_seconds.set(lag_s)
-            m.ingest_lag_seconds.observe(lag_s)
+            metrics.last_batch_lag_seconds.set(lag_s)
+            metrics.ingest_lag_seconds.observe(lag_s)
         return BatchReport(
             len(messages), len(new_fixes), len(new_events), duplicates, len(dead), len(created)
         )
