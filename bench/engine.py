@@ -15,12 +15,20 @@ off route, every fix with speed and battery). Timed after two warm-up batches:
   Point, ``line.distance`` to its route, an STRtree query of the trip and global fences,
   and the rule counters in Python.
 
-    python bench/engine.py [--quick] [--trips 10000] [--fences 5000] [--batch 10000]
+- ``late_data``: one batch of 5,000 messages over ~1,400 active trips (three fixes per
+  truck plus a lock ``tamper`` on 800 trips) after 20 min of live batches, timed twice
+  from the same state: with the tampers 1-60 s *older* than what their devices already
+  sent (late data, the rewind path) and with the same tampers in order. ``ratio`` =
+  late / in order.
+
+    python -m bench.engine [--quick] [--trips 10000] [--fences 5000] [--batches 8]
+    python -m bench.engine --late-only [--late-trips 1400]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -38,7 +46,7 @@ from pyproj import Geod, Transformer
 
 from rules import Engine, FixCols, LockCols
 from rules.events import AlarmSignal
-from telemetry.models import Fix
+from telemetry.models import Fix, LockEvent, LockEventType
 
 REGION = (100.0, 122.0, 22.0, 40.0)
 T0 = 1_795_334_400_000
@@ -246,6 +254,56 @@ def baseline(fleet: Fleet, cols: FixCols, sample: int, n_fences: int) -> float:
     return len(idx) / (time.perf_counter() - t)
 
 
+def late_data(trips: int, fences: int, seed: int, rounds: int = 3) -> dict:
+    """Late lock events vs the same batch in order, from identical engine states."""
+    rng = np.random.default_rng(seed)
+    fleet = Fleet(rng, trips, fences)
+    empty = LockCols.empty()
+    for _ in range(40):  # 20 min of live batches: the journal holds ~16 checkpoints
+        cols = fleet.batch()
+        fleet.engine.process_columns(cols, empty, int(cols.recv.max()))
+    late_engine = fleet.engine
+    ordered_engine = copy.deepcopy(late_engine)
+    n_tamper = min(800, trips)
+    out: dict[str, list[float]] = {"late": [], "in_order": []}
+    alarms = {"late": 0, "in_order": 0}
+    for _ in range(rounds):
+        last = T0 + (fleet.k - 1) * STEP_S * 1000  # newest ts already processed
+        parts = [fleet.batch() for _ in range(3)]
+        cols = FixCols.concat(parts)
+        now = int(cols.recv.max())
+        who = rng.choice(trips, n_tamper, replace=False)
+        shift = rng.integers(1_000, 60_001, n_tamper)
+        for name, engine, sign in (("late", late_engine, -1), ("in_order", ordered_engine, 1)):
+            events = [
+                LockEvent(
+                    device_id=fleet.ids[i],
+                    ts=int(last + sign * s),
+                    event=LockEventType.TAMPER,
+                    received_at=now,
+                )
+                for i, s in zip(who.tolist(), shift.tolist(), strict=True)
+            ]
+            locks = LockCols.from_events(events, engine.devices)
+            t = time.perf_counter()
+            res = engine.process_columns(cols, locks, now)
+            out[name].append(time.perf_counter() - t)
+            alarms[name] += sum(
+                isinstance(e, AlarmSignal) and e.type.value == "LOCK_TAMPER" for e in res.events
+            )
+    late_s, ordered_s = statistics.median(out["late"]), statistics.median(out["in_order"])
+    return {
+        "trips": trips,
+        "batch_messages": len(cols) + n_tamper,
+        "late_lock_events": n_tamper,
+        "late_batch_s": round(late_s, 3),
+        "in_order_batch_s": round(ordered_s, 3),
+        "ratio": round(late_s / ordered_s, 1),
+        "tamper_alarms": alarms,
+        "rounds": rounds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small fleet, < 60 s")
@@ -253,7 +311,13 @@ def main() -> None:
     parser.add_argument("--fences", type=int, default=None)
     parser.add_argument("--batches", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--late-trips", type=int, default=1_400)
+    parser.add_argument("--late-only", action="store_true", help="only the late-data figures")
     args = parser.parse_args()
+    late = late_data(args.late_trips, args.fences or 1_000, args.seed)
+    if args.late_only:
+        print(json.dumps({"late_data": late}))
+        return
     trips = args.trips or (2_000 if args.quick else 10_000)
     fences = args.fences or (1_000 if args.quick else 5_000)
     batches = args.batches or (4 if args.quick else 8)
@@ -315,6 +379,7 @@ def main() -> None:
                 "setup_s": round(fleet.setup_s, 1),
                 "alarms": alarms,
                 "trucks_off_route": expected_off,
+                "late_data": late,
             }
         )
     )
