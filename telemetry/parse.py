@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
@@ -213,10 +214,12 @@ def _parse_into(
         )
         return
 
-    if kind is MessageKind.POSITION:
-        build, records = _fix, out.fixes
-    else:
-        build, records = _lock_event, out.lock_events
+    # One code path for both kinds: the builder and its list are picked together (the checker
+    # cannot pair their types, hence Any).
+    pair: tuple[Callable[[dict[str, Any], str, int, int], Any], list[Any]] = (
+        (_fix, out.fixes) if kind is MessageKind.POSITION else (_lock_event, out.lock_events)
+    )
+    build, records = pair
     if type(doc) is dict:
         # The common case: one object. The raw payload is what a dead letter keeps.
         try:
@@ -381,6 +384,7 @@ def _check_device_id(d: dict[str, Any], device_id: str) -> None:
 def _ts(value: Any, received_at: int, max_future_ms: int) -> int:
     """``ts`` as int epoch ms UTC, from RFC 3339 (with an offset) or integer epoch ms."""
     t = type(value)
+    ms: int
     if t is int:
         ms = value
     elif t is str:
@@ -445,6 +449,7 @@ def _rfc3339_ms(text: str) -> int:
 def _coord(value: Any, key: str, limit: float) -> float | None:
     """A latitude or longitude within [-limit, limit]; ``None`` when absent or null."""
     t = type(value)
+    number: float
     if t is float:
         number = value
     elif t is int:
@@ -462,8 +467,9 @@ def _coord(value: Any, key: str, limit: float) -> float | None:
 
 def _opt_float(d: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
     """An optional number within [lo, hi]; ``None`` when absent or null."""
-    value = d.get(key)
+    value: Any = d.get(key)
     t = type(value)
+    number: float
     if t is float:
         number = value
     elif t is int:
@@ -541,7 +547,7 @@ def _json_type(value: object) -> str:
 
 def _safe_bytes(payload: object) -> bytes:
     try:
-        return bytes(payload[:MAX_DEAD_PAYLOAD_BYTES])  # type: ignore[index]
+        return bytes(payload[:MAX_DEAD_PAYLOAD_BYTES])  # type: ignore[index]  # any object: repr below
     except Exception:
         return repr(payload).encode("utf-8", "replace")[:MAX_DEAD_PAYLOAD_BYTES]
 
@@ -571,6 +577,7 @@ def to_payload(record: Fix | LockEvent, *, with_device_id: bool = False) -> dict
     if with_device_id:
         out["device_id"] = record.device_id
     out["ts"] = format_ts(record.ts)
+    value: object
     if isinstance(record, Fix):
         known = _FIX_FIELDS
         out["lat"] = record.lat
