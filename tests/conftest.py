@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,9 @@ def mqtt_url(mosquitto: MosquittoServer) -> str:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    workdir = Path(os.environ.get("CARGOWATCH_TEST_TMP", "/tmp")) / f"cw-pg-{os.getpid()}"
+    # The cluster's Unix socket lives here: keep the path short (sockets allow ~100 bytes).
+    tmp = os.environ.get("CARGOWATCH_TEST_TMP") or tempfile.gettempdir()
+    workdir = Path(tmp) / f"cw-pg-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     server = PostgresServer(workdir).start()
