@@ -52,7 +52,7 @@ class CountingStore:
 def make_runtime(tmp_path: Path, clock: ManualClock, store: Any = None) -> Runtime:
     """The real runtime on SQLite in ``tmp_path`` (through ``store`` when given)."""
     settings = Settings(db_url=sqlite_url(tmp_path), mqtt_url=None)
-    return Runtime(settings, clock=clock, store=store)
+    return Runtime.open(settings, clock=clock, store=store)
 
 
 def sqlite_url(tmp_path: Path) -> str:
