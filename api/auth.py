@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -54,7 +54,8 @@ class Principal:
     def check_visible(self, shipper: str | None, what: str, ident: str) -> None:
         """404, as if it did not exist, when the object belongs to another tenant."""
         if not self.sees(shipper):
-            raise NotFound(f"no such {what}", **{f"{what}_id": ident})
+            context: dict[str, Any] = {f"{what}_id": ident}
+            raise NotFound(f"no such {what}", **context)
 
     @property
     def actor(self) -> str:

@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -123,11 +124,11 @@ class Fleet:
                     "trip_id": f"T{i}",
                     "shipper": f"s{i % 20}",
                     "devices": [f"d{i}"],
-                    "origin": circle(*line[0], 300.0),
+                    "origin": circle(line[0, 0], line[0, 1], 300.0),
                     "route": {"type": "LineString", "coordinates": line.tolist()},
                     "stops": [
-                        {"stop_id": "S1", **circle(*mid, 200.0)},
-                        {"stop_id": "S2", **circle(*end, 200.0)},
+                        {"stop_id": "S1", **circle(mid[0], mid[1], 200.0)},
+                        {"stop_id": "S2", **circle(end[0], end[1], 200.0)},
                     ],
                     "planned_start": T0 - 3_600_000,
                     "status": "active",
@@ -202,7 +203,8 @@ def baseline(fleet: Fleet, cols: FixCols, sample: int, n_fences: int) -> float:
     geod = Geod(ellps="WGS84")
     to_m = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
     idx = list(range(min(sample, fleet.n)))
-    lines, own = {}, {}
+    lines: dict[int, shapely.LineString] = {}
+    own: dict[int, list[shapely.Polygon]] = {}
     for i in idx:
         line = fleet.routes[i]
         x, y = to_m.transform(line[:, 0], line[:, 1])
@@ -219,7 +221,8 @@ def baseline(fleet: Fleet, cols: FixCols, sample: int, n_fences: int) -> float:
         lon, lat = rng.uniform(REGION[0], REGION[1]), rng.uniform(REGION[2], REGION[3])
         polys.append(shapely.Point(*to_m.transform(lon, lat)).buffer(1_000.0))
     tree = shapely.STRtree(polys)
-    state = {
+    # The naive rule state: one dict of counters per device.
+    state: dict[int, dict[str, Any]] = {
         i: {
             "prev": (float(cols.lon[i]) - 0.001, float(cols.lat[i])),
             "off": 0,

@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 import shapely
 from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
 from simulators.model import SimMessage, SimTrip
 from simulators.roads import LocalFrame
@@ -196,11 +197,11 @@ class _Geo:
             if g.get("properties", {}).get("kind") == "rest_area"
         ]
 
-    def _geom(self, geom: dict) -> shapely.Geometry:
+    def _geom(self, geom: dict) -> BaseGeometry:
         g = shape(geom)
         return shapely.transform(g, lambda c: np.column_stack(self.frame.to_xy(c[:, 0], c[:, 1])))
 
-    def _fence(self, obj: dict) -> shapely.Geometry:
+    def _fence(self, obj: dict) -> BaseGeometry:
         g = self._geom(obj["geometry"])
         if g.geom_type == "Point":
             return g.buffer(float(obj.get("radius_m", 200)), quad_segs=32)

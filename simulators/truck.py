@@ -98,7 +98,7 @@ class Drive:
 
     def time_at(self, s: float | FloatArray) -> FloatArray:
         """First time (ms) the truck reaches along-path position ``s``."""
-        return np.interp(s, self.path.s, self.vertex_arrive_ms)
+        return np.asarray(np.interp(s, self.path.s, self.vertex_arrive_ms))
 
 
 def target_speeds(plan: DrivePlan) -> FloatArray:
