@@ -33,7 +33,7 @@ class AlarmStatus(StrEnum):
 
 
 class Cause(StrEnum):
-    """Why an alarm happened, as recorded by the desk on resolve (contract §5)."""
+    """Why an alarm happened, as recorded by the desk on resolve."""
 
     TRAFFIC_DETOUR = "traffic_detour"
     REST_STOP = "rest_stop"

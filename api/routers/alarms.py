@@ -50,7 +50,7 @@ class HistoryEntry(BaseModel):
 
 
 class AlarmOut(BaseModel):
-    """Contract §4: an alarm with its deadlines, escalation and history."""
+    """An alarm with its deadlines, escalation and history."""
 
     model_config = ConfigDict(extra="allow")
 

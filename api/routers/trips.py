@@ -20,7 +20,7 @@ TripStatusName = Literal["planned", "active", "completed", "cancelled"]
 
 
 class TripIn(BaseModel):
-    """A trip plan (contract §3). Geometry, times and thresholds are checked by the engine's
+    """A trip plan. Geometry, times and thresholds are checked by the engine's
     plan parser, whose message names the offending field."""
 
     model_config = ConfigDict(extra="allow")
