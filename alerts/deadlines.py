@@ -25,6 +25,8 @@ DEFAULT_SLA: dict[str, dict[str, float]] = {
 }
 
 _FIELDS = ("ack_min", "resolve_min")
+# Upper bounds (about 70 days / 2 years) keep due times far inside a 64-bit epoch-ms column.
+_MAX_MIN = {"ack_min": 100_000, "resolve_min": 1_000_000}
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ def validate_sla(sla: Any) -> dict[str, dict[str, float]]:
                 raise ValidationError("unknown sla field", field=key, allowed=list(_FIELDS))
             if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
                 raise ValidationError("sla minutes must be a positive number", field=key)
+            if not minutes <= _MAX_MIN[key]:
+                raise ValidationError(f"sla {key} must be at most {_MAX_MIN[key]}", field=key)
             entry[key] = minutes
         out[severity] = entry
     return out

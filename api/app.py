@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -80,11 +81,10 @@ def create_app(runtime: RuntimeLike, *, heartbeat_s: float = 15.0) -> FastAPI:
         app.include_router(router)
 
     @app.get("/config.json", include_in_schema=False)
-    def desk_config() -> dict:
-        settings = getattr(runtime, "settings", None)
+    def desk_config() -> dict[str, Any]:
         return {
-            "tiles": getattr(settings, "tiles", None),
-            "clock_speed": float(getattr(runtime.clock, "speed", 1.0)),
+            "tiles": runtime.tiles,
+            "clock_speed": runtime.clock_speed,
             "now": runtime.clock.now_ms(),
         }
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from alerts import AlarmService, LiveHub
 from core.clock import Clock
 from telemetry.store.base import Store
 
@@ -20,11 +21,12 @@ from telemetry.store.base import Store
 class RuntimeLike(Protocol):
     """The runtime as the API sees it (see ``cargowatch.runtime.Runtime``)."""
 
-    settings: Any
     store: Store
     clock: Clock
-    alarms: Any  # alerts.AlarmService: ack / resolve / get
-    hub: Any  # alerts.LiveHub: subscribe(shipper=...)
+    clock_speed: float  # 1.0, or how much faster than real time the clock runs (the desk)
+    tiles: str | None  # the desk's base map (XYZ URL template), if any
+    alarms: AlarmService
+    hub: LiveHub
 
     def running(self) -> AbstractAsyncContextManager[Any]: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import begin_shutdown
 
@@ -19,6 +20,6 @@ class ApiServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app
-        if hasattr(getattr(app, "state", None), "live"):
+        if isinstance(app, FastAPI):  # made by create_app: it has live streams to end
             begin_shutdown(app)
         await super().shutdown(sockets)

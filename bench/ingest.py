@@ -116,7 +116,7 @@ async def _engine_drain(mqtt_url: str, db_url: str, n: int, devices: int) -> dic
     settings = Settings(
         mqtt_url=mqtt_url, db_url=db_url, client_id="bench-engine", batch_max=10_000, batch_ms=100
     )
-    runtime = Runtime(settings)
+    runtime = Runtime.open(settings)
     try:
         stored0 = runtime.store.count_telemetry()["fixes"]
         t0 = time.perf_counter()
@@ -173,7 +173,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             pg = PostgresServer(durable=True).start()
             db_url = pg.create_database("bench")
         # Register the devices and create both persistent sessions before the backlog exists.
-        setup = Runtime(Settings(mqtt_url=None, db_url=db_url))
+        setup = Runtime.open(Settings(mqtt_url=None, db_url=db_url))
         for d in range(devices):
             setup.store.put_device({"device_id": f"bench-{d:05d}", "kind": "gps", "shipper": None})
         setup.close()

@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
-    runtime = Runtime(settings)
+    runtime = Runtime.open(settings)
     app = create_app(runtime)
     config = uvicorn.Config(
         app,

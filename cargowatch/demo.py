@@ -92,7 +92,7 @@ async def run_demo(
         client_id="cargowatch-demo",
         batch_ms=100,
     )
-    runtime = Runtime(settings, clock=clock)
+    runtime = Runtime.open(settings, clock=clock)
     incidents = DEMO_INCIDENTS[: max(0, min(len(DEMO_INCIDENTS), trucks - 2))]
     fleet = build_fleet(trucks, seed=seed, start_ms=clock.now_ms() + 30_000, incidents=incidents)
     for sim in fleet:

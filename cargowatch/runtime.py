@@ -152,7 +152,7 @@ class Runtime:
         return self.replays.run(trip_ids, device_ids, since_ms, until_ms, overrides)
 
     # -- observability ----------------------------------------------------------------------
-    def metrics_exposition(self) -> bytes:
+    def metrics_text(self) -> bytes:
         """``GET /metrics``: the Prometheus text format (``prometheus_client``)."""
         return self.metrics.render()
 

@@ -1,43 +1,142 @@
-"""Settings: one object, from flags and ``CARGOWATCH_*`` environment variables (contract §8)."""
+"""Settings: one object, from flags and ``CARGOWATCH_*`` environment variables (contract §8).
+
+``Settings`` is the only reader of the environment. Every value is checked when the object is
+built, so a bad URL or port is reported (one line, see ``load_settings``) before anything is
+opened, created or bound. docs/operations.md has the table of every field; a test keeps the
+two in step.
+"""
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import math
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.clock import Clock, ScaledClock, SystemClock
+from core.errors import InvalidInput
+
+ENV_PREFIX = "CARGOWATCH_"
+# Fields whose variable is not ENV_PREFIX + NAME (the contract's short names).
+ENV_NAMES = {"mqtt_url": "CARGOWATCH_MQTT", "db_url": "CARGOWATCH_DB"}
+# The command-line flag of each field that has one (docs/operations.md, --help).
+FLAGS = {
+    "mqtt_url": "--mqtt",
+    "db_url": "--db",
+    "http": "--http",
+    "log_level": "--log-level",
+    "admin_key": "--api-key",
+}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"  # what `simulate` publishes to without a setting
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name, f"CARGOWATCH_{name.upper().removesuffix('_URL')}")
+class SettingsError(InvalidInput):
+    """A setting (flag or environment variable) has a value that cannot be used."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a ``Settings`` field."""
+    return ENV_NAMES.get(field, ENV_PREFIX + field.upper())
 
 
 class Settings(BaseSettings):
-    """Everything the runtime needs. Flags override the environment."""
+    """Everything the runtime needs. Flags override the environment; both are checked here."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CARGOWATCH_", extra="ignore", populate_by_name=True
+        env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True, validate_default=True
     )
 
-    mqtt_url: str | None = Field(None, validation_alias=_env("mqtt_url"))
-    db_url: str = Field("sqlite:///cargowatch.sqlite", validation_alias=_env("db_url"))
-    http: str = Field("127.0.0.1:8080", validation_alias=AliasChoices("http", "CARGOWATCH_HTTP"))
-    admin_key: str | None = Field(
-        None, validation_alias=AliasChoices("admin_key", "CARGOWATCH_ADMIN_KEY")
+    mqtt_url: str | None = Field(
+        None,
+        validation_alias=ENV_NAMES["mqtt_url"],
+        description="broker to ingest from, mqtt://[user:pass@]HOST[:PORT]; unset: no ingest",
     )
-    mqtt_protocol: str = "5"
-    topic_prefix: str = "devices"
-    client_id: str = "cargowatch-engine"
-    shared_group: str | None = None
-    batch_max: int = 5000
-    batch_ms: int = 50
-    queue_batches: int = 8
-    tick_s: float = 1.0
-    tiles: str | None = None
-    # Accelerated time for simulations and end-to-end tests (1.0 = real time); see ScaledClock.
-    clock_speed: float = 1.0
-    clock_start_ms: int | None = None
-    clock_anchor_ms: int | None = None
+    db_url: str = Field(
+        "sqlite:///cargowatch.sqlite",
+        validation_alias=ENV_NAMES["db_url"],
+        description="store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (TimescaleDB)",
+    )
+    http: str = Field("127.0.0.1:8080", description="HOST:PORT the API listens on")
+    admin_key: str | None = Field(
+        None, description="this secret is an admin API key (simulate: the key for --api)"
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="log level: debug, info, warning, error, critical"
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT protocol version: 5 or 3.1.1"
+    )
+    topic_prefix: str = Field(
+        "devices", description="topics are PREFIX/DEVICE_ID/position and PREFIX/DEVICE_ID/lock"
+    )
+    client_id: str = Field("cargowatch-engine", description="MQTT client id (persistent session)")
+    shared_group: str | None = Field(
+        None, description="subscribe as $share/GROUP/... (several engines share the load)"
+    )
+    batch_max: int = Field(5000, ge=1, description="messages per ingest batch, at most")
+    batch_ms: int = Field(
+        50, ge=1, description="a batch closes this many ms after its first message"
+    )
+    queue_batches: int = Field(8, ge=1, description="batches waiting for the pipeline, at most")
+    tick_s: float = Field(
+        1.0, gt=0, description="period of the wall-clock rules (signal loss, late)"
+    )
+    tiles: str | None = Field(None, description="XYZ tile URL template for the desk's base map")
+    clock_speed: float = Field(
+        1.0, gt=0, description="accelerated time for simulations (1.0 = real time)"
+    )
+    clock_start_ms: int | None = Field(
+        None, description="accelerated clock: the time it reads at CLOCK_ANCHOR_MS (epoch ms)"
+    )
+    clock_anchor_ms: int | None = Field(
+        None, description="accelerated clock: the real time at which it reads CLOCK_START_MS"
+    )
+
+    @field_validator("mqtt_url", "admin_key", "shared_group", "tiles", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            broker_address(v)
+        return v
+
+    @field_validator("db_url")
+    @classmethod
+    def _check_db_url(cls, v: str) -> str:
+        check_db_url(v)
+        return v.strip()
+
+    @field_validator("http")
+    @classmethod
+    def _check_http(cls, v: str) -> str:
+        host, port = split_host_port(v)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @field_validator("topic_prefix", "client_id", "shared_group")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "+#/ ")):
+            raise ValueError("must be non-empty, without '+', '#', '/' or spaces")
+        return v
+
+    @field_validator("clock_speed", "tick_s")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
 
     def make_clock(self) -> Clock:
         if self.clock_speed == 1.0 and self.clock_start_ms is None:
@@ -46,8 +145,76 @@ class Settings(BaseSettings):
 
     @property
     def http_host(self) -> str:
-        return self.http.rsplit(":", 1)[0] or "127.0.0.1"
+        return split_host_port(self.http)[0]
 
     @property
     def http_port(self) -> int:
-        return int(self.http.rsplit(":", 1)[1]) if ":" in self.http else 8080
+        return split_host_port(self.http)[1]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The environment with ``overrides`` (flags; ``None`` = not given) on top. A bad value
+    raises ``SettingsError`` naming the flag or variable, in one line."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err["loc"][0] if err["loc"] else ""
+        field = next((f for f in Settings.model_fields if loc in (f, env_name(f))), str(loc) or "?")
+        source = FLAGS.get(field) if field in given else None
+        where = f"{source} / {env_name(field)}" if source else env_name(field)
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{where}: {message} (got {err.get('input')!r})") from None
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError says what is wrong."""
+    text = value.strip()
+    if "://" in text:
+        raise ValueError("must be HOST:PORT without a scheme, e.g. 127.0.0.1:8080")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT with an explicit port, e.g. 127.0.0.1:8080")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, not {port!r}")
+    if not host or any(c in host for c in "/@ ?#[]") or (":" in host and not bracketed):
+        raise ValueError(f"{host!r} is not a host name or address (IPv6: [::1]:8080)")
+    return host, int(port)
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    """``mqtt://[user:pass@]host[:port]`` (also ``tcp://`` or a bare ``host[:port]``) ->
+    (host, port); ValueError for anything else (telemetry's parser would raise later)."""
+    text = url.strip()
+    parts = urlsplit(text if "://" in text else f"mqtt://{text}")
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ValueError("the broker URL must look like mqtt://HOST:PORT")
+    try:
+        port = parts.port or 1883
+    except ValueError:
+        raise ValueError("the broker URL's port must be a number from 1 to 65535") from None
+    host = parts.hostname
+    if not host or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("the broker URL must look like mqtt://HOST:PORT")
+    return host, port
+
+
+def check_db_url(url: str) -> None:
+    """The forms ``telemetry.store.open_store`` accepts, checked without opening anything."""
+    text = url.strip()
+    if text.startswith("sqlite:///"):
+        path = text[len("sqlite:///") :]
+        if not path or "?" in path or "#" in path:
+            raise ValueError("a SQLite URL is sqlite:///PATH (a plain file path)")
+        return
+    if text.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(text).port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            raise ValueError("a PostgreSQL URL is postgresql://USER@HOST:PORT/DB") from None
+        return
+    raise ValueError("the database URL must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB")

@@ -37,7 +37,7 @@ def make_runtime(tmp_path: Path, clock: ManualClock, store: Store | None = None)
     settings = Settings(
         db_url=f"sqlite:///{tmp_path / 'api.sqlite'}", mqtt_url=None, admin_key=ADMIN_KEY
     )
-    return Runtime(settings, clock=clock, store=store)
+    return Runtime.open(settings, clock=clock, store=store)
 
 
 def trip_doc(trip_id: str, shipper: str, devices: list[str], **extra: Any) -> dict[str, Any]:

@@ -406,7 +406,7 @@ def start_desk(mqtt_url: str, db_url: str, prefix: str) -> DeskServer:
         topic_prefix=prefix,
         client_id=f"cw-desk-{uuid.uuid4().hex[:8]}",
     )
-    runtime = Runtime(settings)
+    runtime = Runtime.open(settings)
     app = api.create_app(runtime, heartbeat_s=5.0)
     serve_desk_page(app, runtime)
     port = free_port()

@@ -60,7 +60,7 @@ def _fix(ts: int, seq: int | None = None, **kw: object) -> dict:
 
 async def test_fixes_lock_events_duplicates_and_dead_letters(mqtt_url: str, db_url: str) -> None:
     settings = Settings(mqtt_url=mqtt_url, db_url=db_url, client_id=f"it-{next(_ids)}", batch_ms=20)
-    runtime = Runtime(settings)
+    runtime = Runtime.open(settings)
     runtime.register_device({"device_id": "gps-1", "kind": "gps"})
     runtime.register_device({"device_id": "lock-1", "kind": "lock"})
     t = NOW_MS - 600_000
@@ -133,7 +133,7 @@ async def test_messages_published_while_engine_is_down_are_all_stored(
 ) -> None:
     client_id = f"it-restart-{next(_ids)}"
     settings = Settings(mqtt_url=mqtt_url, db_url=db_url, client_id=client_id, batch_ms=20)
-    first = Runtime(settings)
+    first = Runtime.open(settings)
     first.register_device({"device_id": "gps-r", "kind": "gps"})
     t = NOW_MS - 3_600_000
     async with first.running():
@@ -147,7 +147,7 @@ async def test_messages_published_while_engine_is_down_are_all_stored(
     ]
     await _publish(mqtt_url, while_down)
 
-    second = Runtime(settings)
+    second = Runtime.open(settings)
     try:
         async with second.running():
             await _wait_for(lambda: second.store.count_telemetry()["fixes"] == 301, timeout=30)

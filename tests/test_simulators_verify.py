@@ -402,7 +402,9 @@ def test_every_incident_raises_exactly_its_alarms_in_process(tmp_path: Path) -> 
     fleet = build_fleet(len(incidents) + 5, seed=3, start_ms=T + 60_000, incidents=incidents)
     assert {t.scenario for t in fleet} == {"normal", *incidents}
     clock = ManualClock(T)
-    runtime = Runtime(Settings(db_url=f"sqlite:///{tmp_path}/x.sqlite", mqtt_url=None), clock=clock)
+    runtime = Runtime.open(
+        Settings(db_url=f"sqlite:///{tmp_path}/x.sqlite", mqtt_url=None), clock=clock
+    )
     try:
         for sim in fleet:
             for dev in sim.devices:

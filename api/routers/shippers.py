@@ -14,11 +14,16 @@ from api.render import render_shipper
 router = APIRouter(prefix="/v1/shippers", tags=["shippers"], responses=ERROR_RESPONSES)
 
 
+# The shapes below document the body; the values are checked by the engine's own validators
+# (alerts.validate_sla, rules.validate_rules) in the shipper service, the one place that
+# decides what the engine accepts: a 422 from there leaves the stored contract unchanged.
+
+
 class Deadline(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ack_min: float | None = Field(None, gt=0, le=100_000)
-    resolve_min: float | None = Field(None, gt=0, le=1_000_000)
+    ack_min: float | None = Field(None, description="minutes to acknowledge")
+    resolve_min: float | None = Field(None, description="minutes to resolve")
 
 
 class Sla(BaseModel):
@@ -34,7 +39,9 @@ class ShipperIn(BaseModel):
 
     sla: Sla = Field(default_factory=Sla)
     rules: dict[str, float] = Field(
-        default_factory=dict, description='default thresholds, e.g. {"stop_max_min": 45}'
+        default_factory=dict,
+        description='default thresholds, e.g. {"stop_max_min": 45} (names and ranges: '
+        "docs/rules.md)",
     )
 
 

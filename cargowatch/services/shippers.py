@@ -1,0 +1,34 @@
+"""A shipper's contract (``PUT /v1/shippers/{shipper}``): alarm deadlines and default
+thresholds, checked by the engine's own validators before anything is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alerts import validate_sla
+from cargowatch.services.engine import EngineGate
+from core.errors import InvalidInput
+from rules import validate_rules
+from telemetry.store import Store
+
+
+class ShipperService:
+    def __init__(self, store: Store, gate: EngineGate) -> None:
+        self._store = store
+        self._gate = gate
+
+    def put(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Validate, store, then hand the thresholds to the engine (live trips follow at once).
+
+        Both checks run before the store is touched: a value the engine refuses (422) leaves
+        the stored contract as it was, and so cannot stop the next start."""
+        shipper = str(doc.get("shipper") or "")
+        if not shipper:
+            raise InvalidInput("shipper is required")
+        sla = validate_sla(doc.get("sla") or {})
+        rule_values = validate_rules(doc.get("rules") or {}, "rules")
+        stored = {"shipper": shipper, "sla": sla, "rules": rule_values}
+        self._store.put_shipper(stored)
+        with self._gate.held() as engine:
+            engine.put_shipper_rules(shipper, rule_values)
+        return stored

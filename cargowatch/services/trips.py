@@ -1,0 +1,79 @@
+"""Trips: created (``POST /v1/trips``), ended by the desk (complete / cancel), and their live
+state in the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import rules
+from alerts import AlarmService
+from cargowatch.services.devices import DeviceService
+from cargowatch.services.engine import EngineGate
+from core.clock import Clock
+from core.errors import Conflict, InvalidInput, NotFound
+from rules import TripStatus
+from telemetry.store import Store
+
+ENDINGS = ("completed", "cancelled")
+
+
+class TripService:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        gate: EngineGate,
+        alarms: AlarmService,
+        devices: DeviceService,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._gate = gate
+        self._alarms = alarms
+        self._devices = devices
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Check the plan (the engine's parser: 422 with where), register its devices, store
+        it as planned and hand it to the engine."""
+        rules.parse_trip(doc)
+        trip_id = doc["trip_id"]
+        if self._store.get_trip(trip_id) is not None:
+            raise Conflict("trip already exists", trip_id=trip_id)
+        stored = {**doc, "status": TripStatus.PLANNED.value, "created_at": self._clock.now_ms()}
+        for device_id in doc.get("devices", []):
+            self._devices.ensure(device_id, doc.get("shipper"))
+        self._store.put_trip(stored)
+        with self._gate.held() as engine:
+            events = engine.upsert_trip(stored, ())
+        self._alarms.handle(events)
+        return self._store.get_trip(trip_id) or stored
+
+    def end(self, trip_id: str, status: str, by: str) -> dict[str, Any]:
+        """Complete or cancel a trip on the desk's word."""
+        trip = self._store.get_trip(trip_id)
+        if trip is None:
+            raise NotFound("no such trip", trip_id=trip_id)
+        if trip.get("status") in ENDINGS:
+            raise Conflict(f"trip is already {trip['status']}", trip_id=trip_id)
+        if status not in ENDINGS:
+            raise InvalidInput("status must be completed or cancelled", status=status)
+        now = self._clock.now_ms()
+        with self._gate.held() as engine:
+            events = engine.end_trip(trip_id, TripStatus(status), now, f"by {by}")
+        self._alarms.handle(events)
+        trip = self._store.get_trip(trip_id) or trip
+        if trip.get("status") != status:
+            trip = {**trip, "status": status, f"{status}_at": now, f"{status}_by": by}
+            self._store.put_trip(trip)
+            self._store.add_trip_event(
+                trip_id, {"kind": "status", "status": status, "ts": now, "by": by}
+            )
+        return trip
+
+    def state(self, trip_id: str) -> dict[str, Any] | None:
+        """The engine's view of a trip (position, rule state), None if it does not watch it."""
+        with self._gate.held() as engine:
+            try:
+                return engine.trip_state(trip_id)
+            except (KeyError, rules.RulesError):
+                return None
