@@ -33,7 +33,7 @@ def build_schema() -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="cw-api-reference-") as tmp:
         settings = Settings(db_url=f"sqlite:///{Path(tmp) / 'reference.sqlite'}", mqtt_url=None)
-        runtime = Runtime(settings)
+        runtime = Runtime.open(settings)
         try:
             return create_app(runtime).openapi()
         finally:
