@@ -25,7 +25,7 @@ from pathlib import Path
 
 from telemetry.models import Fix
 from telemetry.store import Store, open_store
-from telemetry.store import postgres as pg_store
+from telemetry.store import _pgcopy as pgcopy
 from tests.services import PostgresServer
 
 T0_MS = 1_795_334_400_000
@@ -97,7 +97,7 @@ def block_build_ms(size: int, repeat: int = 20) -> float:
     fixes = batch(0, size)
     t0 = time.perf_counter()
     for _ in range(repeat):
-        pg_store._block(pg_store._fix_columns, fixes)
+        pgcopy.fix_block(fixes)
     return (time.perf_counter() - t0) / repeat * 1000
 
 

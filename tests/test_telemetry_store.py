@@ -20,15 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry.errors import Conflict, NotFound, StoreError
+from telemetry.errors import Conflict, InvalidAddress, NotFound, StoreError, StoreUnavailable
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent, LockEventType
 from telemetry.models import UnlockMethod as Method
 from telemetry.store import Store, open_store
 from telemetry.store import _pgcopy as pgcopy
+from telemetry.store.documents import SqlStore
 from telemetry.store.migrations import check_sequence
 from telemetry.store.migrations.postgres import POSTGRES
 from telemetry.store.migrations.sqlite import SQLITE
 from telemetry.store.postgres import PostgresStore, redact
+from telemetry.store.sql import to_pyformat
 
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
 DAY = 86_400_000
@@ -201,7 +203,7 @@ def test_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     ],
 )
 def test_open_store_rejects_bad_urls(url: str, message: str) -> None:
-    with pytest.raises(StoreError, match=message):
+    with pytest.raises(InvalidAddress, match=message):
         open_store(url)
 
 
@@ -212,6 +214,77 @@ def test_open_store_reports_unreachable_databases(tmp_path: Path) -> None:
         open_store("postgresql://cw:s3cret@127.0.0.1:1/cargowatch")
     assert "s3cret" not in str(err.value)
     assert err.value.context["url"] == "postgresql://cw:***@127.0.0.1:1/cargowatch"
+
+
+def test_unreachable_or_unusable_databases_raise_by_kind(tmp_path: Path) -> None:
+    # nothing listens on port 1: the database cannot be reached (503), not a bug (500)
+    with pytest.raises(StoreUnavailable, match="cannot connect to PostgreSQL"):
+        open_store("postgresql://cw@127.0.0.1:1/cargowatch")
+    with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
+        open_store(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}")
+    # a URL that cannot name any database is the caller's input (422)
+    for url in ("postgresql://cw@127.0.0.1:notaport/db", "postgresql://h/db?no_such_option=1"):
+        with pytest.raises(InvalidAddress) as err:
+            open_store(url)
+        assert not isinstance(err.value, StoreError)
+
+
+def test_a_closed_store_is_unavailable(store: Store) -> None:
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.get_device("x")
+    with pytest.raises(StoreUnavailable):
+        store.put_device({"device_id": "x"})
+
+
+def test_database_errors_by_kind_and_bugs_as_they_are(store: Store) -> None:
+    """Through the one session every method uses: a unique violation is a Conflict, a
+    missing parent NotFound, while bad SQL is raised as the driver's own error."""
+    assert isinstance(store, SqlStore)
+    session = store._session
+    shipper = "INSERT INTO shippers (shipper, doc) VALUES (:shipper, :doc)"
+    with session("write", "raw insert") as s:
+        s.execute(shipper, {"shipper": "pg", "doc": "{}"})
+    with pytest.raises(Conflict), session("write", "raw insert") as s:
+        s.execute(shipper, {"shipper": "pg", "doc": "{}"})
+    with pytest.raises(NotFound), session("write", "raw history") as s:
+        s.execute("INSERT INTO alarm_history (alarm_id, entry) VALUES ('nope', '{}')", {})
+    with pytest.raises((sqlite3.Error, psycopg.Error)) as err, session("read", "bad SQL") as s:
+        s.execute("SELEC 1", {})
+    assert not isinstance(err.value, StoreError)
+    with pytest.raises((sqlite3.Error, psycopg.Error)) as err, session("read", "no table") as s:
+        s.execute("SELECT * FROM no_such_table", {})
+    assert not isinstance(err.value, StoreError)
+    assert store.get_shipper("pg") == {}  # the store goes on
+
+
+def test_postgres_pool_exhausted_is_unavailable(pg_url: str) -> None:
+    open_store(pg_url).close()  # migrated
+    store = PostgresStore(pg_url, max_size=1, timeout_s=1.0)
+    try:
+        with store.unit_of_work():  # holds the only connection
+            result: list[BaseException] = []
+
+            def other() -> None:
+                try:
+                    store.get_device("x")
+                except BaseException as exc:
+                    result.append(exc)
+
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+        assert len(result) == 1 and isinstance(result[0], StoreUnavailable)
+        assert store.get_device("x") is None  # and serves again once it is free
+    finally:
+        store.close()
+
+
+def test_named_parameters_for_psycopg() -> None:
+    sql = "SELECT :a, CAST(:b_2 AS bigint), x::text, '10:30', 5 % 2 FROM t WHERE y = :a"
+    assert to_pyformat(sql) == (
+        "SELECT %(a)s, CAST(%(b_2)s AS bigint), x::text, '10:30', 5 %% 2 FROM t WHERE y = %(a)s"
+    )
 
 
 def test_redact() -> None:
@@ -342,6 +415,23 @@ def test_trips_for_device_follow_replacements(store: Store) -> None:
     assert [t["trip_id"] for t in store.trips_for_device("gps-9")] == ["T1"]
 
 
+def test_trips_for_device_order_and_edges(store: Store) -> None:
+    assert store.trips_for_device("gps-1") == []
+    store.put_trip(trip("T1", devices=["gps-1", "gps-1"], planned_start=None))
+    store.put_trip(trip("T2", devices=["gps-1"], planned_start=T0))
+    store.put_trip(trip("T3", devices=["gps-1"], planned_start=T0, status="active"))
+    store.put_trip(trip("T4", devices=[]))
+    store.put_trip(trip("T5", devices=["gps-2"]))
+    # newest planned_start first, ties by id (newest first), unknown start last; each once
+    assert [t["trip_id"] for t in store.trips_for_device("gps-1")] == ["T3", "T2", "T1"]
+    assert store.trips_for_device("gps-1")[2] == trip(
+        "T1", devices=["gps-1", "gps-1"], planned_start=None
+    )
+    assert [t["trip_id"] for t in store.trips_for_device("gps-1", "planned")] == ["T2", "T1"]
+    assert store.trips_for_device("gps-1", "closed") == []
+    assert store.trips_for_device("lock-1") == []
+
+
 def test_trip_events_are_kept_in_order(store: Store) -> None:
     store.put_trip(trip("T1"))
     events = [
@@ -450,6 +540,28 @@ def test_alarms_due(store: Store) -> None:
     assert store.update_alarm(alarm("open", version=2, ack_escalated=True, **base), 1)
     assert due(ack_due) == set()
     assert due(resolve_due) == {"open", "acked", "open-ack-escalated"}
+
+
+def test_alarm_counts_by_type_and_status(store: Store) -> None:
+    assert store.alarm_counts() == {}
+    store.insert_alarm(alarm("a1"))
+    store.insert_alarm(alarm("a2"))
+    store.insert_alarm(alarm("a3", status="acknowledged"))
+    store.insert_alarm(alarm("a4", type="LOCK_TAMPER"))
+    store.insert_alarm(alarm("a5", type="LOCK_TAMPER", status="resolved"))
+    assert store.alarm_counts() == {
+        ("ROUTE_DEVIATION", "open"): 2,
+        ("ROUTE_DEVIATION", "acknowledged"): 1,
+        ("LOCK_TAMPER", "open"): 1,
+    }
+    # counts follow updates: acknowledged, then resolved
+    assert store.update_alarm(alarm("a4", type="LOCK_TAMPER", status="acknowledged", version=2), 1)
+    assert store.update_alarm(alarm("a1", status="resolved", version=2), 1)
+    assert store.alarm_counts() == {
+        ("ROUTE_DEVIATION", "open"): 1,
+        ("ROUTE_DEVIATION", "acknowledged"): 1,
+        ("LOCK_TAMPER", "acknowledged"): 1,
+    }
 
 
 def test_alarm_history_is_append_only_in_order(store: Store, db_url: str) -> None:

@@ -10,11 +10,19 @@ are scattered into one preallocated buffer at offsets computed with ``cumsum``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from telemetry.errors import StoreError
+from telemetry.models import Fix, LockEvent
+from telemetry.store import _rows as R
+
+_T = TypeVar("_T")
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
@@ -61,7 +69,9 @@ def text_column(values: Sequence[str | None]) -> BytesColumn:
     return BytesColumn([None if v is None else v.encode() for v in values])
 
 
-def _scatter(buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], rows: npt.NDArray) -> None:
+def _scatter(
+    buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], rows: npt.NDArray[np.uint8]
+) -> None:
     """Write row ``k`` of the (n, w) byte matrix ``rows`` to ``buf[at[k] : at[k] + w]``."""
     width = rows.shape[1]
     buf[at[:, None] + np.arange(width)] = rows
@@ -146,3 +156,104 @@ def _dense_block(n: int, ncol: int, dense: Sequence[Column]) -> npt.NDArray[np.u
         block[f"len{k}"] = col.values.dtype.itemsize
         block[f"val{k}"] = col.values
     return block.view(np.uint8).reshape(n, block.dtype.itemsize)
+
+
+# -- telemetry blocks ------------------------------------------------------------------------
+# COPY column order: the never-NULL fixed-width columns first, so that they are written to
+# the block in one piece (see ``copy_block``), the variable-width ones last.
+FIX_COPY_COLUMNS = (
+    "ts",
+    "seq",
+    "received_at",
+    "lat",
+    "lon",
+    "speed_kmh",
+    "heading_deg",
+    "hdop",
+    "battery_pct",
+    "sats",
+    "device_id",
+    "extra",
+)
+LOCK_EVENT_COPY_COLUMNS = (
+    "ts",
+    "seq",
+    "received_at",
+    "lat",
+    "lon",
+    "battery_pct",
+    "device_id",
+    "event",
+    "method",
+    "extra",
+)
+_FIX_GET = tuple(operator.attrgetter(c) for c in FIX_COPY_COLUMNS)
+_LOCK_EVENT_GET = tuple(operator.attrgetter(c) for c in LOCK_EVENT_COPY_COLUMNS)
+
+
+def fix_block(fixes: Sequence[Fix]) -> npt.NDArray[np.uint8]:
+    """The COPY stream of ``FIX_COPY_COLUMNS`` for these fixes."""
+    return _block(_fix_columns, fixes)
+
+
+def lock_event_block(events: Sequence[LockEvent]) -> npt.NDArray[np.uint8]:
+    """The COPY stream of ``LOCK_EVENT_COPY_COLUMNS`` for these lock events."""
+    return _block(_lock_event_columns, events)
+
+
+def _block(
+    columns_of: Callable[[Sequence[_T]], list[Column]], items: Sequence[_T]
+) -> npt.NDArray[np.uint8]:
+    try:
+        return copy_block(len(items), columns_of(items))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StoreError(f"telemetry batch cannot be stored: {exc}", rows=len(items)) from exc
+
+
+def _extra_parts(values: Sequence[Any], devices: Sequence[str]) -> BytesColumn:
+    return BytesColumn(
+        [
+            None if extra is None else R.dumps(extra, device_id=device).encode()
+            for extra, device in zip(values, devices, strict=True)
+        ]
+    )
+
+
+def _fix_columns(fixes: Sequence[Fix]) -> list[Column]:
+    """``FIX_COPY_COLUMNS`` of the fixes (one pass per column, nothing formatted per row)."""
+    (ts, seq, received, lat, lon, speed, heading, hdop, battery, sats, device, extra) = (
+        list(map(get, fixes)) for get in _FIX_GET
+    )
+    return [
+        int64_column(ts),
+        int64_column([R.NO_SEQ if s is None else s for s in seq]),
+        int64_column(received),
+        float64_column(lat),
+        float64_column(lon),
+        float64_column(speed),
+        float64_column(heading),
+        float64_column(hdop),
+        float64_column(battery),
+        optional_int64_column(sats),
+        text_column(device),
+        _extra_parts(extra, device),
+    ]
+
+
+def _lock_event_columns(events: Sequence[LockEvent]) -> list[Column]:
+    """``LOCK_EVENT_COPY_COLUMNS`` of the lock events."""
+    (ts, seq, received, lat, lon, battery, device, event, method, extra) = (
+        list(map(get, events)) for get in _LOCK_EVENT_GET
+    )
+    return [
+        int64_column(ts),
+        int64_column([R.NO_SEQ if s is None else s for s in seq]),
+        int64_column(received),
+        float64_column(lat),
+        float64_column(lon),
+        float64_column(battery),
+        text_column(device),
+        text_column([R.enum_value(e) for e in event]),
+        text_column([None if m is None else R.enum_value(m) for m in method]),
+        _extra_parts(extra, device),
+    ]

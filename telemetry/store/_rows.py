@@ -354,8 +354,17 @@ def delivery_columns(doc: Doc) -> tuple[Any, ...]:
     )
 
 
+def as_doc(value: str | bytes | memoryview | Doc) -> Doc:
+    """A stored document: SQLite hands back its JSON text, PostgreSQL's driver parses
+    ``json`` columns itself (with ``loads``, set up per connection)."""
+    if isinstance(value, str | bytes | memoryview):
+        doc: Doc = loads(value)
+        return doc
+    return value
+
+
 def delivery_doc(seq: int, doc_text: str | bytes | Doc) -> Doc:
-    doc = loads(doc_text) if isinstance(doc_text, str | bytes) else doc_text
+    doc = as_doc(doc_text)
     doc["seq"] = int(seq)
     return doc
 

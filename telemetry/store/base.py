@@ -1,6 +1,7 @@
 """The one store interface, implemented by SQLite (embedded) and TimescaleDB (production).
 
-Both implementations pass ``tests/test_store_contract.py``. The interface is synchronous:
+Both implementations pass ``tests/test_telemetry_store.py``; both are ``documents.SqlStore``
+(every statement but the telemetry writes shared, ``sql.py``). The interface is synchronous:
 the ingest loop calls it from one writer thread (``asyncio.to_thread``) and FastAPI runs
 sync endpoints in its thread pool. Implementations must be thread-safe.
 
@@ -14,6 +15,11 @@ Conventions
   Inserting a duplicate is not an error: it is skipped, and the returned mask says so.
 - Nothing in alarm history, dead letters or telemetry is ever deleted by this interface,
   except ``drop_telemetry_before`` (retention).
+
+Errors (``telemetry.errors``): ``StoreUnavailable`` when the database cannot be reached or
+cannot serve now, ``Conflict`` for a key that exists, ``NotFound`` for a missing parent,
+``StoreError`` for a document or value that cannot be stored; ``InvalidAddress`` from
+``open_store`` for a URL of no usable form. Any other exception is a bug and is not wrapped.
 """
 
 from __future__ import annotations
@@ -182,6 +188,11 @@ class Store(abc.ABC):
         """Newest ``planned_start`` first."""
 
     @abc.abstractmethod
+    def trips_for_device(self, device_id: str, status: str | None = None) -> list[Doc]:
+        """Trips that list ``device_id`` among their ``devices`` (with ``status`` given: in
+        that status), newest ``planned_start`` first."""
+
+    @abc.abstractmethod
     def add_trip_event(self, trip_id: str, event: Doc) -> None:
         """Append a milestone / status change (``kind``, ``ts``, ...). Never deleted."""
 
@@ -224,6 +235,12 @@ class Store(abc.ABC):
         unresolved alarms whose ``resolve_due <= now`` not yet escalated for resolve: i.e.
         documents with ``status != "resolved"`` and (``ack_due <= now`` and ``status == "open"``
         and not ``ack_escalated``) or (``resolve_due <= now`` and not ``resolve_escalated``)."""
+
+    @abc.abstractmethod
+    def alarm_counts(self) -> dict[tuple[str, str], int]:
+        """How many alarms are ``open`` and ``acknowledged``, by ``(type, status)``: one
+        query whatever the number of alarms (metrics read it on every scrape). Pairs with
+        no alarm are absent; resolved alarms are not counted."""
 
     @abc.abstractmethod
     def add_alarm_history(self, alarm_id: str, entry: Doc) -> None:

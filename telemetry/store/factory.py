@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from telemetry.errors import StoreError
+from telemetry.errors import InvalidAddress
 from telemetry.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,10 @@ _FORMS = "sqlite:///PATH, sqlite:///:memory:, postgresql://... or postgres://...
 
 
 def open_store(url: str) -> Store:
-    """The store behind ``url``, migrated; ``StoreError`` for a URL of no known form."""
+    """The store behind ``url``, migrated.
+
+    ``InvalidAddress`` for a URL of no usable form, ``StoreUnavailable`` when the database
+    cannot be opened or reached."""
     store = _connect(url)
     try:
         store.migrate()
@@ -32,14 +35,14 @@ def open_store(url: str) -> Store:
 
 def _connect(url: str) -> Store:
     if not isinstance(url, str) or not url.strip():
-        raise StoreError(f"no database URL given (expected {_FORMS})")
+        raise InvalidAddress(f"no database URL given (expected {_FORMS})")
     url = url.strip()
     if url.startswith(SQLITE_PREFIX):
         from telemetry.store.sqlite import SqliteStore
 
         path = url[len(SQLITE_PREFIX) :]
         if not path or "?" in path or "#" in path:
-            raise StoreError(
+            raise InvalidAddress(
                 "a SQLite URL needs a plain file path after 'sqlite:///' "
                 "(sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:)",
                 url=url,
@@ -52,6 +55,8 @@ def _connect(url: str) -> Store:
         log.info("opening PostgreSQL store %s", redact(url))
         return PostgresStore(url)
     if url.startswith("sqlite:"):
-        raise StoreError("a SQLite URL has three slashes before the path: sqlite:///PATH", url=url)
+        raise InvalidAddress(
+            "a SQLite URL has three slashes before the path: sqlite:///PATH", url=url
+        )
     scheme = url.split(":", 1)[0] if ":" in url else url
-    raise StoreError(f"unsupported database URL scheme {scheme!r} (expected {_FORMS})")
+    raise InvalidAddress(f"unsupported database URL scheme {scheme!r} (expected {_FORMS})")
