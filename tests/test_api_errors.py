@@ -7,6 +7,7 @@ error of no kind, is a 500 with an ``error_id`` that is also in the log record."
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -162,7 +163,7 @@ async def test_missing_objects_are_404(module_world: World) -> None:
 class FailingStore(SqliteStore):
     """The real SQLite store, but ``list_devices`` (behind ``GET /v1/devices``) raises
     ``failure``, or with ``misuse`` is handed a dict where SQL wants text: a programming error
-    that the store itself reports (as a bare StoreError, of no kind)."""
+    that the store lets through as the driver's own error (never wrapped as a StoreError)."""
 
     failure: BaseException | None = None
     misuse = False
@@ -225,7 +226,8 @@ async def test_a_programming_error_the_store_reports_is_500_not_503(
         r = await client.get("/v1/devices", headers=ADMIN)
     err = assert_error(r, 500, "internal")
     (logged,) = [rec for rec in caplog.records if err["error_id"] in rec.getMessage()]
-    assert logged.exc_info and isinstance(logged.exc_info[1], StoreError)
+    assert logged.exc_info and isinstance(logged.exc_info[1], sqlite3.ProgrammingError)
+    assert not isinstance(logged.exc_info[1], StoreError)
 
 
 @pytest.mark.parametrize(
