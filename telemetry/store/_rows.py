@@ -135,12 +135,9 @@ def key_order(keys: list[tuple[str, int, int]], first: npt.NDArray[np.bool_]) ->
     return sorted(np.flatnonzero(first).tolist(), key=keys.__getitem__)
 
 
-def fix_keys(fixes: Sequence[Fix]) -> list[tuple[str, int, int | None]]:
-    return [(f.device_id, f.ts, f.seq) for f in fixes]
-
-
-def event_keys(events: Sequence[LockEvent]) -> list[tuple[str, int, int | None]]:
-    return [(e.device_id, e.ts, e.seq) for e in events]
+def item_keys(items: Sequence[Fix] | Sequence[LockEvent]) -> list[tuple[str, int, int | None]]:
+    """Dedup keys as given: ``(device_id, ts, seq)`` with an absent ``seq`` as None."""
+    return [(x.device_id, x.ts, x.seq) for x in items]
 
 
 def extra_json(extra: dict[str, Any] | None, device_id: str) -> str | None:

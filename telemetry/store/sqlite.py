@@ -34,7 +34,7 @@ from telemetry.store.sql import SQLITE_DIALECT
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
+_Item = TypeVar("_Item", Fix, LockEvent)
 
 # ON CONFLICT of the key, not INSERT OR IGNORE: OR IGNORE would also drop rows that break
 # NOT NULL, and report them as duplicates. Positional: the rows are tuples (hot path).
@@ -277,25 +277,19 @@ class SqliteStore(SqlStore):
 
     # -- telemetry writes -------------------------------------------------------------------
     def insert_fixes(self, fixes: Sequence[Fix]) -> npt.NDArray[np.bool_]:
-        if not fixes:
-            return np.zeros(0, dtype=np.bool_)
-        first = R.first_occurrences(R.fix_keys(fixes), len(fixes))
-        rows = _telemetry_rows(R.fix_row, fixes, first)
-        return self._insert_telemetry("insert_fixes", _INSERT_FIX, rows, first)
+        return self._insert_telemetry("insert_fixes", _INSERT_FIX, R.fix_row, fixes)
 
     def insert_lock_events(self, events: Sequence[LockEvent]) -> npt.NDArray[np.bool_]:
-        if not events:
-            return np.zeros(0, dtype=np.bool_)
-        first = R.first_occurrences(R.event_keys(events), len(events))
-        rows = _telemetry_rows(R.lock_event_row, events, first)
-        return self._insert_telemetry("insert_lock_events", _INSERT_LOCK_EVENT, rows, first)
+        return self._insert_telemetry(
+            "insert_lock_events", _INSERT_LOCK_EVENT, R.lock_event_row, events
+        )
 
     def _insert_telemetry(
         self,
         what: str,
         sql: str,
-        rows: list[tuple[Any, ...]],
-        first: npt.NDArray[np.bool_],
+        to_row: Callable[[_Item], tuple[Any, ...]],
+        items: Sequence[_Item],
     ) -> npt.NDArray[np.bool_]:
         """Insert the batch's distinct rows; True in the mask for each row that was new.
 
@@ -303,6 +297,10 @@ class SqliteStore(SqlStore):
         ``executemany``; only when its change count says some rows were already there is it
         rolled back to the savepoint and redone row by row to learn which.
         """
+        if not items:
+            return np.zeros(0, dtype=np.bool_)
+        first = R.first_occurrences(R.item_keys(items), len(items))
+        rows = _telemetry_rows(to_row, items, first)
         with self._write(what, rows=len(first)) as conn:
             conn.execute("SAVEPOINT batch")
             if conn.executemany(sql, rows).rowcount == len(rows):
@@ -320,8 +318,8 @@ class SqliteStore(SqlStore):
 
 
 def _telemetry_rows(
-    convert: Callable[[_T], tuple[Any, ...]],
-    items: Sequence[_T],
+    convert: Callable[[_Item], tuple[Any, ...]],
+    items: Sequence[_Item],
     first: npt.NDArray[np.bool_],
 ) -> list[tuple[Any, ...]]:
     try:
