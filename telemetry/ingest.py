@@ -1,35 +1,63 @@
 """MQTT ingest: a persistent QoS 1 session on the broker, micro-batches into a bounded queue.
 
-Flow: broker -> ``MqttIngest.run`` (this module) -> ``asyncio.Queue[RawBatch]`` -> the pipeline,
-which validates, stores, evaluates and then calls ``RawBatch.ack()``.
+Flow: broker -> ``MqttConnection`` (telemetry.mqtt) -> hand-off -> ``MqttIngest`` batches ->
+``asyncio.Queue[RawBatch]`` -> the pipeline, which validates, stores, evaluates and then calls
+``RawBatch.ack()``.
 
-Why manual acknowledgement: a QoS 1 message is acknowledged to the broker only after the batch
-holding it is committed to the store, so neither a crash nor a shutdown can lose a message that
-the broker believes delivered. Redeliveries after a reconnect are harmless because the store
-de-duplicates on (device, ts, seq). With MQTT 5 the client's Receive Maximum bounds how many
-unacknowledged messages the broker sends us: that is the back-pressure to the broker when the
-pipeline falls behind.
+Manual acknowledgement: a QoS 1 message is acknowledged to the broker only after the batch
+holding it is committed to the store, so neither a crash nor a shutdown can lose a message the
+broker believes delivered. Redeliveries after a reconnect are harmless because the store
+de-duplicates on (device, ts, seq). Acknowledgements only go out on the connection that
+received the message: after a reconnect the broker redelivers it under a packet id that may be
+reused, and a stale PUBACK could acknowledge another, unstored message.
+
+**Memory bound.** Messages received and not yet acknowledged ("held": waiting in the hand-off,
+in a queued batch, or in the pipeline) are at most ``max_held`` (default ``queue_batches ×
+batch_max``, i.e. ``out.maxsize × batch_max``) and at most ``max_held_bytes`` of payload (default
+64 MiB), plus the one packet being read (≤ ``max_packet_bytes``, 1 MiB, which the broker is told
+in CONNECT and enforces), plus paho's and the kernel's socket buffers. When either budget is
+spent, reading pauses: the socket leaves the selector, TCP flow control stops the broker and the
+backlog stays there (Mosquitto queues up to its ``max_queued_messages`` per session). Receive
+Maximum is sent but not relied upon: Mosquitto 2.0.11 stops honouring it once a client
+acknowledges. Reading resumes as soon as acknowledgements make room.
+
+**Restart behind a backlog.** CONNACK is the first packet read; SUBSCRIBE is sent without waiting
+for SUBACK (a resumed session already has its subscriptions), so a broker pushing a full
+in-flight window cannot time out the connection. ``state`` tells health checks whether we are
+connected, were ever connected, are paused (hand-off full) or behind (``backlog``).
+
+**Shutdown** (task cancelled): reading stops first, what was received is handed over as
+batches, acknowledgements of batches the pipeline stores meanwhile are still sent (waiting up to
+``shutdown_ack_s`` without progress), then DISCONNECT. Nothing is acknowledged unstored.
+
+MQTT 3.1.1 (the demo's embedded amqtt broker) acknowledges on receipt: amqtt hands a subscriber
+one QoS 1 message per PUBACK, so deferred acknowledgement would stall it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+import paho.mqtt.client as paho
 
 from core.clock import Clock, SystemClock
-from telemetry.errors import InvalidAddress
+from telemetry.errors import BrokerUnavailable, InvalidAddress
+from telemetry.mqtt import SESSION_EXPIRY_S, BrokerRefused, MqttConnection
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600  # a persistent session outlives a week-end of downtime
+BACKLOG_WINDOW_S = 10.0
+"""Reading paused within this many seconds counts as a backlog (the broker holds more)."""
+STABLE_S = 10.0
+"""A connection that lived this long resets the reconnect backoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +80,10 @@ class RawBatch:
     _ack: Callable[[list[RawMessage]], None] | None = None
 
     def ack(self) -> None:
+        """Acknowledge every message of the batch (once; safe from any thread)."""
         if self._ack is not None:
-            self._ack(self.messages)
-            self._ack = None
+            ack, self._ack = self._ack, None
+            ack(self.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +102,62 @@ class BrokerAddress:
         return cls(parsed.hostname, parsed.port or 1883, parsed.username, parsed.password)
 
 
+@dataclass(slots=True)
+class IngestState:
+    """What a health check needs to know about the ingest (read-only for others)."""
+
+    capacity: int
+    capacity_bytes: int
+    connected: bool = False
+    ever_connected: bool = False
+    connects: int = 0
+    paused: bool = False
+    """Reading is paused because the hand-off is full (the pipeline is behind)."""
+    last_error: str | None = None
+    """Why the last connection attempt failed or the last connection ended."""
+    received: int = 0
+    held: int = 0
+    """Messages received and not yet acknowledged (hand-off, queued batches, pipeline)."""
+    held_bytes: int = 0
+    paused_total_s: float = 0.0
+    _paused_at: float | None = None
+    _last_paused: float = float("-inf")
+
+    @property
+    def backlog(self) -> bool:
+        """Behind: reading is paused now or was within ``BACKLOG_WINDOW_S``."""
+        return self.paused or time.monotonic() - self._last_paused < BACKLOG_WINDOW_S
+
+    @property
+    def problem(self) -> str | None:
+        """Why the ingest is degraded, or None."""
+        if not self.connected:
+            why = self.last_error or "connecting"
+            return f"not connected to the broker ({why})"
+        if self.backlog:
+            return f"backlog: {self.held} messages held, reading paused"
+        return None
+
+    def has_room(self) -> bool:
+        return self.held < self.capacity and self.held_bytes < self.capacity_bytes
+
+    def set_paused(self, paused: bool) -> None:
+        now = time.monotonic()
+        if paused and not self.paused:
+            self._paused_at = now
+        elif not paused and self.paused and self._paused_at is not None:
+            self.paused_total_s += now - self._paused_at
+            self._paused_at = None
+        if self.paused or paused:
+            self._last_paused = now
+        self.paused = paused
+
+
 class MqttIngest:
     """Receives device messages and hands them on in micro-batches.
 
-    A batch closes at ``batch_max`` messages or ``batch_ms`` after its first message. The output
-    queue is bounded: when the pipeline is slow, ``put`` waits, we stop taking messages from the
-    client, acknowledgements stop, and the broker stops sending (Receive Maximum).
+    A batch closes at ``batch_max`` messages or ``batch_ms`` after its first message. Reading
+    pauses while ``max_held`` messages (or ``max_held_bytes``) are unacknowledged.
     """
 
     def __init__(
@@ -91,10 +170,16 @@ class MqttIngest:
         prefix: str = "devices",
         batch_max: int = 5000,
         batch_ms: int = 50,
-        receive_maximum: int = 20_000,
+        receive_maximum: int = 65_535,
         shared_group: str | None = None,
         backoff_max_s: float = 30.0,
         protocol: str = "5",
+        keepalive_s: int = 30,
+        max_held: int | None = None,
+        max_held_bytes: int = 64 * 1024 * 1024,
+        max_packet_bytes: int = 1024 * 1024,
+        connect_timeout_s: float = 10.0,
+        shutdown_ack_s: float = 3.0,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.out = out
@@ -109,10 +194,32 @@ class MqttIngest:
         if protocol not in ("5", "3.1.1"):
             raise InvalidAddress("MQTT protocol must be 5 or 3.1.1", protocol=protocol)
         self.protocol = protocol
-        self.connected = False
-        self.connects = 0
-        self.received = 0
-        self._client: aiomqtt.Client | None = None
+        self.keepalive_s = keepalive_s
+        self.max_packet_bytes = max_packet_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.shutdown_ack_s = shutdown_ack_s
+        capacity = max_held or max(1, out.maxsize or 8) * batch_max
+        self.state = IngestState(capacity=capacity, capacity_bytes=max_held_bytes)
+        self._pending: collections.deque[tuple[MqttConnection, RawMessage]] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._released = asyncio.Event()
+        self._conn: MqttConnection | None = None
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+
+    # Older names, read by the runtime and tests.
+    @property
+    def connected(self) -> bool:
+        return self.state.connected
+
+    @property
+    def connects(self) -> int:
+        return self.state.connects
+
+    @property
+    def received(self) -> int:
+        return self.state.received
 
     def topics(self) -> list[str]:
         base = [f"{self.prefix}/+/position", f"{self.prefix}/+/lock"]
@@ -121,130 +228,199 @@ class MqttIngest:
             return [f"$share/{self.shared_group}/{t}" for t in base]
         return base
 
-    def _make_client(self) -> aiomqtt.Client:
-        common = {
-            "username": self.address.username,
-            "password": self.address.password,
-            "identifier": self.client_id,
-            "keepalive": 30,
-            "timeout": 10,
-        }
-        if self.protocol == "3.1.1":
-            # MQTT 3.1.1 brokers (the demo's amqtt) get a persistent session through
-            # clean_session=False; acknowledgement is automatic and a shutdown drains what
-            # was received before it stops.
-            return aiomqtt.Client(
-                self.address.host,
-                self.address.port,
-                protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=False,
-                **common,
-            )
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.ReceiveMaximum = self.receive_maximum
-        client = aiomqtt.Client(
-            self.address.host,
-            self.address.port,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=props,
-            **common,
-        )
-        # aiomqtt has no public switch for manual acknowledgement; paho's is the documented way.
-        client._client.manual_ack_set(True)
-        return client
-
-    def _acker(self, client: aiomqtt.Client) -> Callable[[list[RawMessage]], None]:
-        def ack(messages: list[RawMessage]) -> None:
-            if self.protocol != "5":
-                return  # acknowledged on receipt by the client library
-            if self._client is not client or not self.connected:
-                return  # the session will redeliver them; the store de-duplicates
-            paho_client = client._client
-            for m in messages:
-                if m.qos > 0:
-                    paho_client.ack(m.mid, m.qos)
-
-        return ack
-
+    # -- the connection loop -------------------------------------------------------------------
     async def run(self) -> None:
-        """Connect, subscribe and batch forever; reconnect with capped exponential backoff."""
+        """Connect, subscribe and batch until cancelled; reconnect with capped backoff."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._closing = False
+        batcher = asyncio.create_task(self._batch_loop(), name="ingest-batches")
+        try:
+            await self._connection_loop(batcher)
+        finally:
+            await self._shutdown(batcher)
+
+    async def _connection_loop(self, batcher: asyncio.Task[None]) -> None:
         backoff = 0.5
+        where = f"{self.address.host}:{self.address.port}"
         while True:
-            client = self._make_client()
+            conn = self._new_connection()
             try:
-                async with client:
-                    self._client = client
-                    self.connected = True
-                    self.connects += 1
+                session_present = await conn.open()
+            except BrokerRefused as exc:
+                self.state.last_error = str(exc.message)
+                log.error("broker at %s refused us (%s); retrying in %.1f s", where, exc, backoff)
+            except BrokerUnavailable as exc:
+                self.state.last_error = str(exc.message)
+                log.warning(
+                    "cannot reach broker at %s (%s); retrying in %.1f s",
+                    where,
+                    exc.message,
+                    backoff,
+                )
+            else:
+                self._conn = conn
+                st = self.state
+                st.connected, st.ever_connected, st.last_error = True, True, None
+                st.connects += 1
+                conn.subscribe(self.topics())
+                self._resume()
+                log.info("ingest connected to %s (session present: %s)", where, session_present)
+                since = time.monotonic()
+                done, _ = await asyncio.wait(
+                    (conn.closed, batcher), return_when=asyncio.FIRST_COMPLETED
+                )
+                if batcher in done:
+                    batcher.result()  # a bug in batching: let it surface
+                    return
+                st.connected = False
+                st.last_error = conn.closed.result()
+                self._conn = None
+                if time.monotonic() - since >= STABLE_S:
                     backoff = 0.5
-                    for topic in self.topics():
-                        await client.subscribe(topic, qos=1)
-                    log.info("ingest connected to %s:%s", self.address.host, self.address.port)
-                    await self._consume(client)
-            except aiomqtt.MqttError as exc:
-                log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, backoff)
-            finally:
-                self.connected = False
-                self._client = None
+                log.warning(
+                    "MQTT connection to %s lost (%s); reconnecting in %.1f s",
+                    where,
+                    st.last_error,
+                    backoff,
+                )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max_s)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        messages = client.messages
-        ack = self._acker(client)
-        # The receive in progress. Never cancelled while it may hold a message: aiomqtt takes
-        # the message off its queue in a task of its own, so cancelling `anext` (as a batch
-        # timeout would) can drop one that was just handed over, and with manual acks the
-        # broker never sends it again in this session. A batch that times out leaves the
-        # receive running for the next batch instead.
-        pending: asyncio.Task[aiomqtt.Message] | None = None
+    def _new_connection(self) -> MqttConnection:
+        return MqttConnection(
+            self.address.host,
+            self.address.port,
+            self.client_id,
+            on_message=self._on_message,
+            room=self._room,
+            username=self.address.username,
+            password=self.address.password,
+            protocol=self.protocol,
+            keepalive_s=self.keepalive_s,
+            receive_maximum=min(self.receive_maximum, self.state.capacity),
+            max_packet_bytes=self.max_packet_bytes,
+            connect_timeout_s=self.connect_timeout_s,
+        )
 
-        async def receive(timeout: float | None) -> aiomqtt.Message | None:
-            nonlocal pending
-            if pending is None:
-                pending = asyncio.ensure_future(anext(messages))
-            done, _ = await asyncio.wait((pending,), timeout=timeout)
-            if not done:
-                return None
-            task, pending = pending, None
-            return task.result()  # MqttError on a lost connection
-
+    async def _shutdown(self, batcher: asyncio.Task[None]) -> None:
+        conn = self._conn
         try:
-            while True:
-                first = await receive(None)
-                assert first is not None
-                batch = [self._raw(first)]
-                deadline = time.monotonic() + self.batch_ms / 1000
-                while len(batch) < self.batch_max:
-                    if len(messages) > 0 or (pending is not None and pending.done()):
-                        # already here: take it, the batch grows under load (up to batch_max)
-                        msg = await receive(None)
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        msg = await receive(remaining)
-                        if msg is None:
-                            break
-                    assert msg is not None
-                    batch.append(self._raw(msg))
-                self.received += len(batch)
-                await self.out.put(RawBatch(batch, _ack=ack))
+            if conn is not None:
+                conn.pause_reading()  # stop taking messages first
+            self._closing = True
+            self._arrived.set()
+            # Hand over what was received (the queue may be full: wait while the pipeline
+            # makes progress), then let it store and acknowledge what it holds.
+            while not batcher.done() and await self._progress(batcher):
+                pass
+            if batcher.done() and not batcher.cancelled():
+                batcher.result()
+            while conn is not None and conn.is_open and self.state.held > 0:
+                if not await self._progress(None):
+                    break
         finally:
-            if pending is not None:
-                # shutting down or disconnected: a message it may hold was not acknowledged,
-                # so the broker redelivers it to the persistent session
-                pending.cancel()
+            batcher.cancel()
+            if conn is not None:
+                conn.close(disconnect=True)
+            self._conn = None
+            self.state.connected = False
+            self.state.set_paused(False)
 
-    def _raw(self, msg: aiomqtt.Message) -> RawMessage:
-        payload = msg.payload
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif not isinstance(payload, bytes | bytearray):
-            payload = b"" if payload is None else str(payload).encode()
-        return RawMessage(msg.topic.value, bytes(payload), self.clock.now_ms(), msg.mid, msg.qos)
+    async def _progress(self, task: asyncio.Task[None] | None) -> bool:
+        """Wait for ``task`` or an acknowledgement; False after ``shutdown_ack_s`` of neither."""
+        self._released.clear()
+        released = asyncio.ensure_future(self._released.wait())
+        waits: set[asyncio.Future[object]] = {released}
+        if task is not None:
+            waits.add(task)  # type: ignore[arg-type]
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=self.shutdown_ack_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            released.cancel()
+        return bool(done)
+
+    # -- the hand-off --------------------------------------------------------------------------
+    def _room(self) -> bool:
+        if self._closing:
+            return False
+        if self.state.has_room():
+            return True
+        self.state.set_paused(True)
+        return False
+
+    def _resume(self) -> None:
+        conn = self._conn
+        if conn is not None and not self._closing and self.state.has_room():
+            self.state.set_paused(False)
+            conn.resume_reading()
+
+    def _on_message(self, conn: MqttConnection, msg: paho.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a broker must refuse these; be safe anyway
+            topic = bytes(msg._topic).decode(errors="replace")
+        payload = bytes(msg.payload)
+        st = self.state
+        st.received += 1
+        st.held += 1
+        st.held_bytes += len(payload)
+        self._pending.append(
+            (conn, RawMessage(topic, payload, self.clock.now_ms(), msg.mid, msg.qos))
+        )
+        self._arrived.set()
+
+    def _acknowledge(self, conn: MqttConnection, messages: list[RawMessage]) -> None:
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._thread:
+            loop.call_soon_threadsafe(self._acknowledge, conn, messages)
+            return
+        if conn is self._conn:
+            for m in messages:
+                conn.ack(m.mid, m.qos)
+        st = self.state
+        st.held -= len(messages)
+        st.held_bytes -= sum(len(m.payload) for m in messages)
+        self._released.set()
+        if st.paused:
+            self._resume()
+
+    async def _batch_loop(self) -> None:
+        pending = self._pending
+        while True:
+            while not pending:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+            conn = pending[0][0]
+            batch: list[RawMessage] = []
+            deadline = time.monotonic() + self.batch_ms / 1000
+            while len(batch) < self.batch_max:
+                if pending:
+                    if pending[0][0] is not conn:
+                        break  # one connection per batch: acks go where the messages came from
+                    batch.append(pending.popleft()[1])
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing:
+                    break
+                self._arrived.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._arrived.wait()
+                except TimeoutError:
+                    break
+            await self.out.put(RawBatch(batch, _ack=functools.partial(self._acknowledge, conn)))
 
 
-__all__ = ["BrokerAddress", "MqttIngest", "RawBatch", "RawMessage"]
+__all__ = [
+    "SESSION_EXPIRY_S",
+    "BrokerAddress",
+    "IngestState",
+    "MqttIngest",
+    "RawBatch",
+    "RawMessage",
+]

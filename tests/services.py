@@ -41,9 +41,25 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
 
 
+# Queue limits of the private test broker (the production configuration is written by
+# `cargowatch broker-config`). Persistence is on, so a broker restart keeps what it accepted
+# (Mosquitto writes its database when it stops and every `autosave_interval` seconds: a
+# `kill -9` of the broker loses what arrived since the last save). Per session the broker
+# queues up to MAX_QUEUED_MESSAGES QoS 1 messages beyond those in flight, then silently drops
+# new ones: 1,000,000 covers more than 3 minutes of a 5,000 msg/s fleet, a 500k-message test
+# backlog and the benchmarks, at about 0.5 GB of broker memory when full. MAX_INFLIGHT caps
+# what MQTT 3.1.1 clients have unacknowledged (MQTT 5 clients send their Receive Maximum; the
+# engine does not rely on either: it stops reading when its own hand-off is full).
+MAX_QUEUED_MESSAGES = 1_000_000
+MAX_INFLIGHT_MESSAGES = 65_535
+AUTOSAVE_INTERVAL_S = 10
+
+
 class MosquittoServer:
-    """A private Mosquitto 2 broker. Persistent sessions need no broker persistence as long as
-    the broker keeps running; queues are unbounded so a down engine loses nothing."""
+    """A private Mosquitto 2 broker with persistence (see the queue limits above).
+
+    ``restart()`` stops it (it saves its database) and starts it on the same port.
+    """
 
     def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -56,14 +72,21 @@ class MosquittoServer:
 
     def start(self) -> MosquittoServer:
         conf = self.workdir / "mosquitto.conf"
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        # Started as root, Mosquitto would drop to the `mosquitto` user, which cannot write
+        # its database and log into a private (0700) test directory.
+        user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
+            f"{user}"
             "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 0\n"
+            "persistence true\n"
+            f"persistence_location {data}/\n"
+            f"autosave_interval {AUTOSAVE_INTERVAL_S}\n"
+            f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
             "max_queued_bytes 0\n"
-            "max_inflight_messages 0\n"
-            "message_size_limit 0\n"
+            f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}\n"
             "log_type error\nlog_type warning\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"
         )
@@ -75,13 +98,20 @@ class MosquittoServer:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.terminate()  # SIGTERM: Mosquitto saves its database, then exits
             try:
-                self.proc.wait(5)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
         self.proc = None
+
+    def restart(self) -> MosquittoServer:
+        """Stop and start again on the same port, keeping the persisted sessions and queues."""
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> MosquittoServer:
         return self.start()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import types
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 
 from telemetry.errors import TelemetryError
@@ -79,7 +78,8 @@ async def test_persistent_session_delivers_what_was_published_while_down(mqtt_ur
 
 async def test_unacknowledged_batch_is_redelivered_after_reconnect(mqtt_url: str) -> None:
     queue: asyncio.Queue[RawBatch] = asyncio.Queue(maxsize=100)
-    async with _running(MqttIngest(mqtt_url, queue, client_id="t-noack", batch_ms=20)):
+    first_ingest = MqttIngest(mqtt_url, queue, client_id="t-noack", batch_ms=20, shutdown_ack_s=0.1)
+    async with _running(first_ingest):
         await _publish(mqtt_url, 20)
         first: list[bytes] = []
         async with asyncio.timeout(10):
@@ -91,58 +91,31 @@ async def test_unacknowledged_batch_is_redelivered_after_reconnect(mqtt_url: str
     assert sorted(again) == sorted(first)
 
 
-class _Received:
-    def __init__(self, i: int) -> None:
-        self.payload = f'{{"i": {i}}}'.encode()
-        self.topic = aiomqtt.Topic("devices/d1/position")
-        self.mid, self.qos = i + 1, 1
-
-
-class _HandOver:
-    """A message stream that, like aiomqtt's, takes a message off its queue before handing it
-    over: cancelling the wait during the hand-over loses that message."""
-
-    def __init__(self) -> None:
-        self.items: collections.deque[_Received] = collections.deque()
-        self.lost = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __aiter__(self) -> _HandOver:
-        return self
-
-    async def __anext__(self) -> _Received:
-        while not self.items:
-            await asyncio.sleep(0.0005)
-        item = self.items.popleft()
-        try:
-            await asyncio.sleep(0.002)
-        except asyncio.CancelledError:
-            self.lost += 1
-            raise
-        return item
+def _message(i: int) -> paho.MQTTMessage:
+    msg = paho.MQTTMessage(mid=i + 1, topic=b"devices/d1/position")
+    msg.payload, msg.qos = f'{{"i": {i}}}'.encode(), 1
+    return msg
 
 
 async def test_a_batch_timeout_never_drops_a_message_being_handed_over() -> None:
-    # A batch closing on time while a message is being handed over must not drop it: with
-    # manual acknowledgement the broker would not send it again (an unseal went missing so).
-    stream = _HandOver()
-    client = types.SimpleNamespace(messages=stream)
+    # A batch closing on time while messages trickle in must not drop one: with manual
+    # acknowledgement the broker would not send it again (an unseal went missing so). The
+    # hand-off is fed as the connection feeds it, one message at a time, between batches.
     queue: asyncio.Queue[RawBatch] = asyncio.Queue()
     ingest = MqttIngest("mqtt://127.0.0.1:1", queue, batch_max=1_000, batch_ms=5)
-    consumer = asyncio.create_task(ingest._consume(client))  # type: ignore[arg-type]
+    batcher = asyncio.create_task(ingest._batch_loop())
+    conn = object()
     n = 200
     for i in range(n):
-        stream.items.append(_Received(i))
-        await asyncio.sleep(0.003)  # a trickle: batches keep timing out mid hand-over
+        ingest._on_message(conn, _message(i))  # type: ignore[arg-type]
+        await asyncio.sleep(0.003)  # a trickle: batches keep timing out between messages
     got: list[bytes] = []
     with contextlib.suppress(TimeoutError):  # a lost message would keep us waiting
         async with asyncio.timeout(3):
             while len(got) < n:
                 got.extend(m.payload for m in (await queue.get()).messages)
-    consumer.cancel()
+    batcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await consumer
-    assert stream.lost == 0
+        await batcher
+    assert ingest.state.held == n  # none lost, none acknowledged
     assert got == [f'{{"i": {i}}}'.encode() for i in range(n)]
