@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rules.backfill import History
 from rules.batch import FixCols, LockCols, duplicate_mask
+from rules.checkpoint import dump_trip, load_trip
 from rules.context import STATE_NAMES, Ctx, FlagKey
 from rules.emit import Emitter
 from rules.errors import RulesError, TripPlanError
@@ -33,7 +35,7 @@ from rules.lifecycle import (
     update_late_deadline,
 )
 from rules.plan import TripPlan, parse_trip
-from rules.rewind import CROSS_DEVICE_SKEW_MS, Journal, rewind_trip
+from rules.rewind import CROSS_DEVICE_SKEW_MS, Journal, rewind_trips, state_free
 from rules.runner import run
 from rules.state import (
     ACTIVE,
@@ -154,10 +156,14 @@ class Engine:
         defaults: Mapping[str, float] | None = None,
         position_events: bool = True,
         journal: Journal | None = None,
+        history: History | None = None,
     ) -> None:
         """``defaults`` override the engine defaults (``DEFAULT_RULES``);
         ``position_events=False`` leaves PositionUpdates out of ``EngineResult.events``
-        (they stay in ``EngineResult.positions``); ``journal`` sets the rewind window."""
+        (they stay in ``EngineResult.positions``); ``journal`` sets the rewind window;
+        ``history(device_ids, since_ms, until_ms) -> (fixes, lock_events)`` reads stored
+        messages, so late data older than the journal re-runs its trip from stored history
+        (rules/backfill.py) instead of being applied on the current state."""
         self._defaults = merge_rules(validate_rules(defaults, "defaults"))
         self._default_row = np.array([self._defaults[n] for n in RULE_NAMES])
         self._position_events = position_events
@@ -169,6 +175,8 @@ class Engine:
         self._shipper_rules: dict[str, dict[str, float]] = {}
         self._device_trips: dict[int, set[int]] = {}
         self._gen = 0
+        self._history = history
+        self._removed: set[str] = set()  # trip ids dropped since the last take_dirty
 
     # -- configuration ----------------------------------------------------------------------
     def put_shipper_rules(self, shipper: str, rules: Mapping[str, float]) -> None:
@@ -179,6 +187,7 @@ class Engine:
             info = self.trips.info[slot]
             if info is not None and info.shipper == shipper:
                 self._apply_rules(slot, info.plan)
+                self.trips.dirty[slot] = True
 
     def put_geofence(self, fence: dict[str, Any]) -> None:
         """Insert or replace a global geofence (kind ``rest_area`` suppresses LONG_STOP)."""
@@ -249,6 +258,7 @@ class Engine:
         info = self.trips.info[slot]
         assert info is not None
         if status == ACTIVE and m[TC.STATUS] == PLANNED:
+            self.trips.dirty[slot] = True
             m[TC.STATUS] = ACTIVE
             m[TC.ACTIVE_SINCE] = self.trips.planned_start[slot]
             info.emitted.add("status:active")
@@ -298,6 +308,7 @@ class Engine:
             trips.m[slot, TC.STATUS] = ACTIVE
             trips.m[slot, TC.ACTIVE_SINCE] = plan.planned_start_ms
         self._slots[plan.trip_id] = slot
+        trips.dirty[slot] = True
         restore_history(trips, slot, history)
         info.created = self.journal.snapshot_now(trips, self.devices, slot)
         for d in devices:
@@ -340,6 +351,7 @@ class Engine:
         info.device_slots = tuple(self.devices.slot(d) for d in plan.devices)
         info.gen = self._next_gen()
         trips.gen[slot] = info.gen
+        trips.dirty[slot] = True
         self._apply_rules(slot, plan)
         self._take_status(slot, status)
         info.created = self.journal.snapshot_now(trips, self.devices, slot)
@@ -354,6 +366,7 @@ class Engine:
         assert info is not None
         self.geometry.remove_trip(info.plan)
         del self._slots[info.trip_id]
+        self._removed.add(info.trip_id)
         for d in info.device_slots:
             self._device_trips.get(d, set()).discard(slot)
         self.trips.release(slot)
@@ -375,6 +388,9 @@ class Engine:
                     continue
                 if best_key is None or key < best_key:
                     best, best_key = slot, key
+            old = int(self.devices.trip[d])
+            if old != best:  # the device's rows now travel with another trip's state
+                self.trips.dirty[[s for s in (old, best) if s >= 0]] = True
             self.devices.trip[d] = best
 
     def end_trip(self, trip_id: str, status: TripStatus, ts: int, reason: str) -> list[EngineEvent]:
@@ -395,9 +411,11 @@ class Engine:
     def _ctx(self, now_ms: int) -> Ctx:
         return Ctx(self.trips, self.devices, self.geometry, Emitter(int(now_ms)), self._default_row)
 
-    def _late_slots(self, f: FixCols, ftrip: I64, locks: LockCols, ltrip: I64) -> I64:
-        """Trips with a message older than its device's processed data, or much older than
-        the trip's: these are re-run from a snapshot."""
+    def _late_masks(
+        self, f: FixCols, ftrip: I64, locks: LockCols, ltrip: I64
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Messages older than their device's processed data, or much older than their
+        trip's: their trips are re-run from a snapshot."""
         dm, tm = self.devices.m, self.trips.m
         late_f = (ftrip >= 0) & (
             (f.ts < dm[f.dev, DC.LAST_TS])
@@ -407,9 +425,7 @@ class Engine:
             (locks.ts < dm[locks.dev, DC.LAST_TS])
             | (locks.ts < tm[np.maximum(ltrip, 0), TC.LAST_TS] - CROSS_DEVICE_SKEW_MS)
         )
-        if not (late_f.any() or late_l.any()):
-            return np.zeros(0, np.int64)
-        return np.unique(np.concatenate([ftrip[late_f], ltrip[late_l]]))
+        return late_f, late_l
 
     def process(
         self, fixes: Sequence[Fix], lock_events: Sequence[LockEvent], now_ms: int
@@ -436,6 +452,8 @@ class Engine:
             locks = locks.take(~ld)
         ftrip = self.devices.trip[f.dev]
         ltrip = self.devices.trip[locks.dev]
+        self.trips.dirty[ftrip[ftrip >= 0]] = True
+        self.trips.dirty[ltrip[ltrip >= 0]] = True
         pre_valid = self.devices.m[f.dev, DC.VALID_TS]
         nf, nl = len(f), len(locks)
         valid = np.zeros(nf, bool)
@@ -443,27 +461,49 @@ class Engine:
         new_l = np.zeros(nl, bool)
         state = np.zeros(nf, np.int8)
         dist = np.full(nf, np.nan)
-        late = self._late_slots(f, ftrip, locks, ltrip)
+        late_f, late_l = self._late_masks(f, ftrip, locks, ltrip)
+        quiet = np.zeros(nl, bool)
+        if late_l.any():  # late lock events that change no state need no rewind
+            rows = np.flatnonzero(late_l)
+            quiet[rows] = state_free(self.trips, self.devices, locks, ltrip, rows)
+        late = np.unique(np.concatenate([ftrip[late_f], ltrip[late_l & ~quiet]]))
         if late.size:
-            main_f = np.flatnonzero(~np.isin(ftrip, late))
-            main_l = np.flatnonzero(~np.isin(ltrip, late))
-            out = run(ctx, f.take(main_f), ftrip[main_f], locks.take(main_l), ltrip[main_l])
+            in_late_f, in_late_l = np.isin(ftrip, late), np.isin(ltrip, late)
+            quiet &= ~in_late_l
         else:
-            main_f, main_l = np.arange(nf), np.arange(nl)
+            in_late_f, in_late_l = np.zeros(nf, bool), np.zeros(nl, bool)
+        if quiet.any():
+            qi = np.flatnonzero(quiet)
+            ctx.emit.rewind = True  # found late, like a rewind's alarms
+            try:
+                q = run(ctx, FixCols.empty(), np.zeros(0, np.int64), locks.take(qi), ltrip[qi])
+            finally:
+                ctx.emit.rewind = False
+            new_l[qi] = ~q.lock_dup
+        main_f = np.flatnonzero(~in_late_f)
+        main_l = np.flatnonzero(~in_late_l & ~quiet)
+        if main_f.size == nf and main_l.size == nl:
             out = run(ctx, f, ftrip, locks, ltrip)
+        else:
+            out = run(ctx, f.take(main_f), ftrip[main_f], locks.take(main_l), ltrip[main_l])
         valid[main_f], state[main_f], dist[main_f] = out.valid, out.state, out.dist
         new_f[main_f] = ~out.dup
         new_l[main_l] = ~out.lock_dup
-        for slot in late.tolist():
-            fi = np.flatnonzero(ftrip == slot)
-            li = np.flatnonzero(ltrip == slot)
+        durable: list[int] = []
+        if late.size:
+            fi, li = np.flatnonzero(in_late_f), np.flatnonzero(in_late_l)
             n_flags = len(ctx.flagged)
-            res, nfm, nlm = rewind_trip(ctx, self.journal, slot, f.take(fi), locks.take(li))
+            lf = f.take(fi)
+            res, nfm, nlm, durable = rewind_trips(
+                ctx, self.journal, late, lf, ftrip[fi], locks.take(li), ltrip[li], self._history
+            )
             if len(ctx.flagged) > n_flags:  # keep flags of this batch's fixes only
                 ids = self.devices.ids
                 mine = {
-                    (ids[f.dev[k]], int(f.ts[k]), None if np.isnan(f.seq[k]) else int(f.seq[k]))
-                    for k in fi[nfm].tolist()
+                    (ids[d], t, None if np.isnan(q) else int(q))
+                    for d, t, q in zip(
+                        lf.dev[nfm].tolist(), lf.ts[nfm].tolist(), lf.seq[nfm].tolist(), strict=True
+                    )
                 }
                 ctx.flagged[n_flags:] = [x for x in ctx.flagged[n_flags:] if x[0] in mine]
             valid[fi], state[fi], dist[fi] = res.valid, res.state, res.dist
@@ -474,6 +514,13 @@ class Engine:
             locks.take(new_l) if not new_l.all() else locks,
             ltrip[new_l],
         )
+        for slot in durable:
+            # Re-run from stored history: older checkpoints no longer describe the trip.
+            info = self.trips.info[slot]
+            assert info is not None
+            info.gen = self._next_gen()
+            self.trips.gen[slot] = info.gen
+            info.created = self.journal.snapshot_now(self.trips, self.devices, slot)
         positions = self._positions(f, ftrip, valid & new_f, state, dist, pre_valid)
         self._after(ctx)
         events = ctx.emit.events
@@ -531,13 +578,72 @@ class Engine:
         """Wall-clock rules at ``now_ms``: activation at planned_start, SIGNAL_LOST,
         LATE_ARRIVAL. Call at least once a second."""
         ctx = self._ctx(now_ms)
+        trips = self.trips
+        before = (trips.m[:, TC.STATUS].copy(), trips.heard.copy(), trips.signal_open.copy())
         run_timers(ctx, int(now_ms))
+        # Timers change status, heard, signal episodes and late-arrival marks (the latter
+        # always with an event): compare arrays rather than trace every path.
+        status, heard, signal = before
+        cap = status.shape[0]
+        changed = (
+            (trips.m[:cap, TC.STATUS] != status)
+            | ((trips.heard[:cap] != heard) & ~np.isnan(trips.heard[:cap]))
+            | (trips.signal_open[:cap] != signal)
+        )
+        trips.dirty[:cap] |= changed
+        for e in ctx.emit.events:
+            slot = self._slots.get(e.trip_id)
+            if slot is not None:
+                trips.dirty[slot] = True
         self._after(ctx)
         return ctx.emit.events
 
     def next_timer_ms(self) -> int | None:
         """Earliest wall time at which ``tick`` would do something (None: nothing pending)."""
         return next_timer_ms(self.trips)
+
+    # -- durable state ----------------------------------------------------------------------
+    def take_dirty(self) -> tuple[set[str], set[str]]:
+        """(trips whose durable state changed, trips dropped from the live state) since the
+        last call, which resets both: the caller checkpoints only what changed."""
+        trips = self.trips
+        idx = np.flatnonzero(trips.dirty & (trips.gen >= 0))
+        dirty = set(trips.names[idx].tolist())
+        trips.dirty[:] = False
+        removed = {t for t in self._removed if t not in self._slots}
+        self._removed = set()
+        return dirty, removed
+
+    def export_trip_state(self, trip_id: str) -> bytes:
+        """The trip's durable state as a versioned blob (JSON, rules/checkpoint.py):
+        event-time rows of the trip and of the devices it currently owns, stop progress,
+        emitted keys, timers and the signal-lost episode. RulesError if not loaded."""
+        slot = self._slots.get(trip_id)
+        if slot is None:
+            raise RulesError("trip is not in the live state", trip_id=trip_id)
+        return dump_trip(self.trips, self.devices, slot)
+
+    def import_trip_state(self, trip_id: str, blob: bytes) -> None:
+        """Continue a trip from ``export_trip_state``'s blob, after ``upsert_trip`` loaded its
+        document. RulesError (state unchanged) when the trip is not loaded, or the blob is of
+        another format version, another plan, or unreadable: the caller then falls back to
+        the document and its milestone history."""
+        slot = self._slots.get(trip_id)
+        if slot is None:
+            raise RulesError("trip is not in the live state", trip_id=trip_id)
+        trips = self.trips
+        doc_status = int(trips.m[slot, TC.STATUS])
+        load_trip(trips, self.devices, slot, blob, self._slots)
+        trips.dirty[slot] = False  # the state is what the caller has stored
+        self._take_status(slot, doc_status)  # an activation by the API meanwhile holds
+        update_late_deadline(trips, slot)
+        info = trips.info[slot]
+        assert info is not None
+        # Checkpoints of the journal taken before no longer describe the trip.
+        info.gen = self._next_gen()
+        trips.gen[slot] = info.gen
+        info.created = self.journal.snapshot_now(trips, self.devices, slot)
+        self._remap(info.device_slots)
 
     # -- queries ----------------------------------------------------------------------------
     def active_trips(self) -> list[str]:

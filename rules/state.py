@@ -251,6 +251,8 @@ class TripTable:
         self.signal_open = np.zeros(capacity, dtype=bool)
         self.next_late = np.full(capacity, np.inf)  # earliest pending LATE_ARRIVAL deadline
         self.gen = np.full(capacity, -1, dtype=np.int64)
+        # Slots whose durable state changed since ``Engine.take_dirty`` last looked.
+        self.dirty = np.zeros(capacity, dtype=bool)
         self.info: list[TripInfo | None] = [None] * capacity
         self.progress: list[StopProgress | None] = [None] * capacity
         # trip_id and shipper per slot as object arrays, one extra None at the end so that
@@ -289,6 +291,7 @@ class TripTable:
                 ("signal_open", False),
                 ("next_late", np.inf),
                 ("gen", -1),
+                ("dirty", False),
             ):
                 arr = getattr(self, name)
                 setattr(self, name, np.concatenate([arr, np.full(new - old, fill, arr.dtype)]))
@@ -313,6 +316,7 @@ class TripTable:
         self.signal_open[slot] = False
         self.next_late[slot] = np.inf
         self.gen[slot] = -1
+        self.dirty[slot] = False
         self.info[slot] = None
         self.progress[slot] = None
         self.names[slot] = None

@@ -1,0 +1,223 @@
+"""A trip's durable engine state as a versioned blob, and back (``Engine.export_trip_state``
+/ ``import_trip_state``).
+
+The caller stores the blob with the batch that produced it (same transaction as its
+telemetry and alarms) and, after a restart, loads the trip's document with ``upsert_trip``
+and then the blob, so the trip continues exactly where it was: counters, anchors, open
+episodes, the jump filter, stop progress, emitted keys (nothing is raised twice), the
+signal-lost episode and the wall clock it was last heard at.
+
+Format: UTF-8 JSON (no pickle), ``{"format": FORMAT, "version": VERSION, "trip_id",
+"plan", "trip", "devices", "progress", "emitted", "late_done", "signal_episode",
+"signal_open", "heard"}``. State rows are objects keyed by column name (``TC`` / ``DC``);
+NaN is ``null`` and infinities ``"inf"`` / ``"-inf"``. Columns that hold slots (which differ
+after a restart) hold ids: ``trip.VALID_DEV`` a device id, ``devices.*.BAT_TRIP`` a trip id.
+
+Devices: a device's event-time state (last message, jump filter, LOW_BATTERY episode) is
+per device, and a device may serve several trips over time; its row is stored with the
+trip it currently reports for (``DeviceTable.trip``), so exactly one blob holds it. On
+import a row replaces the device's current one unless that one has newer data (two blobs
+holding one device after its owner changed between checkpoints: the newer wins). A
+LOW_BATTERY episode whose trip is not loaded is dropped.
+
+``plan`` is a digest of what the state indexes into: trip id, devices, origin and stop
+fences in plan order, the route. Thresholds, ETAs and the planned start may change (a
+re-planned document keeps its state as in the live engine); anything else is a mismatch.
+A blob of another format version or plan raises RulesError; the caller falls back to the
+document and its milestone history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.errors import RulesError
+from rules.plan import FencePlan, TripPlan
+from rules.state import DC, TC, DeviceTable, StopProgress, TripTable
+
+__all__ = ["FORMAT", "VERSION", "dump_trip", "load_trip", "plan_digest"]
+
+FORMAT = "cargowatch.rules.trip-state"
+VERSION = 1
+
+F64 = npt.NDArray[np.float64]
+
+
+def _canon(x: Any) -> Any:
+    """Numbers as floats (a stored copy may write 121 for 121.0), containers recursively."""
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int | float | np.number):
+        return float(x)
+    if isinstance(x, Mapping):
+        return {str(k): _canon(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_canon(v) for v in x]
+    return str(x)
+
+
+def _fence(f: FencePlan) -> dict[str, Any]:
+    return {"geometry": f.geometry, "radius_m": f.radius_m}
+
+
+def plan_digest(plan: TripPlan, route_digest: bytes) -> str:
+    """Digest of the plan structure the state refers to (see the module doc)."""
+    body = {
+        "trip_id": plan.trip_id,
+        "devices": list(plan.devices),
+        "origin": _fence(plan.origin),
+        "stops": [[s.stop_id, _fence(s.fence)] for s in plan.stops],
+    }
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(_canon(body), sort_keys=True, separators=(",", ":")).encode())
+    h.update(route_digest)
+    return h.hexdigest()
+
+
+def _num(v: float) -> float | str | None:
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return float(v)
+
+
+def _unnum(v: object) -> float:
+    if v is None:
+        return math.nan
+    if v in ("inf", "-inf"):
+        return math.inf if v == "inf" else -math.inf
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"not a number: {v!r}")
+    return float(v)
+
+
+def _row(values: object, columns: type[TC] | type[DC], id_col: int) -> tuple[F64, object]:
+    """A state row from its JSON object, and the raw value of its id column (NaN there)."""
+    if not isinstance(values, Mapping) or set(values) != {c.name for c in columns}:
+        raise ValueError(f"the {columns.__name__} columns differ")
+    row = np.full(len(columns), math.nan)
+    for c in columns:
+        if c != id_col:
+            row[c] = _unnum(values[c.name])
+    ident = values[columns(id_col).name]
+    if ident is not None and not isinstance(ident, str):
+        raise ValueError(f"{columns(id_col).name} must be an id")
+    return row, ident
+
+
+def dump_trip(trips: TripTable, devices: DeviceTable, slot: int) -> bytes:
+    """The blob of trip ``slot``."""
+    info, prog = trips.info[slot], trips.progress[slot]
+    assert info is not None and prog is not None
+    m = trips.m[slot]
+    trip = {c.name: _num(m[c]) for c in TC}
+    dev = m[TC.VALID_DEV]
+    trip[TC.VALID_DEV.name] = None if math.isnan(dev) else devices.ids[int(dev)]
+    owned = {}
+    for d in info.device_slots:
+        if devices.trip[d] != slot:
+            continue
+        r = devices.m[d]
+        cols = {c.name: _num(r[c]) for c in DC}
+        bat_trip = int(r[DC.BAT_TRIP])
+        cols[DC.BAT_TRIP.name] = trips.names[bat_trip] if bat_trip >= 0 else None
+        owned[devices.ids[d]] = cols
+    body = {
+        "format": FORMAT,
+        "version": VERSION,
+        "trip_id": info.trip_id,
+        "plan": plan_digest(info.plan, info.route_digest),
+        "trip": trip,
+        "devices": owned,
+        "progress": {"arrived": prog.arrived, "unsealed": prog.unsealed, "left": prog.left},
+        "emitted": sorted(info.emitted),
+        "late_done": sorted(info.late_done),
+        "signal_episode": info.signal_episode,
+        "signal_open": bool(trips.signal_open[slot]),
+        "heard": _num(trips.heard[slot]),
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _ints(values: object, n: int) -> tuple[int, ...]:
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError("stop progress does not match the plan's stops")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError("stop progress holds a non-integer")
+    return tuple(values)
+
+
+def load_trip(
+    trips: TripTable, devices: DeviceTable, slot: int, blob: bytes, slots: Mapping[str, int]
+) -> None:
+    """Put the blob's state into trip ``slot`` (``slots``: trip id -> slot of loaded trips).
+    RulesError, with nothing changed, when the blob does not fit."""
+    info = trips.info[slot]
+    assert info is not None
+    tid = info.trip_id
+    try:
+        body = json.loads(blob)
+    except (ValueError, UnicodeDecodeError):
+        raise RulesError("trip state is not readable", trip_id=tid) from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise RulesError("not a trip state", trip_id=tid)
+    if body.get("version") != VERSION:
+        raise RulesError(
+            "trip state of another format version",
+            trip_id=tid,
+            version=body.get("version"),
+            expected=VERSION,
+        )
+    if body.get("trip_id") != tid:
+        raise RulesError("trip state of another trip", trip_id=tid, found=body.get("trip_id"))
+    if body.get("plan") != plan_digest(info.plan, info.route_digest):
+        raise RulesError("trip state of another plan", trip_id=tid)
+    n = len(info.plan.stops)
+    try:
+        row, valid_dev = _row(body["trip"], TC, TC.VALID_DEV)
+        p = body["progress"]
+        prog = StopProgress(_ints(p["arrived"], n), _ints(p["unsealed"], n), _ints(p["left"], n))
+        emitted, late_done = body["emitted"], body["late_done"]
+        if not all(isinstance(k, str) for k in emitted):
+            raise ValueError("emitted keys must be strings")
+        late = set(_ints(late_done, len(late_done)))
+        if not late <= set(range(n)):
+            raise ValueError("late_done names a stop the plan does not have")
+        episode = body["signal_episode"]
+        if episode is not None and not isinstance(episode, str):
+            raise ValueError("signal_episode must be a string")
+        signal_open = body["signal_open"]
+        if not isinstance(signal_open, bool):
+            raise ValueError("signal_open must be a boolean")
+        heard = _unnum(body["heard"])
+        rows = {}
+        for device_id, values in dict(body["devices"]).items():
+            if device_id not in info.plan.devices:
+                raise ValueError(f"device {device_id!r} is not one of the trip's")
+            rows[device_id] = _row(values, DC, DC.BAT_TRIP)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RulesError("trip state is invalid", trip_id=tid, reason=str(e)) from None
+    row[TC.VALID_DEV] = math.nan if valid_dev is None else devices.slot(str(valid_dev))
+    trips.m[slot] = row
+    trips.progress[slot] = prog
+    info.emitted |= set(emitted)
+    info.late_done = late
+    info.signal_episode = episode
+    trips.signal_open[slot] = signal_open
+    trips.heard[slot] = heard
+    for device_id, (drow, bat_trip) in rows.items():
+        d = devices.slot(device_id)
+        owner = -1 if bat_trip is None else slots.get(str(bat_trip), -1)
+        drow[DC.BAT_TRIP] = owner
+        if owner < 0:
+            drow[DC.BAT_OPEN] = math.nan
+        if not devices.m[d, DC.LAST_TS] > drow[DC.LAST_TS]:  # the newer data wins
+            devices.m[d] = drow
