@@ -1,10 +1,7 @@
-"""cargowatch: composition root (settings, clock, errors, CLI) for the engine packages.
+"""cargowatch: the composition root — settings, the runtime and its services, the CLI, the demo.
 
-Data flows one way: broker -> ``telemetry`` (validate, dead-letter, store) -> ``rules``
-(batched arrays) -> ``alerts`` (alarm life cycle, deadlines, webhooks) -> ``api`` (HTTP, live feed).
+It imports every engine package and none of them imports it; their shared base (the error
+kinds and the clock) is ``core``. Data flows one way: broker -> ``telemetry`` (validate,
+dead-letter, store) -> ``rules`` (batched arrays) -> ``alerts`` (alarm life cycle, deadlines,
+webhooks) -> ``api`` (HTTP, live feed).
 """
-
-from core.clock import Clock, ManualClock, SystemClock
-from core.errors import CargowatchError
-
-__all__ = ["CargowatchError", "Clock", "ManualClock", "SystemClock"]

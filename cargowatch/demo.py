@@ -15,12 +15,16 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from cargowatch.runtime import Runtime
-from cargowatch.settings import Settings
+from cargowatch.listen import listen_socket
+from cargowatch.settings import Settings, split_host_port
 from core.clock import ScaledClock
+
+if TYPE_CHECKING:  # the engine is imported when the demo runs, not for `--help`
+    from amqtt.broker import Broker
+
+    from cargowatch.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ DEMO_INCIDENTS = (
 )
 
 
-async def start_embedded_broker(port: int):  # -> amqtt.broker.Broker
+async def start_embedded_broker(port: int) -> Broker:
     from amqtt.broker import Broker
 
     config = {
@@ -48,7 +52,7 @@ async def start_embedded_broker(port: int):  # -> amqtt.broker.Broker
     return broker
 
 
-def _summary(runtime: Runtime, published: dict, started: float) -> str:
+def _summary(runtime: Runtime, published: dict[str, Any], started: float) -> str:
     open_alarms = runtime.store.list_alarms(status=["open", "acknowledged"], limit=100_000)
     by_type = Counter(a["type"] for a in open_alarms)
     msgs = runtime.metrics.value("cargowatch_messages_in_total")
@@ -72,15 +76,25 @@ async def run_demo(
     duration_s: float | None = None,
     seed: int = 7,
 ) -> int:
+    import uvicorn
+
     from api import ApiServer, create_app
+    from cargowatch.runtime import Runtime
     from simulators import build_fleet, publish
 
     for noisy in ("amqtt", "transitions", "aiomqtt", "paho"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for suffix in ("", "-wal", "-shm"):
-        Path(db_path + suffix).unlink(missing_ok=True)
-    mqtt_port = _free_port()
-    broker = await start_embedded_broker(mqtt_port)
+    # Checked before anything is created: a bad address or a port in use is one line.
+    host, port = split_host_port(http)
+    sock = listen_socket(host, port)
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            Path(db_path + suffix).unlink(missing_ok=True)
+        mqtt_port = _free_port()
+        broker = await start_embedded_broker(mqtt_port)
+    except BaseException:
+        sock.close()
+        raise
     admin_key = "cw_demo_" + secrets.token_urlsafe(12)
     clock = ScaledClock(speed=speed)
     settings = Settings(
@@ -114,7 +128,7 @@ async def run_demo(
         f"{trucks} simulated trucks, time x{speed:g}, incidents: {', '.join(incidents)}",
         file=sys.stderr,
     )
-    published: dict = {"trucks": trucks}
+    published: dict[str, Any] = {"trucks": trucks}
     started = time.monotonic()
 
     async def report() -> None:
@@ -137,7 +151,7 @@ async def run_demo(
 
     try:
         async with asyncio.TaskGroup() as tg:
-            serve_task = tg.create_task(server.serve())
+            serve_task = tg.create_task(server.serve(sockets=[sock]))
             helpers = [tg.create_task(t) for t in (report(), simulate(), stop_after())]
             await serve_task
             for t in helpers:
@@ -146,6 +160,7 @@ async def run_demo(
         # Also on Ctrl-C: uvicorn re-raises SIGINT after its graceful shutdown and
         # asyncio.run then cancels this task; the clean-up below still runs.
         runtime.close()
+        sock.close()
         with contextlib.suppress(Exception):
             await broker.shutdown()
         print("[demo] stopped cleanly", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,3 +194,127 @@ def test_help_exits_0(tmp_path: Path, args: list[str], expected: list[str]) -> N
     assert done.stdout.startswith("usage: cargowatch"), done.stdout
     for word in expected:
         assert word in done.stdout, done.stdout
+
+
+# -- bad settings: one line on stderr, a non-zero exit, nothing created -------------------------
+
+
+def _run_quiet(*args: str, cwd: Path, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Like ``_run``, with stderr apart (the error line) from stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "cargowatch", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess[str], says: str) -> None:
+    err = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode > 0, f"exit code {done.returncode}:\n{done.stderr}"
+    assert len(err) == 1, done.stderr
+    assert says in err[0], done.stderr
+    assert err[0].startswith("cargowatch "), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--http", "foo:bar"], "--http"),
+        (["--http", "127.0.0.1:99999"], "from 1 to 65535"),
+        (["--http", "http://127.0.0.1:18085"], "without a scheme"),
+        (["--http", "localhost"], "explicit port"),
+        (["--http", "no-such-host.invalid:18085"], "unknown host"),
+        (["--mqtt", "mqtt://broker:port"], "--mqtt"),
+        (["--mqtt", "http://broker"], "mqtt://HOST:PORT"),
+        (["--db", "mysql://x"], "--db"),
+    ],
+    ids=[
+        "port-not-a-number",
+        "port-out-of-range",
+        "url-not-address",
+        "no-port",
+        "unknown-host",
+        "mqtt-port",
+        "mqtt-scheme",
+        "db-scheme",
+    ],
+)
+def test_serve_with_a_bad_setting_says_so_in_one_line_before_creating_anything(
+    tmp_path: Path, flags: list[str], says: str
+) -> None:
+    db = tmp_path / "s.sqlite"
+    args = ["serve", "--db", f"sqlite:///{db}", "--http", f"127.0.0.1:{free_port()}", *flags]
+    done = _run_quiet(*args, cwd=tmp_path)
+    _one_line(done, says)
+    assert not db.exists(), "the database was created before the setting was checked"
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_before_opening_the_store(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.sqlite"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run_quiet(
+            "serve", "--db", f"sqlite:///{db}", "--http", f"127.0.0.1:{port}", cwd=tmp_path
+        )
+    _one_line(done, f"cannot listen on 127.0.0.1:{port}: address already in use")
+    assert not db.exists()
+
+
+def test_a_bad_environment_variable_is_named(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cargowatch", "serve"],
+        cwd=tmp_path,
+        env=_env(CARGOWATCH_HTTP="localhost"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    _one_line(done, "CARGOWATCH_HTTP")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["nope", "mqtt://127.0.0.1:1"], ids=["unknown-host", "refused"])
+def test_simulate_with_a_broker_that_does_not_answer_exits_at_once(
+    tmp_path: Path, url: str
+) -> None:
+    t0 = time.monotonic()
+    done = _run_quiet("simulate", "--mqtt", url, "--trucks", "1", cwd=tmp_path, timeout_s=60)
+    _one_line(done, "cannot reach the broker")
+    assert time.monotonic() - t0 < 30
+
+
+def test_serve_starts_with_bad_shipper_rules_in_the_store(tmp_path: Path) -> None:
+    """A value the engine refuses, stored by an older version: the start logs it and goes on
+    (that shipper runs on the default thresholds) instead of exiting 1."""
+    from telemetry.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    store.put_shipper({"shipper": "x", "sla": {}, "rules": {"corridor_m": 200000}})
+    store.close()
+    with _serve(tmp_path) as served:
+        with httpx.Client(base_url=served.url, timeout=5.0) as http:
+            shipper = http.get("/v1/shippers/x", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        out = served.output()
+    assert shipper.status_code == 200, shipper.text
+    assert "shipper x" in out and "defaults" in out, out
+
+
+def test_help_shows_defaults_and_scenarios(tmp_path: Path) -> None:
+    serve = " ".join(_run("serve", "--help", cwd=tmp_path).stdout.split())
+    assert "default: 127.0.0.1:8080; env CARGOWATCH_HTTP" in serve, serve
+    assert "default: sqlite:///cargowatch.sqlite; env CARGOWATCH_DB" in serve, serve
+    top = " ".join(_run("--help", cwd=tmp_path).stdout.split())
+    assert "default: info; env CARGOWATCH_LOG_LEVEL" in top, top
+    simulate = " ".join(_run("simulate", "--help", cwd=tmp_path).stdout.split())
+    for word in ("route_deviation", "tamper", "mixed", "default: 10", "mqtt://127.0.0.1:1883"):
+        assert word in simulate, simulate
+    demo = " ".join(_run("demo", "--help", cwd=tmp_path).stdout.split())
+    for word in ("unlock_en_route", "default: 24", "default: 127.0.0.1:8080"):
+        assert word in demo, demo

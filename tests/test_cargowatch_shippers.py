@@ -103,3 +103,21 @@ def _corridor(runtime: Runtime, trip_id: str) -> float:
     engine = runtime.engine
     slot = engine._slots[trip_id]
     return float(engine.trips.rules[slot][RULE_NAMES.index("corridor_m")])
+
+
+@ASYNC
+async def test_a_trip_sla_goes_through_the_same_check(tmp_path: Path) -> None:
+    """Before, a trip's SLA was stored unchecked and skipped (logged) at every alarm."""
+    runtime = make_runtime(tmp_path, ManualClock())
+    try:
+        bad = trip_doc("T-bad", "x", ["x-gps-1"], sla={"critical": {"ack_min": 0}})
+        good = trip_doc("T-good", "x", ["x-gps-2"], sla={"critical": {"ack_min": 5}})
+        async with api_client(create_app(runtime)) as client:
+            refused = await client.post("/v1/trips", json=bad, headers=ADMIN)
+            taken = await client.post("/v1/trips", json=good, headers=ADMIN)
+        assert refused.status_code == 422, refused.text
+        assert runtime.store.get_trip("T-bad") is None
+        assert taken.status_code == 201, taken.text
+        assert runtime.store.get_trip("T-good")["sla"] == {"critical": {"ack_min": 5}}
+    finally:
+        runtime.close()

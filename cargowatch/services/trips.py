@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import rules
-from alerts import AlarmService
+from alerts import AlarmService, validate_sla
 from cargowatch.services.devices import DeviceService
 from cargowatch.services.engine import EngineGate
 from core.clock import Clock
@@ -33,9 +33,12 @@ class TripService:
         self._devices = devices
 
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Check the plan (the engine's parser: 422 with where), register its devices, store
-        it as planned and hand it to the engine."""
+        """Check the plan (the engine's parser: 422 with where) and its SLA, register its
+        devices, store it as planned and hand it to the engine."""
         rules.parse_trip(doc)
+        if doc.get("sla") is not None:
+            # checked now: at alarm time an invalid SLA layer is only logged and skipped
+            doc = {**doc, "sla": validate_sla(doc["sla"])}
         trip_id = doc["trip_id"]
         if self._store.get_trip(trip_id) is not None:
             raise Conflict("trip already exists", trip_id=trip_id)
