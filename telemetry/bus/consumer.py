@@ -21,9 +21,9 @@ Choices:
 - **MaxAckPending = 2 × batch**: one batch in hand plus one in flight; it bounds what a stale
   fetch (a worker that just lost the partition) can hold back.
 - **Stopping** (lease lost or released): no new fetch; an idle fetch ends within
-  ``fetch_timeout_s``; a batch being handled is given ``grace_s`` and is then cancelled and left
-  unacknowledged (redelivered to the next owner); fetched messages not yet handled are nak'ed
-  so the next owner gets them at once. ``fetch_timeout_s + grace_s`` must stay below the
+  ``fetch_timeout_s``; a batch being handled is given ``grace_s``, then cancelled and nak'ed;
+  fetched messages not yet handled are nak'ed too, so the next owner gets them at once (were
+  the nak lost, AckWait redelivers them). ``fetch_timeout_s + grace_s`` must stay below the
   lease margin.
 """
 
@@ -181,7 +181,11 @@ class PartitionConsumer:
         try:
             await self.handler(batch)
         except asyncio.CancelledError:
-            raise  # stopping: left unacknowledged, redelivered to the next owner
+            # Stopping: hand the batch straight back, so the next owner need not wait for
+            # AckWait. Should the handler's commit still land (a thread cannot be cancelled),
+            # the store's idempotence absorbs the repeat.
+            await _nak_all(msgs)
+            raise
         except Exception:
             self.failures += 1
             log.exception("handler failed on %s.%s: redelivering", self.stream, self.durable)
