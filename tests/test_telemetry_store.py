@@ -687,6 +687,133 @@ def test_enqueueing_a_delivery_again_is_harmless(store: Store) -> None:
     ]
 
 
+# -- delivery leases (one sender per delivery, across processes) ------------------------------
+LEASE = 60_000
+
+
+def ids(docs: list[dict]) -> list[str]:
+    return [d["delivery_id"] for d in docs]
+
+
+def test_claim_deliveries_leases_the_due_heads_to_one_owner(store: Store) -> None:
+    store.enqueue_deliveries(
+        [
+            delivery("a1", "w1", "alarm-A"),
+            delivery("b1", "w1", "alarm-B"),
+            delivery("a2", "w1", "alarm-A"),
+            delivery("c1", "w2", "alarm-A"),
+            delivery("late", "w2", "alarm-L", next_attempt_at=T0 + 1),
+        ]
+    )
+    claimed = store.claim_deliveries(T0, "A", LEASE, 10)
+    assert ids(claimed) == ["a1", "b1", "c1"]  # heads only, oldest first
+    seqs = {d["delivery_id"]: d["seq"] for d in store.list_deliveries(limit=10)}
+    assert claimed[0] == {
+        **delivery("a1", "w1", "alarm-A"),
+        "seq": seqs["a1"],
+        "lease_owner": "A",
+        "lease_until": T0 + LEASE,
+    }
+    # under lease: neither due nor claimable, by another owner or by the same one
+    assert store.claim_deliveries(T0, "B", LEASE, 10) == []
+    assert store.claim_deliveries(T0 + LEASE - 1, "A", LEASE, 10) == [
+        {**delivery("late", "w2", "alarm-L", next_attempt_at=T0 + 1), "seq": seqs["late"],
+         "lease_owner": "A", "lease_until": T0 + 2 * LEASE - 1}
+    ]  # fmt: skip
+    assert store.due_deliveries(T0 + LEASE - 1) == []
+    # a2 waits behind a1 although a1 is claimed: order per alarm and receiver holds
+    assert "a2" not in ids(store.due_deliveries(T0 + LEASE))
+    # the lease is not part of the stored document
+    assert all("lease_owner" not in d for d in store.list_deliveries(limit=10))
+
+
+def test_an_expired_lease_can_be_claimed_again(store: Store) -> None:
+    store.enqueue_deliveries([delivery("d1", "w1", "k"), delivery("d2", "w1", "k")])
+    assert ids(store.claim_deliveries(T0, "dead-sender", LEASE, 10)) == ["d1"]
+    assert store.claim_deliveries(T0 + LEASE - 1, "B", LEASE, 10) == []
+    (again,) = store.claim_deliveries(T0 + LEASE, "B", LEASE, 10)
+    assert again["delivery_id"] == "d1" and again["lease_owner"] == "B"
+    assert again["lease_until"] == T0 + 2 * LEASE
+    done = {**again, "status": "delivered", "attempts": 1, "delivered_at": T0 + LEASE}
+    assert store.complete_delivery(done, "B") is True
+    (nxt,) = store.claim_deliveries(T0 + LEASE, "C", LEASE, 10)
+    assert nxt["delivery_id"] == "d2"  # its predecessor is delivered: now the head
+
+
+def test_complete_delivery_is_compare_and_set_on_the_owner(store: Store) -> None:
+    store.enqueue_deliveries([delivery("d1", "w1", "k")])
+    (stale,) = store.claim_deliveries(T0, "A", LEASE, 10)
+    (fresh,) = store.claim_deliveries(T0 + LEASE, "B", LEASE, 10)
+    # A's lease expired and B holds the delivery: A's late outcome does not overwrite
+    assert store.complete_delivery({**stale, "status": "dead", "attempts": 1}, "A") is False
+    [row] = store.list_deliveries()
+    assert row["status"] == "pending" and row["attempts"] == 0
+    assert store.claim_deliveries(T0 + LEASE, "C", LEASE, 10) == []  # B still holds it
+    retry = {**fresh, "attempts": 1, "last_error": "HTTP 500", "next_attempt_at": T0 + 2 * LEASE}
+    assert store.complete_delivery(retry, "B") is True
+    [row] = store.list_deliveries()
+    assert (row["status"], row["attempts"], row["last_error"]) == ("pending", 1, "HTTP 500")
+    assert "lease_owner" not in row and "lease_until" not in row
+    # completing clears the lease: a second completion by B finds nothing to complete
+    assert store.complete_delivery({**fresh, "status": "delivered"}, "B") is False
+    # and the rescheduled delivery is anyone's at its next attempt time
+    assert store.claim_deliveries(T0 + 2 * LEASE - 1, "C", LEASE, 10) == []
+    assert ids(store.claim_deliveries(T0 + 2 * LEASE, "C", LEASE, 10)) == ["d1"]
+    with pytest.raises(NotFound):
+        store.complete_delivery({"delivery_id": "ghost", "status": "dead"}, "C")
+
+
+def test_claim_limit_skip_and_release(store: Store) -> None:
+    store.enqueue_deliveries([delivery(f"d{i}", f"w{i % 2}", f"k{i}") for i in range(6)])
+    assert ids(store.claim_deliveries(T0, "A", LEASE, 2)) == ["d0", "d1"]
+    assert ids(store.claim_deliveries(T0, "A", LEASE, 10, skip_webhooks=["w0"])) == [
+        "d3",
+        "d5",
+    ]
+    assert store.claim_deliveries(T0, "A", LEASE, 0) == []
+    # only the owner's leases are given back, and they are claimable at once
+    assert store.release_deliveries(["d0", "d1", "d3"], "B") == 0
+    assert store.release_deliveries(["d0", "d3", "ghost"], "A") == 2
+    assert store.release_deliveries([], "A") == 0
+    assert ids(store.claim_deliveries(T0, "B", LEASE, 10)) == ["d0", "d2", "d3", "d4"]
+
+
+def test_concurrent_claims_from_two_stores_hand_out_each_delivery_once(db_url: str) -> None:
+    """Two stores on one database stand for two processes; two threads claim on each."""
+    first, second = open_store(db_url), open_store(db_url)
+    try:
+        first.enqueue_deliveries(
+            [delivery(f"d{i:03}", f"w{i % 3}", f"k{i % 40}") for i in range(240)]
+        )
+        claims: dict[str, list[str]] = {}
+
+        def sender(owner: str, store: Store) -> None:
+            got = claims.setdefault(owner, [])
+            idle = 0
+            while idle < 20:
+                batch = store.claim_deliveries(T0, owner, LEASE, 7)
+                idle = 0 if batch else idle + 1
+                for d in batch:
+                    got.append(d["delivery_id"])
+                    assert store.complete_delivery({**d, "status": "delivered"}, owner)
+
+        with ThreadPoolExecutor(4) as pool:
+            done = [
+                pool.submit(sender, f"{name}-{n}", store)
+                for name, store in (("one", first), ("two", second))
+                for n in range(2)
+            ]
+            for future in done:
+                future.result()
+        every = [i for got in claims.values() for i in got]
+        assert sorted(every) == [f"d{i:03}" for i in range(240)]  # each exactly once
+        assert sum(1 for got in claims.values() if got) >= 2  # really shared
+        assert first.list_deliveries(status="pending") == []
+    finally:
+        first.close()
+        second.close()
+
+
 def test_list_deliveries_filters(store: Store) -> None:
     store.enqueue_deliveries(
         [

@@ -283,13 +283,46 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def due_deliveries(self, now_ms: int, limit: int = 100) -> list[Doc]:
-        """Pending deliveries with ``next_attempt_at <= now`` that are the oldest pending
-        delivery (lowest ``seq``) of their (``webhook_id``, ``order_key``): in-order per
-        alarm and receiver."""
+        """Pending deliveries with ``next_attempt_at <= now``, not under a live lease, that
+        are the oldest pending delivery (lowest ``seq``) of their (``webhook_id``,
+        ``order_key``): in-order per alarm and receiver. A read: what a claim would take."""
+
+    @abc.abstractmethod
+    def claim_deliveries(
+        self,
+        now_ms: int,
+        owner: str,
+        lease_ms: int,
+        limit: int = 100,
+        *,
+        skip_webhooks: Sequence[str] = (),
+    ) -> list[Doc]:
+        """Atomically lease up to ``limit`` of the ``due_deliveries`` (those of
+        ``skip_webhooks`` left out) to ``owner`` until ``now_ms + lease_ms`` and return
+        them, oldest first, each with ``seq``, ``lease_owner`` and ``lease_until``.
+
+        A delivery is claimable when it is unclaimed or its lease has expired; two claims at
+        once, in one process or several, never return the same delivery. A pending delivery
+        under lease still holds back the later ones of its (webhook, order_key), so order
+        per alarm and receiver is kept across senders."""
+
+    @abc.abstractmethod
+    def complete_delivery(self, delivery: Doc, owner: str) -> bool:
+        """Record what a claimed delivery's attempt changed (as ``update_delivery``:
+        status, attempts, next_attempt_at, last_error, ...) and clear its lease, only if
+        ``owner`` still holds the lease (compare-and-set). False, and nothing written,
+        when another owner has claimed it since (this owner's lease expired) or it was
+        completed already. ``NotFound`` for a delivery that does not exist."""
+
+    @abc.abstractmethod
+    def release_deliveries(self, delivery_ids: Sequence[str], owner: str) -> int:
+        """Give back, unchanged, the leases ``owner`` holds on these deliveries (claimed but
+        not attempted); returns how many were released."""
 
     @abc.abstractmethod
     def update_delivery(self, delivery: Doc) -> None:
-        """Replace status/attempts/next_attempt_at/last_error/delivered_at of a delivery."""
+        """Replace status/attempts/next_attempt_at/last_error/delivered_at of a delivery,
+        whoever holds its lease (which stays as it is). Senders use ``complete_delivery``."""
 
     @abc.abstractmethod
     def list_deliveries(

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["read", "write", "atomic"]
 
+# Columns of a delivery that ``claim_deliveries`` adds to the documents it returns; they are
+# the lease's, never part of the stored document.
+_LEASE_FIELDS = frozenset({"lease_owner", "lease_until"})
+
 
 class Result(Protocol):
     """What a statement returns (a DB-API cursor)."""
@@ -408,22 +412,73 @@ class SqlStore(Store):
         rows = self._fetch(Q.DUE_DELIVERIES, params, "due_deliveries")
         return [R.delivery_doc(seq, doc) for seq, doc in rows]
 
+    def claim_deliveries(
+        self,
+        now_ms: int,
+        owner: str,
+        lease_ms: int,
+        limit: int = 100,
+        *,
+        skip_webhooks: Sequence[str] = (),
+    ) -> list[Doc]:
+        if not owner:
+            raise StoreError("a lease needs an owner")
+        if lease_ms <= 0 or limit <= 0:
+            return []
+        until = int(now_ms) + int(lease_ms)
+        params: Q.Params = {"now": int(now_ms), "owner": owner, "until": until, "limit": limit}
+        if skip_webhooks:
+            params["skip"] = self.dialect.list_value(list(skip_webhooks))
+        sql = Q.claim_deliveries(self.dialect, bool(skip_webhooks))
+        with self._session("atomic", "claim_deliveries", owner=owner) as s:
+            rows = s.execute(sql, params).fetchall()
+        # RETURNING gives no order: the caller gets the claim oldest first.
+        claimed = sorted((int(seq), doc) for seq, doc in rows)
+        return [
+            {**R.delivery_doc(seq, doc), "lease_owner": owner, "lease_until": until}
+            for seq, doc in claimed
+        ]
+
     def update_delivery(self, delivery: Doc) -> None:
+        self._write_delivery(delivery, None)
+
+    def complete_delivery(self, delivery: Doc, owner: str) -> bool:
+        return self._write_delivery(delivery, owner)
+
+    def release_deliveries(self, delivery_ids: Sequence[str], owner: str) -> int:
+        if not delivery_ids:
+            return 0
+        params = {"ids": self.dialect.list_value(list(delivery_ids)), "owner": owner}
+        with self._session("write", "release_deliveries", owner=owner) as s:
+            return int(s.execute(Q.release_deliveries(self.dialect), params).rowcount)
+
+    def _write_delivery(self, delivery: Doc, owner: str | None) -> bool:
+        """Merge the changeable fields into the stored delivery; with ``owner``, only while
+        that owner holds its lease, which the write then clears."""
         delivery_id = R.key_of(delivery, "delivery_id", "delivery")
         key = {"delivery_id": delivery_id}
-        with self._session("atomic", "update_delivery", delivery_id=delivery_id) as s:
-            row = s.execute(Q.DELIVERY_DOC + self.dialect.for_update, key)
+        what = "update_delivery" if owner is None else "complete_delivery"
+        with self._session("atomic", what, delivery_id=delivery_id) as s:
+            row = s.execute(Q.DELIVERY_LEASED_DOC + self.dialect.for_update, key)
             stored = row.fetchone()
             if stored is None:
                 raise NotFound("no such delivery", delivery_id=delivery_id)
-            merged = R.merged_delivery(R.as_doc(stored[0]), delivery)
+            if owner is not None and stored[1] != owner:
+                log.info("lease of delivery %s lost by %s (now %s)", delivery_id, owner, stored[1])
+                return False
+            change = {k: v for k, v in delivery.items() if k not in _LEASE_FIELDS}
+            merged = R.merged_delivery(R.as_doc(stored[0]), change)
             params = {
                 **key,
                 "status": R.opt_str(merged, "status") or "pending",
                 "next_attempt_at": R.opt_int(merged, "next_attempt_at") or 0,
                 "doc": R.dumps(merged, delivery_id=delivery_id),
             }
-            s.execute(Q.UPDATE_DELIVERY, params)
+            if owner is None:
+                s.execute(Q.UPDATE_DELIVERY, params)
+            else:
+                s.execute(Q.COMPLETE_DELIVERY, {**params, "owner": owner})
+            return True
 
     def list_deliveries(
         self, shipper: str | None = None, status: str | None = None, limit: int = 100

@@ -43,6 +43,9 @@ class Dialect:
     list_as_json: bool
     #: Appended to a read that a transaction then writes back.
     for_update: str
+    #: Appended to the read of a claim: rows another transaction is claiming are passed over
+    #: instead of waited for.
+    skip_locked: str
     #: Open alarms past their ack deadline and unresolved ones past their resolve deadline,
     #: not yet escalated for it; parameter ``now``.
     alarms_due_sql: str
@@ -64,6 +67,7 @@ SQLITE_DIALECT = Dialect(
     each_sql="json_each(:{param})",
     list_as_json=True,
     for_update="",  # BEGIN IMMEDIATE already holds the database's write lock
+    skip_locked="",  # and lets one claim run at a time
     # A UNION of the two deadlines, each served by its partial index (SQLite scans the whole
     # table for the OR of them); UNION also drops an alarm due on both counts.
     alarms_due_sql=(
@@ -82,6 +86,7 @@ POSTGRES_DIALECT = Dialect(
     each_sql="unnest(CAST(:{param} AS text[])) AS t(value)",
     list_as_json=False,
     for_update=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
     alarms_due_sql=(
         "SELECT doc FROM alarms WHERE status <> 'resolved' AND ("
         "(status = 'open' AND NOT ack_escalated AND ack_due <= :now) "
@@ -272,15 +277,47 @@ DELIVERY_COLUMNS = (
 ENQUEUE_DELIVERY = insert(
     "deliveries", (*DELIVERY_COLUMNS, "doc"), " ON CONFLICT (delivery_id) DO NOTHING"
 )
-DUE_DELIVERIES = (
-    "SELECT d.seq, d.doc FROM deliveries d "
-    "WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND NOT EXISTS ("
-    "SELECT 1 FROM deliveries e WHERE e.status = 'pending' "
-    "AND e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.seq < d.seq) "
-    "ORDER BY d.seq LIMIT :limit"
+#: Due and claimable: pending, its time has come, not under a live lease, and the oldest
+#: pending row of its (webhook, order_key) (events of one alarm go out in order; a row in
+#: flight is still pending, so it holds back its successors). Parameter ``now``.
+_CLAIMABLE = (
+    "d.status = 'pending' AND d.next_attempt_at <= :now AND d.lease_until <= :now "
+    "AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.status = 'pending' "
+    "AND e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.seq < d.seq)"
 )
+_DUE_ORDER = " ORDER BY d.seq LIMIT :limit"
+DUE_DELIVERIES = f"SELECT d.seq, d.doc FROM deliveries d WHERE {_CLAIMABLE}{_DUE_ORDER}"
 DELIVERY_DOC = "SELECT doc FROM deliveries WHERE delivery_id = :delivery_id"
+DELIVERY_LEASED_DOC = "SELECT doc, lease_owner FROM deliveries WHERE delivery_id = :delivery_id"
 UPDATE_DELIVERY = (
     "UPDATE deliveries SET status = :status, next_attempt_at = :next_attempt_at, doc = :doc "
     "WHERE delivery_id = :delivery_id"
 )
+COMPLETE_DELIVERY = (
+    "UPDATE deliveries SET status = :status, next_attempt_at = :next_attempt_at, doc = :doc, "
+    "lease_owner = NULL, lease_until = 0 "
+    "WHERE delivery_id = :delivery_id AND lease_owner = :owner"
+)
+
+
+def claim_deliveries(dialect: Dialect, skip_webhooks: bool) -> str:
+    """Lease up to ``limit`` claimable rows to ``owner`` until ``until``, in one statement:
+    rows another claim holds are skipped (PostgreSQL) or waited for (SQLite's single
+    writer), and each row comes back to one claimer only."""
+    where = _CLAIMABLE
+    if skip_webhooks:
+        where += f" AND NOT ({dialect.in_list('d.webhook_id', 'skip')})"
+    return (
+        "UPDATE deliveries SET lease_owner = :owner, lease_until = :until "
+        f"WHERE seq IN (SELECT d.seq FROM deliveries d WHERE {where}"
+        f"{_DUE_ORDER}{dialect.skip_locked}) "
+        "RETURNING seq, doc"
+    )
+
+
+def release_deliveries(dialect: Dialect) -> str:
+    """Give back the leases ``owner`` holds on the listed ``ids`` (claimed, not attempted)."""
+    return (
+        "UPDATE deliveries SET lease_owner = NULL, lease_until = 0 "
+        f"WHERE {dialect.in_list('delivery_id', 'ids')} AND lease_owner = :owner"
+    )

@@ -236,4 +236,15 @@ INITIAL = Migration(
     ),
 )
 
-POSTGRES: tuple[Migration, ...] = (INITIAL,)
+# A delivery is claimed by one sender at a time: ``lease_owner`` holds it until
+# ``lease_until`` (epoch ms; 0 = not claimed). A constant default: no table rewrite.
+DELIVERY_LEASES = Migration(
+    2,
+    "delivery leases",
+    (
+        "ALTER TABLE deliveries ADD COLUMN lease_owner text, "
+        "ADD COLUMN lease_until bigint NOT NULL DEFAULT 0",
+    ),
+)
+
+POSTGRES: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES)

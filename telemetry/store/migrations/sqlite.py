@@ -205,4 +205,16 @@ INITIAL = Migration(
     ),
 )
 
-SQLITE: tuple[Migration, ...] = (INITIAL,)
+# A delivery is claimed by one sender at a time: ``lease_owner`` holds it until
+# ``lease_until`` (epoch ms; 0 = not claimed). Claims run in a BEGIN IMMEDIATE transaction,
+# which every process writing the file takes in turn.
+DELIVERY_LEASES = Migration(
+    2,
+    "delivery leases",
+    (
+        "ALTER TABLE deliveries ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE deliveries ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+
+SQLITE: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES)
