@@ -74,7 +74,9 @@ class Start:
     locks: LockCols
 
 
-def _window(trips: TripTable, devices: DeviceTable, slot: int, owned: list[int], late_ts: int):
+def _window(
+    trips: TripTable, devices: DeviceTable, slot: int, owned: list[int], late_ts: int
+) -> tuple[int, int]:
     m = trips.m[slot]
     seen = [m[TC.LAST_TS], *devices.m[owned, DC.LAST_TS].tolist(), float(late_ts)]
     until = int(np.nanmax(seen))

@@ -592,7 +592,7 @@ class Engine:
         )
         trips.dirty[:cap] |= changed
         for e in ctx.emit.events:
-            slot = self._slots.get(e.trip_id)
+            slot = self._slots.get(e.trip_id) if e.trip_id is not None else None
             if slot is not None:
                 trips.dirty[slot] = True
         self._after(ctx)

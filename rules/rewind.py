@@ -400,7 +400,9 @@ _STATE_FREE = {
 }
 
 
-def state_free(trips: TripTable, devices: DeviceTable, locks: LockCols, ltrip: I64, rows: I64):
+def state_free(
+    trips: TripTable, devices: DeviceTable, locks: LockCols, ltrip: I64, rows: I64
+) -> npt.NDArray[np.bool_]:
     """Which late lock events ``rows`` change no event-time state, so that they can be
     applied directly instead of rewinding their trip (rules/lockrules.py): a tamper /
     rope_cut / forced_open / heartbeat / low_battery event of a trip active since before

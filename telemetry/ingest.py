@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
@@ -331,9 +332,9 @@ class MqttIngest:
         """Wait for ``task`` or an acknowledgement; False after ``shutdown_ack_s`` of neither."""
         self._released.clear()
         released = asyncio.ensure_future(self._released.wait())
-        waits: set[asyncio.Future[object]] = {released}
+        waits: set[asyncio.Future[Any]] = {released}
         if task is not None:
-            waits.add(task)  # type: ignore[arg-type]
+            waits.add(task)
         try:
             done, _ = await asyncio.wait(
                 waits, timeout=self.shutdown_ack_s, return_when=asyncio.FIRST_COMPLETED
@@ -377,9 +378,11 @@ class MqttIngest:
         if loop is not None and threading.get_ident() != self._thread:
             loop.call_soon_threadsafe(self._acknowledge, conn, messages)
             return
-        if conn is self._conn:
+        if conn is self._conn and conn.is_open and conn.manual_ack:
+            ack = conn.client.ack
             for m in messages:
-                conn.ack(m.mid, m.qos)
+                if m.qos:
+                    ack(m.mid, m.qos)
         st = self.state
         st.held -= len(messages)
         st.held_bytes -= sum(len(m.payload) for m in messages)

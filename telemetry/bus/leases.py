@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -133,14 +133,14 @@ class PartitionLeases:
 
     @classmethod
     async def from_bucket(
-        cls, kv: KeyValue, owner: str, partitions: int, **kwargs: object
+        cls, kv: KeyValue, owner: str, partitions: int, **kwargs: Any
     ) -> PartitionLeases:
         """Leases whose TTL is the bucket's own."""
         status = await kv.status()
         ttl = status.ttl
         if not ttl:
             raise ValueError(f"lease bucket {status.bucket} has no TTL")
-        return cls(kv, owner, partitions, ttl_s=ttl, **kwargs)  # type: ignore[arg-type]
+        return cls(kv, owner, partitions, ttl_s=ttl, **kwargs)
 
     @property
     def owned(self) -> frozenset[int]:
