@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import numpy as np
+
 from rules import AlarmType, Engine, Journal
 from tests.tracks import GPS, LOCK, MIN, SEC, STRAIGHT, T0, Live, drive, lock_event, path, trip_doc
 
@@ -170,3 +172,59 @@ def test_journal_is_bounded() -> None:
     assert len(journal.checkpoints) <= 3
     assert sum(len(c.fixes) + len(c.locks) for c in journal.chunks) <= 50 + 5
     assert journal.first_seq >= journal.checkpoints[0].chunk_seq
+
+
+def test_many_late_trips_in_one_batch_equal_in_order_processing() -> None:
+    """Late data for several trips in one batch (rewound together in one run) gives what
+    each trip gives in order."""
+    before, during, after = gap_track()
+    docs = [
+        trip_doc(STRAIGHT, trip_id=f"T{k}", devices=[f"gps-{k}", f"lock-{k}"]) for k in range(4)
+    ]
+
+    def mine(fixes: list, k: int) -> list:
+        return [replace(f, device_id=f"gps-{k}") for f in fixes]
+
+    def engine() -> Live:
+        e = Engine()
+        for doc in docs:
+            e.upsert_trip(doc)
+        return Live(e)
+
+    ordered = engine()
+    ordered.feed([f for k in range(4) for f in mine(before + during + after, k)], tick=False)
+    late = engine()
+    late.feed([f for k in range(4) for f in mine(before + after, k)], tick=False)
+    backlog = [replace(f, received_at=T0 + 30 * MIN) for k in range(3) for f in mine(during, k)]
+    late.feed(backlog, batch=len(backlog), tick=False)
+    late.feed(mine(during, 3), batch=len(during), tick=False)  # another batch, later
+    strip = lambda live: sorted(  # noqa: E731
+        (type(e).__name__, e.episode, e.ts) for e in live.alarms() + live.ended()
+    )
+    assert strip(late) == strip(ordered) and len(ordered.alarms(ROUTE)) == 4
+    assert all(a.details["detected_late"] for a in late.alarms(ROUTE))
+
+
+def test_a_late_tamper_needs_no_rewind() -> None:
+    """A tamper older than its device's data changes no event-time state: applied directly
+    (found late), with the same result as a rewind."""
+    engine, live = loaded()
+    fixes = drive(STRAIGHT, T0, 0.0, 8000.0, interval_s=30)
+    live.feed([*fixes, lock_event("heartbeat", fixes[-1].ts, device=GPS)], tick=False)
+    tamper = replace(
+        lock_event("tamper", fixes[-1].ts - 40 * SEC, device=GPS), received_at=fixes[-1].ts
+    )
+    state = engine.trips.m.copy()
+    called = []
+    real = engine.journal.snapshots_for
+    engine.journal.snapshots_for = lambda *a: called.append(a) or real(*a)  # type: ignore[method-assign]
+    live.feed([], [tamper], tick=False)
+    assert called == []
+    [alarm] = live.alarms(AlarmType.LOCK_TAMPER)
+    assert alarm.ts == tamper.ts and alarm.details["detected_late"] is True
+    assert alarm.lon is not None
+    assert np.array_equal(engine.trips.m, state, equal_nan=True)
+    # A late unlock does change state: its trip is rewound.
+    unlock = replace(lock_event("unlocked", fixes[-1].ts - 50 * SEC, device=GPS), received_at=0)
+    live.feed([], [unlock], tick=False)
+    assert len(called) == 1 and len(live.alarms(AlarmType.UNAUTHORIZED_UNLOCK)) == 1

@@ -63,3 +63,13 @@ def test_stop_progress() -> None:
     assert p.with_("left", 0, 20).visited(0)
     assert p.with_("unsealed", 1, 30).visited(1)
     assert StopProgress.empty(3).arrived == (-1, -1, -1)
+
+
+def test_dirty_flags_survive_growth_and_clear_on_release() -> None:
+    table = TripTable(capacity=1)
+    a = table.allocate()
+    table.dirty[a] = True
+    b = table.allocate()  # grows
+    assert table.dirty.shape[0] == table.capacity and table.dirty[a] and not table.dirty[b]
+    table.release(a)
+    assert not table.dirty[a]
