@@ -1,6 +1,9 @@
 """Ingest benchmark: a QoS 1 backlog queued in Mosquitto for the engine's persistent session,
-drained into TimescaleDB (stored and committed); the same backlog drained by a bare MQTT
-client (the ceiling one Python client sets); and the store's COPY path alone.
+drained into TimescaleDB (stored and committed); the same backlog drained by the engine's MQTT
+client alone (``MqttIngest``, acknowledging each batch at once) and by bare paho and aiomqtt
+clients (the ceiling one Python client sets); the store's COPY path alone; and a restart behind
+an unacknowledged backlog (an ingest killed with ``kill -9`` while paused, then a new one on the
+same session: time to CONNACK, time to drain, connections needed, most messages held).
 
 Prints one JSON object. Starts its own private Mosquitto and TimescaleDB (fsync on) unless
 ``--mqtt`` / ``--db`` are given.
@@ -13,17 +16,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import aiomqtt
 import orjson
 
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
+from telemetry.ingest import MqttIngest, RawBatch
 from telemetry.models import Fix
 from telemetry.store import open_store
-from tests.services import MosquittoServer, PostgresServer
+from tests.services import MosquittoServer, PostgresServer, publish
 
 T0_MS = 1_795_334_400_000
 
@@ -112,6 +122,129 @@ async def _raw_drain(url: str, n: int, client_id: str) -> float:
         return n / (time.perf_counter() - t0)
 
 
+def _paho_drain(url: str, n: int, client_id: str) -> float:
+    """A bare paho client (its own network thread, acknowledging on receipt)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    done = threading.Event()
+    got = 0
+
+    def on_message(*_: object) -> None:
+        nonlocal got
+        got += 1
+        if got >= n:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.connect("127.0.0.1", _port(url), clean_start=False, properties=props)
+    t0 = time.perf_counter()
+    client.loop_start()
+    done.wait(600)
+    elapsed = time.perf_counter() - t0
+    client.disconnect()
+    client.loop_stop()
+    return n / elapsed
+
+
+async def _client_drain(url: str, n: int, client_id: str) -> dict:
+    """The engine's MQTT client alone: batches acknowledged as soon as they arrive."""
+    queue: asyncio.Queue[RawBatch] = asyncio.Queue(maxsize=8)
+    ingest = MqttIngest(url, queue, client_id=client_id, batch_max=5000, batch_ms=50)
+    task = asyncio.create_task(ingest.run())
+    got = max_held = 0
+    t0 = time.perf_counter()
+    try:
+        while got < n:
+            batch = await queue.get()
+            got += len(batch.messages)
+            max_held = max(max_held, ingest.state.held)
+            batch.ack()
+        elapsed = time.perf_counter() - t0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return {"per_s": n / elapsed, "max_held": max_held, "capacity": ingest.state.capacity}
+
+
+_PAUSED_CHILD = """
+import asyncio, sys
+from telemetry.ingest import MqttIngest
+
+async def main() -> None:
+    queue = asyncio.Queue(maxsize=8)  # never drained: nothing is acknowledged
+    ingest = MqttIngest(sys.argv[1], queue, client_id=sys.argv[2])
+    task = asyncio.create_task(ingest.run())
+    while not ingest.connected:
+        await asyncio.sleep(0.05)
+    print("connected", flush=True)
+    while not ingest.state.paused:
+        await asyncio.sleep(0.05)
+    print("paused", flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+async def _restart_behind_backlog(url: str, n: int, devices: int) -> dict:
+    """kill -9 an ingest that paused behind a backlog of ``n`` messages, start a new one."""
+    client_id = "bench-restart"
+    await _create_session(url, client_id)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_CHILD, url, client_id],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        await asyncio.to_thread(child.stdout.readline)
+        items = (_payload(i, devices) for i in range(n))
+        await asyncio.to_thread(publish, url, items)
+        await asyncio.to_thread(child.stdout.readline)  # "paused"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    queue: asyncio.Queue[RawBatch] = asyncio.Queue(maxsize=8)
+    ingest = MqttIngest(url, queue, client_id=client_id)
+    t0 = time.perf_counter()
+    task = asyncio.create_task(ingest.run())
+    got = max_held = 0
+    connected_s = None
+    try:
+        while got < n:
+            try:
+                batch = await asyncio.wait_for(queue.get(), 60)
+            except TimeoutError:
+                break
+            if connected_s is None:
+                connected_s = time.perf_counter() - t0
+            got += len(batch.messages)
+            max_held = max(max_held, ingest.state.held)
+            batch.ack()
+        elapsed = time.perf_counter() - t0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return {
+        "backlog": n,
+        "received": got,
+        "connects": ingest.state.connects,
+        "first_batch_s": round(connected_s or -1, 2),
+        "drain_s": round(elapsed, 2),
+        "per_s": round(got / elapsed),
+        "max_held": max_held,
+        "capacity": ingest.state.capacity,
+    }
+
+
 async def _engine_drain(mqtt_url: str, db_url: str, n: int, devices: int) -> dict:
     settings = Settings(
         mqtt_url=mqtt_url, db_url=db_url, client_id="bench-engine", batch_max=10_000, batch_ms=100
@@ -177,12 +310,15 @@ async def main_async(args: argparse.Namespace) -> dict:
         for d in range(devices):
             setup.store.put_device({"device_id": f"bench-{d:05d}", "kind": "gps", "shipper": None})
         setup.close()
-        await _create_session(mqtt_url, "bench-engine")
-        await _create_session(mqtt_url, "bench-raw")
+        for session in ("bench-engine", "bench-raw", "bench-paho", "bench-client"):
+            await _create_session(mqtt_url, session)
         publish_rate = await _publish_backlog(mqtt_url, n, devices)
         raw = await _raw_drain(mqtt_url, n, "bench-raw")
+        paho_rate = await asyncio.to_thread(_paho_drain, mqtt_url, n, "bench-paho")
+        client = await _client_drain(mqtt_url, n, "bench-client")
         engine = await _engine_drain(mqtt_url, db_url, n, devices)
         copy_rate = _copy_bench(db_url, args.copy_rows)
+        restart = await _restart_behind_backlog(mqtt_url, args.backlog, devices)
     finally:
         if mosq:
             mosq.stop()
@@ -195,6 +331,14 @@ async def main_async(args: argparse.Namespace) -> dict:
         "fixes_per_s": round(engine["fixes_per_s"]),
         "raw_client_per_s": round(raw),
         "ratio_to_raw": round(engine["fixes_per_s"] / raw, 3),
+        "drain_per_s": {
+            "engine_client": round(client["per_s"]),
+            "bare_paho": round(paho_rate),
+            "bare_aiomqtt": round(raw),
+        },
+        "client_max_held": client["max_held"],
+        "client_capacity": client["capacity"],
+        "restart_behind_backlog": restart,
         "copy_rows_per_s": round(copy_rate),
         "publish_per_s": round(publish_rate),
         "engine_drain_s": round(engine["drain_s"], 2),
@@ -209,11 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=None)
     p.add_argument("--devices", type=int, default=10_000)
     p.add_argument("--copy-rows", type=int, default=None)
+    p.add_argument("--backlog", type=int, default=None, help="restart behind this backlog")
     p.add_argument("--mqtt", default=None)
     p.add_argument("--db", default=None)
     args = p.parse_args(argv)
+    # aiomqtt warns about every pending publish beyond 10 while we publish 500 at a time
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
     args.messages = args.messages or (20_000 if args.quick else 100_000)
     args.copy_rows = args.copy_rows or (50_000 if args.quick else 200_000)
+    args.backlog = args.backlog or (50_000 if args.quick else 500_000)
     result = asyncio.run(main_async(args))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

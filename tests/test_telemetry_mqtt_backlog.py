@@ -9,69 +9,19 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from telemetry.ingest import MqttIngest, RawBatch
-from tests.services import MosquittoServer, free_port
+from tests.services import MosquittoServer, free_port, publish
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# -- a fast QoS 1 publisher (paho publishes ~5k msg/s; the backlogs here are 50k-500k) ----------
-def _varlen(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        out.append(b | (128 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: bytes) -> bytes:
-    return len(s).to_bytes(2, "big") + s
-
-
-def publish(url: str, items: Iterable[tuple[str, bytes]], window: int = 5000) -> int:
-    """Publish at QoS 1 over MQTT 3.1.1; returns how many the broker acknowledged (PUBACK)."""
-    port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        cid = f"pub-{uuid.uuid4().hex[:12]}".encode()
-        body = _str(b"MQTT") + b"\x04\x02" + (60).to_bytes(2, "big") + _str(cid)
-        s.sendall(b"\x10" + _varlen(len(body)) + body)
-        assert s.recv(4) == b"\x20\x02\x00\x00", "CONNACK"
-        buf, sent, acked, rest, mid = bytearray(), 0, 0, 0, 0
-
-        def read_acks() -> None:  # only PUBACKs (4 bytes each) come back
-            nonlocal acked, rest
-            data = s.recv(65536)
-            assert data, "broker closed the connection"
-            rest += len(data)
-            acked, rest = acked + rest // 4, rest % 4
-
-        for topic, payload in items:
-            mid = mid % 65535 + 1
-            var = _str(topic.encode()) + mid.to_bytes(2, "big")
-            buf += b"\x32" + _varlen(len(var) + len(payload)) + var + payload
-            sent += 1
-            if len(buf) >= 65536:
-                s.sendall(buf)
-                buf.clear()
-            while sent - acked > window:
-                read_acks()
-        s.sendall(buf)
-        while acked < sent:
-            read_acks()
-        s.sendall(b"\xe0\x00")
-    return acked
 
 
 def messages(n: int, start: int = 0, tag: str = "m") -> list[tuple[str, bytes]]:
@@ -189,7 +139,7 @@ async def test_b_a_new_ingest_connects_first_time_behind_a_killed_ones_backlog(
     try:
         assert child.stdout is not None
         assert (await asyncio.to_thread(child.stdout.readline)).startswith("connected")
-        sent = messages(120_000, tag="k")
+        sent = messages(100_000, tag="k")
         assert await asyncio.to_thread(publish, mqtt_url, sent) == len(sent)
         line = await asyncio.to_thread(child.stdout.readline)
         assert line.startswith("paused"), line
