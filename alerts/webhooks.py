@@ -1,9 +1,18 @@
 """At-least-once webhook delivery from the store's outbox (contract §6).
 
 The outbox is the state: a restart loses nothing, because every pending delivery, its
-attempt count and its next attempt time are stored rows. ``Store.due_deliveries`` hands out
-only the oldest pending delivery per (subscription, alarm or trip), so events of one alarm
-reach a receiver in order.
+attempt count and its next attempt time are stored rows. The sender only sends what it has
+claimed: ``Store.claim_deliveries`` leases due rows to this sender's ``owner`` for
+``lease_s`` (longer than one attempt), so no other sender, in this process or another,
+gets them meanwhile, and it hands out only the oldest pending delivery per (subscription,
+alarm or trip), so events of one alarm reach a receiver in order. The outcome is recorded
+with ``Store.complete_delivery``, a compare-and-set on the lease: a sender whose lease
+expired (it stalled, or died and was replaced) cannot overwrite a newer attempt's record.
+A sender that dies holding leases delays those deliveries by at most ``lease_s``.
+
+(Before leases, a pass that read a delivery as due while its attempt was in flight could
+send it again once that attempt finished: the in-process "in flight" check came after the
+read, and the read could be older than the recorded outcome.)
 
 Isolation between receivers: each subscription has at most ``per_receiver`` requests in
 flight, every request has a hard total timeout, and a receiver that keeps failing is paused
@@ -17,7 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import random
+import socket
+import uuid
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -37,6 +49,8 @@ MIN_MAX_AGE_S = 24 * 3600.0
 BREAKER_THRESHOLD = 3
 _MAX_ERROR_LEN = 500
 _STORE_RETRY_CAP_S = 30.0
+# Margin of a lease over the request timeout: the outcome must be recorded before it expires.
+LEASE_MARGIN_S = 5.0
 
 
 def backoff_s(
@@ -51,6 +65,11 @@ def backoff_s(
     not all come back at once."""
     exp = min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
     return exp * (0.8 + 0.4 * rng.random())
+
+
+def default_owner() -> str:
+    """A lease owner unique to this sender: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(slots=True)
@@ -80,11 +99,19 @@ class WebhookSender:
         batch: int = 500,
         rng: random.Random | None = None,
         metrics: AlertMetrics | None = None,
+        owner: str | None = None,
+        lease_s: float = 60.0,
     ) -> None:
         if max_age_s < MIN_MAX_AGE_S:
             raise ValueError("webhooks are retried for at least 24 h (contract §6)")
         if concurrency < 1 or per_receiver < 1:
             raise ValueError("concurrency and per_receiver must be at least 1")
+        if lease_s < timeout_s + LEASE_MARGIN_S:
+            raise ValueError(
+                f"lease_s must cover one attempt: at least timeout_s + {LEASE_MARGIN_S:g}"
+            )
+        self.owner = owner or default_owner()
+        self._lease_ms = int(lease_s * 1000)
         self._store = store
         self._clock = clock
         self._transport = transport
@@ -149,13 +176,30 @@ class WebhookSender:
 
     async def _dispatch(self) -> list[asyncio.Task[None]]:
         now = self._clock.now_ms()
-        due = await asyncio.to_thread(self._store.due_deliveries, now, self._batch)
-        due = [d for d in due if d["delivery_id"] not in self._in_flight]
-        if not due:
+        if len(self._in_flight) >= self._concurrency:
+            return []
+        # Receivers at their limit are left out of the claim, so their backlog cannot fill
+        # it and starve the others. A whole batch is claimed (not just the free slots) so a
+        # paused receiver's rows are deferred in bulk; what is not sent is given back.
+        full = sorted(w for w, r in self._receivers.items() if r.in_flight >= self._per_receiver)
+        claimed = await asyncio.to_thread(
+            self._store.claim_deliveries,
+            now,
+            self.owner,
+            self._lease_ms,
+            self._batch,
+            skip_webhooks=full,
+        )
+        if not claimed:
             return []
         hooks = {h["webhook_id"]: h for h in await asyncio.to_thread(self._store.list_webhooks)}
         started: list[asyncio.Task[None]] = []
-        for delivery in due:
+        unsent: list[str] = []
+        for delivery in claimed:
+            if delivery["delivery_id"] in self._in_flight:
+                # Re-claimed by us after our own lease ran out (a clock jump): the attempt
+                # in flight records the outcome and clears the lease.
+                continue
             hook = hooks.get(delivery["webhook_id"])
             if hook is None or hook.get("shipper") != delivery.get("shipper"):
                 await self._finish(delivery, ok=False, error="webhook deleted", final=True)
@@ -168,11 +212,14 @@ class WebhookSender:
                 receiver.in_flight >= self._per_receiver
                 or len(self._in_flight) >= self._concurrency
             ):
-                continue  # still due: picked up again on the next pass
+                unsent.append(delivery["delivery_id"])  # given back: due on the next pass
+                continue
             receiver.in_flight += 1
             task = asyncio.create_task(self._attempt(delivery, hook, receiver))
             self._in_flight[delivery["delivery_id"]] = task
             started.append(task)
+        if unsent:
+            await asyncio.to_thread(self._store.release_deliveries, unsent, self.owner)
         return started
 
     async def _attempt(self, delivery: Doc, hook: Doc, receiver: _Receiver) -> None:
@@ -190,8 +237,8 @@ class WebhookSender:
             final = not ok and now >= int(delivery["created_at"]) + self._max_age_ms
             await self._finish(delivery, ok=ok, error=error, final=final, attempted=True)
         except Exception:
-            # The outcome could not be stored: the row stays due and is sent again
-            # (at-least-once; the receiver de-duplicates by event id).
+            # The outcome could not be stored: the row is sent again once the lease
+            # expires (at-least-once; the receiver de-duplicates by event id).
             self.metrics.alerts_error("webhook_loop")
             logger.exception("recording delivery %s failed", delivery["delivery_id"])
         finally:
@@ -242,7 +289,8 @@ class WebhookSender:
             updated["next_attempt_at"] = now + int(delay * 1000)
             updated["last_error"] = error
             result = "failed"
-        await asyncio.to_thread(self._store.update_delivery, updated)
+        if not await self._complete(updated):
+            return
         self.metrics.webhook_result(result)
         if not ok:
             log = logger.warning if final else logger.info
@@ -259,8 +307,19 @@ class WebhookSender:
         """Move a paused receiver's delivery to the end of the pause (no attempt counted)."""
         updated = dict(delivery)
         updated["next_attempt_at"] = until + int(self._rng.random() * 1000)
-        await asyncio.to_thread(self._store.update_delivery, updated)
-        self.metrics.webhook_result("deferred")
+        if await self._complete(updated):
+            self.metrics.webhook_result("deferred")
+
+    async def _complete(self, updated: Doc) -> bool:
+        """Record the outcome if this sender still holds the lease (compare-and-set)."""
+        if await asyncio.to_thread(self._store.complete_delivery, updated, self.owner):
+            return True
+        # Our lease ran out and another sender claimed the delivery: its record stands.
+        logger.warning(
+            "webhook delivery %s: lease lost before the outcome was recorded",
+            updated["delivery_id"],
+        )
+        return False
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

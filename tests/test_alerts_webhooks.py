@@ -4,7 +4,8 @@ import asyncio
 import itertools
 import json
 import random
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from alerts import AlarmService, CountingAlertMetrics, LiveHub, WebhookSender, backoff_s
 from core.clock import ManualClock
 from rules.events import AlarmType, Milestone, MilestoneKind
+from telemetry.store import open_store
 from tests.alerts_support import T0, Receiver, check_signature, make_store, put_trip, signal
 
 ALL_EVENTS = ["alarm.raised", "alarm.acknowledged", "alarm.resolved", "alarm.escalated",
@@ -277,11 +279,11 @@ async def test_run_survives_store_errors(store) -> None:
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-        def due_deliveries(self, now_ms, limit=100):
+        def claim_deliveries(self, *args, **kwargs):
             if self.failures:
                 self.failures -= 1
                 raise OSError("disk I/O error")
-            return self.inner.due_deliveries(now_ms, limit)
+            return self.inner.claim_deliveries(*args, **kwargs)
 
     clock = TickingClock()
     rx = await Receiver("s").start()
@@ -305,3 +307,187 @@ async def test_run_survives_store_errors(store) -> None:
         assert [e["id"] for e in rx.events] == [row["event_id"]]
     finally:
         await rx.stop()
+
+
+# -- one POST per event, within a process and across processes ------------------------------
+class SlowReads:
+    """A store whose reads of due deliveries return late: the rows are read, then the
+    thread waits, as a busy database or a descheduled thread would (the double-POST race)."""
+
+    def __init__(self, inner, delay_s: float = 0.05) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+        if name not in {"due_deliveries", "claim_deliveries"}:
+            return method
+
+        def slow(*args, **kwargs):
+            rows = method(*args, **kwargs)
+            time.sleep(self.delay_s)
+            return rows
+
+        return slow
+
+
+def post_counts(rx: Receiver) -> Counter[str]:
+    return Counter(q["envelope"]["id"] for q in rx.requests)
+
+
+async def test_a_delivery_read_before_its_attempt_is_recorded_is_not_sent_again(store) -> None:
+    """The measured double POST: a pass of run() read a delivery as pending, the attempt in
+    flight finished meanwhile, and the pass sent it again."""
+    clock = TickingClock()
+    rx = await Receiver("s").start()
+    try:
+        add_hook(store, "wh", "pg", rx.url, "s")
+        service = AlarmService(store, clock, LiveHub())
+        service.handle([signal(episode=f"e{i}") for i in range(8)])
+        sender = WebhookSender(SlowReads(store), clock)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(sender.run(poll_s=0.001))
+        try:
+            for _ in range(500):
+                if len(store.list_deliveries(status="delivered")) == 8:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # a late duplicate would arrive now
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert len(store.list_deliveries(status="delivered")) == 8
+        counts = post_counts(rx)
+        assert len(counts) == 8 and set(counts.values()) == {1}, counts
+    finally:
+        await rx.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Path):
+    """Two stores on one database: what two processes sharing it would hold."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    stores = open_store(url), open_store(url)
+    for trip, shipper in [("T1", "pg"), ("T2", "pg")]:
+        put_trip(stores[0], trip, shipper)
+    yield stores
+    for s in stores:
+        s.close()
+
+
+async def test_two_senders_on_one_database_deliver_every_event_once_in_order(two_stores) -> None:
+    first, second = two_stores
+    clock = TickingClock()
+    rx = await Receiver("s").start()
+    try:
+        add_hook(first, "wh", "pg", rx.url, "s")
+        service = AlarmService(first, clock, LiveHub())
+        raised = service.handle(
+            [signal(trip_id=f"T{1 + i % 2}", episode=f"e{i}") for i in range(12)]
+        )
+        for doc in raised[::2]:
+            service.ack(doc["alarm_id"], by="desk")
+        for doc in raised[::3]:
+            service.resolve(doc["alarm_id"], by="desk", cause="rest_stop")
+        total = len(first.list_deliveries(limit=1000))
+        senders = [
+            WebhookSender(SlowReads(s, 0.01), clock, owner=name, metrics=CountingAlertMetrics())  # type: ignore[arg-type]
+            for name, s in (("one", first), ("two", second))
+        ]
+        tasks = [asyncio.ensure_future(s.run(poll_s=0.001)) for s in senders]
+        try:
+            for _ in range(1000):
+                if len(first.list_deliveries(status="delivered", limit=1000)) == total:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # a late duplicate would arrive now
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(first.list_deliveries(status="delivered", limit=1000)) == total
+        counts = post_counts(rx)
+        assert len(counts) == total and set(counts.values()) == {1}, counts
+        assert received_order(rx) == expected_events(first, "wh")
+        # both took part: the deliveries really were shared
+        assert all(s.metrics.count("webhook_result", "delivered") > 0 for s in senders)
+    finally:
+        await rx.stop()
+
+
+async def test_a_sender_that_dies_holding_a_lease_is_replaced_after_expiry(store) -> None:
+    clock = ManualClock()
+    rx = await Receiver("s", plan=["hang"]).start()
+    try:
+        add_hook(store, "wh", "pg", rx.url, "s")
+        AlarmService(store, clock, LiveHub()).handle([signal()])
+        dying = WebhookSender(store, clock, owner="dying", lease_s=60)
+        attempt = asyncio.ensure_future(dying.deliver_due())
+        for _ in range(500):
+            if rx.hanging:
+                break
+            await asyncio.sleep(0.01)
+        assert rx.hanging == 1
+        await dying.aclose()  # dies mid-request: its outcome is never recorded
+        await attempt
+        (row,) = store.list_deliveries()
+        assert row["status"] == "pending" and row["attempts"] == 0
+        async with WebhookSender(store, clock, owner="heir") as heir:
+            assert await heir.deliver_due() == 0  # the lease still holds
+            clock.advance(59.999)
+            assert await heir.deliver_due() == 0
+            clock.advance(0.001)
+            assert await heir.deliver_due() == 1
+            assert await heir.deliver_due() == 0
+        (row,) = store.list_deliveries()
+        assert row["status"] == "delivered" and row["attempts"] == 1
+        assert len(rx.requests) == 2 and [e["id"] for e in rx.events] == [row["event_id"]]
+    finally:
+        await rx.stop()
+
+
+async def test_a_stale_senders_outcome_does_not_overwrite_the_new_owners(store) -> None:
+    clock = ManualClock()
+    add_hook(store, "wh", "pg", "http://receiver.invalid/hook", "s")
+    AlarmService(store, clock, LiveHub()).handle([signal()])
+    posts: list[str] = []
+    resume = asyncio.Event()
+
+    async def stalled(request: httpx.Request) -> httpx.Response:
+        posts.append("stale")
+        await resume.wait()
+        return httpx.Response(500)
+
+    def fine(request: httpx.Request) -> httpx.Response:
+        posts.append("fresh")
+        return httpx.Response(200)
+
+    stale = WebhookSender(store, clock, transport=httpx.MockTransport(stalled), owner="stale")
+    fresh = WebhookSender(store, clock, transport=httpx.MockTransport(fine), owner="fresh")
+    async with stale, fresh:
+        first = asyncio.ensure_future(stale.deliver_due())
+        for _ in range(500):
+            if posts:
+                break
+            await asyncio.sleep(0.01)
+        assert await fresh.deliver_due() == 0  # held by the stale sender's lease
+        clock.advance(60)  # the stale sender stalled past its lease
+        assert await fresh.deliver_due() == 1
+        resume.set()
+        assert await first == 1  # its 500 arrives now, for a delivery it no longer holds
+        (row,) = store.list_deliveries()
+        assert row["status"] == "delivered" and row["attempts"] == 1
+        assert row["last_error"] is None
+        clock.advance(3600)
+        assert await stale.deliver_due() == 0 and await fresh.deliver_due() == 0
+    assert posts == ["stale", "fresh"]
+
+
+def test_the_lease_must_cover_one_attempt(store) -> None:
+    with pytest.raises(ValueError):
+        WebhookSender(store, ManualClock(), timeout_s=10, lease_s=12)
+    assert WebhookSender(store, ManualClock(), timeout_s=10, lease_s=15).owner
+    one, two = WebhookSender(store, ManualClock()), WebhookSender(store, ManualClock())
+    assert one.owner != two.owner

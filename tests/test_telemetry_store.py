@@ -778,6 +778,40 @@ def test_claim_limit_skip_and_release(store: Store) -> None:
     assert ids(store.claim_deliveries(T0, "B", LEASE, 10)) == ["d0", "d2", "d3", "d4"]
 
 
+def test_deliveries_queued_before_leases_existed_are_claimable_after_upgrade(
+    db_url: str,
+) -> None:
+    """A database at schema 1 (no lease columns) with a pending delivery, then migrated."""
+    (initial, *_) = _migrations(db_url)
+    insert = (
+        "INSERT INTO deliveries (delivery_id, webhook_id, order_key, shipper, status, "
+        "next_attempt_at, doc) VALUES ('old', 'w1', 'k', 'pg', 'pending', 0, "
+        """'{"delivery_id": "old", "webhook_id": "w1"}')"""
+    )
+    record = "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+    if db_url.startswith("sqlite"):
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+            for statement in initial.statements:
+                conn.execute(statement)
+            conn.execute(record + "applied_at TEXT NOT NULL)")
+            conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 'then')")
+            conn.execute(insert)
+    else:
+        with psycopg.connect(db_url) as conn:
+            for statement in initial.statements:
+                conn.execute(statement)
+            conn.execute(record + "applied_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, 'initial')")
+            conn.execute(insert)
+    store = open_store(db_url)
+    try:
+        assert _schema_versions(db_url) == [m.version for m in _migrations(db_url)]
+        assert ids(store.claim_deliveries(T0, "A", LEASE, 10)) == ["old"]
+        assert store.claim_deliveries(T0, "B", LEASE, 10) == []
+    finally:
+        store.close()
+
+
 def test_concurrent_claims_from_two_stores_hand_out_each_delivery_once(db_url: str) -> None:
     """Two stores on one database stand for two processes; two threads claim on each."""
     first, second = open_store(db_url), open_store(db_url)
