@@ -4,6 +4,7 @@ Pure and deterministic: no I/O, no clock, no asyncio, so it runs identically liv
 restart and in replay/backtest. Method and choices: docs/rules.md.
 """
 
+from rules.backfill import HISTORY_LOOKBACK_MS, History
 from rules.batch import FixCols, LockCols
 from rules.engine import Engine, EngineResult, PositionBatch
 from rules.errors import RulesError, RuleValueError, TripPlanError
@@ -27,6 +28,7 @@ from rules.thresholds import DEFAULT_RULES, RULE_NAMES, RULE_RANGES, validate_ru
 
 __all__ = [
     "DEFAULT_RULES",
+    "HISTORY_LOOKBACK_MS",
     "RULE_NAMES",
     "RULE_RANGES",
     "SEVERITY",
@@ -38,6 +40,7 @@ __all__ = [
     "EpisodeEnded",
     "FencePlan",
     "FixCols",
+    "History",
     "Journal",
     "LockCols",
     "Milestone",
