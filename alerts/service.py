@@ -306,19 +306,28 @@ class AlarmService:
     # -- deadlines ----------------------------------------------------------------------------
     def escalate_due(self) -> list[Doc]:
         """Escalate every alarm with a missed, not yet escalated deadline; returns the
-        updated documents. One alarm's failure does not stop the others."""
+        updated documents. One alarm's failure does not stop the others.
+
+        Safe with several processes on one database: the change is a compare-and-set on
+        the alarm's ``version``, so of two passes racing for a deadline one writes and the
+        other re-reads it as escalated and does nothing. Each alarm's new document, history
+        and outbox rows are one unit of work: a failure stores none of them (the next pass
+        escalates it) rather than a flag without its event."""
         now = self._clock.now_ms()
         live: Live = []
         escalated: list[Doc] = []
         for doc in self._store.alarms_due(now):
+            mine: Live = []
             try:
-                with self._lock:
-                    new = self._escalate(doc, now, live)
-                if new is not None:
-                    escalated.append(new)
+                with self._lock, self._store.unit_of_work():
+                    new = self._escalate(doc, now, mine)
             except Exception:
                 self.metrics.alerts_error("escalation")
                 logger.exception("could not escalate alarm %s", doc.get("alarm_id"))
+                continue
+            live.extend(mine)  # published only once the escalation is committed
+            if new is not None:
+                escalated.append(new)
         self._publish(live)
         return escalated
 
