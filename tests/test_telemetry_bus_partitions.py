@@ -222,3 +222,45 @@ async def test_device_users_reload_without_restart(tmp_path: Path) -> None:
             await nc.flush(timeout=2)
         finally:
             await nc.close()
+
+
+async def test_broker_config_prints_a_working_command_and_url(tmp_path: Path) -> None:
+    import argparse
+    import io
+    import shlex
+    import subprocess
+
+    from cargowatch.brokerconfig_nats import add_arguments, run
+    from tests.services import _wait_port, free_port
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    port, mqtt_port = free_port(), free_port()
+    out = io.StringIO()
+    listen, mqtt = f"127.0.0.1:{port}", f"127.0.0.1:{mqtt_port}"
+    argv = [str(tmp_path / "nats"), "--listen", listen, "--mqtt", mqtt]
+    args = parser.parse_args([*argv, "--partitions", "5", "--trip-partitions", "3"])
+    assert run(args, out) == 0
+    command, url = out.getvalue().splitlines()
+    proc = subprocess.Popen(
+        shlex.split(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port, 15, proc)
+        _wait_port(mqtt_port, 15, proc)
+        nc = await nats.connect(url)
+        try:
+            layout = await discover_layout(nc)
+            assert (layout.partitions, layout.trip_partitions) == (5, 3)
+        finally:
+            await nc.close()
+        with pytest.raises(Exception):  # noqa: B017 - the engine URL without its password
+            await nats.connect(
+                f"nats://engine:wrong@127.0.0.1:{port}",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+            )
+    finally:
+        proc.terminate()
+        proc.wait(15)
