@@ -236,7 +236,14 @@ class PartitionLeases:
         self._owned[n] = _Lease(revision, sent + self.ttl_s - self.margin_s)
         self._wake.set()
         log.info("%s claimed %s.%d", self.owner, self.group, n)
-        await self.on_acquired(n)
+        try:
+            await self.on_acquired(n)
+        except Exception:
+            # Not consumable here (e.g. the consumer could not be made): let another try.
+            log.exception("%s could not start %s.%d: releasing it", self.owner, self.group, n)
+            if self._owned.pop(n, None) is not None:
+                with contextlib.suppress(TimeoutError, nats.errors.Error):
+                    await self._op(self.kv.delete(self._key(n), last=revision))
 
     async def _release(self, n: int) -> None:
         lease = self._owned.pop(n, None)
