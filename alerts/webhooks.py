@@ -8,7 +8,8 @@ gets them meanwhile, and it hands out only the oldest pending delivery per (subs
 alarm or trip), so events of one alarm reach a receiver in order. The outcome is recorded
 with ``Store.complete_delivery``, a compare-and-set on the lease: a sender whose lease
 expired (it stalled, or died and was replaced) cannot overwrite a newer attempt's record.
-A sender that dies holding leases delays those deliveries by at most ``lease_s``.
+A sender that dies holding leases delays those deliveries by at most ``lease_s``; one that
+is closed gives its leases back.
 
 (Before leases, a pass that read a delivery as due while its attempt was in flight could
 send it again once that attempt finished: the in-process "in flight" check came after the
@@ -140,8 +141,21 @@ class WebhookSender:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel requests in flight and close the HTTP client."""
-        await self._cancel_in_flight()
+        """Cancel requests in flight, give their leases back and close the HTTP client.
+
+        A cancelled request's outcome is unknown, so it is sent again (at-least-once): at
+        once by whichever sender claims it next, instead of after the lease."""
+        cancelled = await self._cancel_in_flight()
+        if cancelled:
+            try:
+                await asyncio.to_thread(self._store.release_deliveries, cancelled, self.owner)
+            except Exception:
+                logger.warning(
+                    "could not give back %d delivery lease(s); they expire in %gs",
+                    len(cancelled),
+                    self._lease_ms / 1000,
+                    exc_info=True,
+                )
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -343,9 +357,12 @@ class WebhookSender:
             await asyncio.gather(sleeper, waiter, return_exceptions=True)
         wake.clear()
 
-    async def _cancel_in_flight(self) -> None:
+    async def _cancel_in_flight(self) -> list[str]:
+        """Cancel the attempts in flight; the ids of their deliveries."""
+        held = list(self._in_flight)
         tasks = list(self._in_flight.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        return held

@@ -417,13 +417,27 @@ async def test_two_senders_on_one_database_deliver_every_event_once_in_order(two
         await rx.stop()
 
 
+class Killed:
+    """The store as a killed process leaves it: nothing more is written (no lease given
+    back, no outcome recorded)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def release_deliveries(self, delivery_ids, owner):
+        raise OSError("the process is gone")
+
+
 async def test_a_sender_that_dies_holding_a_lease_is_replaced_after_expiry(store) -> None:
     clock = ManualClock()
     rx = await Receiver("s", plan=["hang"]).start()
     try:
         add_hook(store, "wh", "pg", rx.url, "s")
         AlarmService(store, clock, LiveHub()).handle([signal()])
-        dying = WebhookSender(store, clock, owner="dying", lease_s=60)
+        dying = WebhookSender(Killed(store), clock, owner="dying", lease_s=60)  # type: ignore[arg-type]
         attempt = asyncio.ensure_future(dying.deliver_due())
         for _ in range(500):
             if rx.hanging:
@@ -491,3 +505,27 @@ def test_the_lease_must_cover_one_attempt(store) -> None:
     assert WebhookSender(store, ManualClock(), timeout_s=10, lease_s=15).owner
     one, two = WebhookSender(store, ManualClock()), WebhookSender(store, ManualClock())
     assert one.owner != two.owner
+
+
+async def test_a_sender_closed_mid_request_gives_its_lease_back(store) -> None:
+    clock = ManualClock()
+    rx = await Receiver("s", plan=["hang"]).start()
+    try:
+        add_hook(store, "wh", "pg", rx.url, "s")
+        AlarmService(store, clock, LiveHub()).handle([signal()])
+        leaving = WebhookSender(store, clock, owner="leaving")
+        attempt = asyncio.ensure_future(leaving.deliver_due())
+        for _ in range(500):
+            if rx.hanging:
+                break
+            await asyncio.sleep(0.01)
+        assert rx.hanging == 1
+        await leaving.aclose()  # shutdown: the request is cancelled, the lease given back
+        await attempt
+        async with WebhookSender(store, clock, owner="next") as successor:
+            assert await successor.deliver_due() == 1  # at once, not after the lease
+        (row,) = store.list_deliveries()
+        assert row["status"] == "delivered" and row["attempts"] == 1
+        assert len(rx.requests) == 2 and [e["id"] for e in rx.events] == [row["event_id"]]
+    finally:
+        await rx.stop()
