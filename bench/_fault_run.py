@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 from bench import _fault_count as count
-from bench._fault_world import HookReceiver, Probe, RssSampler, Serve, env_for
+from bench._fault_world import HookReceiver, Probe, RssSampler, Serve, env_for, pg_start
 from core.clock import ScaledClock
 from simulators import SimMessage, SimTrip, build_fleet, register
 from tests.services import MosquittoServer, PostgresServer, free_port
@@ -291,6 +291,22 @@ class Run:
             elif time.monotonic() - last_change > self.cfg.stall_s:
                 return False
         return False
+
+    def abort(self) -> None:
+        """Stop everything of a run that failed."""
+        self._stop.set()
+        for p in self.publishers:
+            if p.proc.poll() is None:
+                p.proc.terminate()
+        self.serve.kill9()
+        self.rss.stop()
+        self.receiver.close()
+        self.probe.close()
+        # a fault that failed half-way may have left a service down: the next fault needs it
+        if self.mq.proc is None or self.mq.proc.poll() is not None:
+            self.mq.start()
+        if not (self.pg.datadir / "postmaster.pid").exists():
+            pg_start(self.pg)
 
     # -- the end -------------------------------------------------------------------------------
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:

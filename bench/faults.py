@@ -178,10 +178,15 @@ def run_fault(
     action, nominal, what = FAULTS[name]
     log.info("== %s: %s", name, what)
     run = Run(name, cfg, mq, pg, workdir / name, nominal(cfg), index)
-    run.setup(cfg.flood_devices if name == "overload_kill9" else 0)
-    run.at(cfg.warm_s)
-    start = time.monotonic()
-    extra = action(run)
+    try:
+        run.setup(cfg.flood_devices if name == "overload_kill9" else 0)
+        run.at(cfg.warm_s)
+        start = time.monotonic()
+        extra = action(run)
+    except Exception as exc:  # one broken fault must not hide the others' figures
+        log.exception("%s failed", name)
+        run.abort()
+        return {"fault": name, "description": what, "error": f"{type(exc).__name__}: {exc}"}
     end = time.monotonic()
     extra["fault_s"] = round(end - start, 1)
     threshold = 0.0 if name == "webhook_down" else run.threshold(start)
@@ -200,6 +205,9 @@ def run_fault(
 
 
 def _commit() -> str:
+    """The code measured: HEAD (+dirty), or BENCH_COMMIT for an exported tree (git archive)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
