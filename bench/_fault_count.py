@@ -92,3 +92,39 @@ def backlog_threshold(baseline: Sequence[float], rate: float, floor: float = 100
     percentile) or one second of the offered rate, whichever is larger, at least ``floor``."""
     steady = sorted(baseline)[int(0.9 * (len(baseline) - 1))] if baseline else 0.0
     return max(floor, 2.0 * steady, rate)
+
+
+COLUMNS = (
+    ("fault", "fault"),
+    ("fixes ack'd", "fixes_acknowledged"),
+    ("fixes stored", "fixes_stored"),
+    ("fixes lost", "fixes_lost"),
+    ("triggers", "triggers"),
+    ("alarms missing", "alarms_missing"),
+    ("alarms dup.", "alarms_duplicated"),
+    ("milestones dup.", "milestones_duplicated"),
+    ("deliveries expected", "deliveries_expected"),
+    ("deliveries missing", "deliveries_missing"),
+    ("deliveries dup.", "deliveries_duplicated"),
+    ("peak RSS MB", "peak_rss_mb"),
+    ("recover s", "recover_s"),
+)
+
+
+def markdown_table(faults: Sequence[Mapping[str, Any]]) -> str:
+    """The report's table, one row per fault (``—`` for a figure a fault does not have;
+    a fault that failed shows its error)."""
+    lines = [
+        "| " + " | ".join(h for h, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for f in faults:
+        if "error" in f:
+            lines.append(f"| {f['fault']} | error: {f['error']} |" + " |" * (len(COLUMNS) - 2))
+            continue
+        cells = []
+        for _, key in COLUMNS:
+            v = f.get(key)
+            cells.append("—" if v is None else f"{v:,}" if isinstance(v, int) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

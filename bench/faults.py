@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._fault_count import recover_s
+from bench._fault_count import markdown_table, recover_s
 from bench._fault_run import Config, Run
 from bench._fault_world import mosquitto_restart, pg_start, pg_stop
 from tests.services import MosquittoServer, PostgresServer
@@ -226,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated faults: " + ", ".join(FAULTS))
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--table", metavar="JSON", help="only print the table of a saved output")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())["faults"]))
+        return 0
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
@@ -264,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.faults" + (" --quick" if args.quick else ""),
     }
     print(json.dumps({"faults": faults, "config": config}))
+    sys.stderr.write(markdown_table(faults) + "\n")
     return 0
 
 

@@ -119,3 +119,16 @@ def test_publisher_records_each_puback(mosquitto: MosquittoServer) -> None:
         pub.close()
     assert pub.pending == {}
     assert sorted(pub.acked["position"]) == [("x", START_MS + i, i) for i in range(300)]
+
+
+def test_table_has_a_row_per_fault() -> None:
+    faults = [
+        {"fault": "kill9", "fixes_acknowledged": 12000, "fixes_lost": 0, "recover_s": 1.5},
+        {"fault": "postgres_down", "error": "TimeoutError: x"},
+    ]
+    lines = count.markdown_table(faults).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| fault | fixes ack'd")
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:4] == ["kill9", "12,000", "—", "0"] and cells[-1] == "1.5"
+    assert "error: TimeoutError: x" in lines[3]
+    assert lines[3].count("|") == lines[2].count("|")
