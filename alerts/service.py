@@ -12,9 +12,10 @@ documents, so a restarted service carries on where the previous one stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from alerts import escalation, lifecycle
@@ -74,17 +75,31 @@ class AlarmService:
         """Apply one batch of engine events; returns the stored documents of new alarms.
 
         A bad event is logged and counted (``alerts_error("event")``); the rest of the
-        batch goes on. Live events are published once, at the end of the batch.
+        batch goes on. Live events are published once, after the batch's commit.
         """
+        with self.locked(), self._store.unit_of_work():
+            created, live = self.stage(events)
+        self.publish(live)
+        return created
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the service's lock: a caller that wraps ``stage`` in a wider transaction
+        takes it before opening that transaction (the order every path uses)."""
+        with self._lock:
+            yield
+
+    def stage(self, events: Sequence[EngineEvent]) -> tuple[list[Doc], Live]:
+        """Record engine events in the caller's unit of work, publishing nothing: returns
+        the new alarms and the live events to :meth:`publish` once that work committed.
+        Each event is a savepoint, all of the event or none, so a bad one is skipped and
+        the rest kept."""
         created: list[Doc] = []
         live: Live = []
         batch = _BatchLookups(self._store, self._default_sla)
-        want_positions = self._hub.subscriber_count > 0
-        stored = [e for e in events if not isinstance(e, PositionUpdate)]
-        if want_positions:
+        if self._hub.subscriber_count > 0:
             live.extend(_position_event(e) for e in events if isinstance(e, PositionUpdate))
-        # One transaction for the batch (one commit, not three per alarm); each event is a
-        # savepoint in it, all of the event or none, so a bad one is skipped, the rest kept.
+        stored = [e for e in events if not isinstance(e, PositionUpdate)]
         with self._lock, self._store.unit_of_work():
             for event in stored:
                 try:
@@ -93,8 +108,11 @@ class AlarmService:
                 except Exception:
                     self.metrics.alerts_error("event")
                     logger.exception("could not handle engine event %r", event)
+        return created, live
+
+    def publish(self, live: Live) -> None:
+        """Publish live events of work that committed."""
         self._publish(live)
-        return created
 
     def _apply(
         self, event: EngineEvent, batch: _BatchLookups, live: Live, created: list[Doc]

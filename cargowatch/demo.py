@@ -140,6 +140,7 @@ async def run_demo(
         # Let the API's lifespan start the engine and subscribe before trucks talk.
         while not runtime.started:
             await asyncio.sleep(0.05)
+        assert settings.mqtt_url is not None  # the demo always runs its embedded broker
         stats = await publish(fleet, settings.mqtt_url, speed=speed, clock=clock, qos=1)
         published.update(stats)
         print(f"[demo] fleet finished: {stats}", file=sys.stderr)

@@ -1,22 +1,25 @@
 """One batch through the data flow: validate -> dead-letter -> store -> rules -> alarms.
 
-Runs synchronously in one worker thread (the store is sync); the engine is guarded by a lock
-because the API changes trips and rules from other threads.
+Runs synchronously in one worker thread (the store is sync). The batch's telemetry, the
+rules' verdicts, the alarms and the engine's checkpoint are one store transaction
+(``EngineGate.commit``): after a failure at any point nothing of the batch is kept and the
+engine is back at the last commit, so the redelivered batch is evaluated exactly once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from alerts import AlarmService
 from cargowatch.metrics import Metrics
+from cargowatch.services.engine import EngineGate
 from core.clock import Clock
-from rules import Engine
+from rules import Engine, EngineResult
+from telemetry.errors import StoreError
 from telemetry.ingest import RawMessage
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent
 from telemetry.parse import parse_message, parse_topic
@@ -44,21 +47,17 @@ class Pipeline:
     def __init__(
         self,
         store: Store,
-        engine: Engine,
-        alarms: AlarmService,
+        gate: EngineGate,
         clock: Clock,
         metrics: Metrics,
         *,
         prefix: str = "devices",
-        engine_lock: threading.RLock | None = None,
     ) -> None:
         self.store = store
-        self.engine = engine
-        self.alarms = alarms
+        self.gate = gate
         self.clock = clock
         self.metrics = metrics
         self.prefix = prefix
-        self.engine_lock = engine_lock or threading.RLock()
         self.known_devices: set[str] = set(store.device_ids())
         # Every message received up to this wall time has been evaluated (batches are FIFO
         # and stamped on receipt): the furthest the wall-clock rules may look.
@@ -95,40 +94,56 @@ class Pipeline:
             dead.extend(parsed.dead_letters)
         t_parse = time.perf_counter()
 
-        if dead:
-            self.store.insert_dead_letters(dead)
-            for d in dead:
-                self.metrics.dead_letters.labels(str(d.reason)).inc()
-        new_fixes = fixes
-        new_events = events
-        if fixes:
-            mask = self.store.insert_fixes(fixes)
-            new_fixes = [f for f, new in zip(fixes, mask, strict=True) if new]
-        if events:
-            mask = self.store.insert_lock_events(events)
-            new_events = [e for e, new in zip(events, mask, strict=True) if new]
-        t_store = time.perf_counter()
-        duplicates = len(fixes) - len(new_fixes) + len(events) - len(new_events)
+        stored: dict[str, Any] = {"fixes": fixes, "events": events}
+        marks: dict[str, float] = {}
 
-        now = self.clock.now_ms()
-        t_rules = t_store
-        try:
-            with self.engine_lock:
-                result = self.engine.process(new_fixes, new_events, now)
-        except Exception:
-            # A rule bug must not stall ingest: the telemetry is stored (replayable); count it.
-            log.exception("rule engine failed on a batch of %d messages", len(messages))
-            self.metrics.rule_errors.inc()
-            result = None
-        created: list[dict] = []
-        if result is not None:
+        def store_batch() -> None:
+            # Telemetry joins the transaction of the rules and alarms it leads to: either
+            # all of it is kept, or none and the broker redelivers the batch.
+            if dead:
+                self.store.insert_dead_letters(dead)
+            if fixes:
+                mask = self.store.insert_fixes(fixes)
+                stored["fixes"] = [f for f, new in zip(fixes, mask, strict=True) if new]
+            if events:
+                mask = self.store.insert_lock_events(events)
+                stored["events"] = [e for e, new in zip(events, mask, strict=True) if new]
+            marks["store"] = time.perf_counter()
+
+        def evaluate(engine: Engine) -> EngineResult:
+            try:
+                return engine.process(stored["fixes"], stored["events"], now)
+            except StoreError:
+                raise  # the store failed under the history read: retry the whole batch
+            except Exception:
+                # A rule bug must not stall ingest: keep the telemetry (replayable), keep no
+                # half-applied state (nothing is checkpointed; the engine is reloaded).
+                log.exception("rule engine failed on a batch of %d messages", len(messages))
+                self.metrics.rule_errors.inc()
+                engine.take_dirty()
+                marks["rule_bug"] = 1.0
+                return EngineResult([])
+
+        def flag(result: EngineResult) -> None:
             by_flag: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
             for key, flag in result.flagged:
                 by_flag[flag].append(key)
             for flag, keys in by_flag.items():
                 self.store.flag_fixes(keys, flag)
-            t_rules = time.perf_counter()
-            created = self.alarms.handle(result.events)
+            marks["rules"] = time.perf_counter()
+
+        now = self.clock.now_ms()
+        result, created = self.gate.commit(
+            evaluate, lambda r: r.events, before=store_batch, after=flag
+        )
+        if "rule_bug" in marks:
+            self.gate.reload()
+        new_fixes, new_events = stored["fixes"], stored["events"]
+        for d in dead:
+            self.metrics.dead_letters.labels(str(d.reason)).inc()
+        duplicates = len(fixes) - len(new_fixes) + len(events) - len(new_events)
+        t_store = marks.get("store", t_parse)
+        t_rules = marks.get("rules", t_store)
         t_done = time.perf_counter()
 
         if t_done - t0 > SLOW_BATCH_S:
@@ -136,7 +151,7 @@ class Pipeline:
                 "slow batch: %d messages, %d engine events in %.2f s "
                 "(parse %.2f, store %.2f, rules %.2f, alarms %.2f)",
                 len(messages),
-                len(result.events) if result is not None else 0,
+                len(result.events),
                 t_done - t0,
                 t_parse - t0,
                 t_store - t_parse,
@@ -176,8 +191,5 @@ class Pipeline:
         """Wall-clock rules (signal loss, late arrival, activation) up to :meth:`horizon`;
         ``backlog``: received messages are waiting to be evaluated. Returns alarms raised."""
         at = self.horizon(self.clock.now_ms() if now is None else now, backlog)
-        with self.engine_lock:
-            events = self.engine.tick(at)
-        if not events:
-            return 0
-        return len(self.alarms.handle(events))
+        _, created = self.gate.commit(lambda engine: engine.tick(at), lambda events: events)
+        return len(created)

@@ -29,14 +29,17 @@ from cargowatch.services import (
     ReplayService,
     ShipperService,
     TripService,
-    load_state,
 )
 from cargowatch.settings import Settings, env_name
 from core.clock import Clock, ScaledClock
+from core.errors import Unavailable
+from rules import Engine
 from telemetry.ingest import MqttIngest, RawBatch
 from telemetry.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+DRAIN_S = 4.0
 
 
 class Runtime:
@@ -53,17 +56,9 @@ class Runtime:
         self.hub = LiveHub()
         self.alarms = AlarmService(self.store, self.clock, self.hub, metrics=self.metrics)
         self.webhooks = WebhookSender(self.store, self.clock, metrics=self.metrics)
-        self.gate = EngineGate()
-        self.engine = self.gate.engine
-        self.engine_lock = self.gate.lock
+        self.gate = EngineGate(self.store, self.alarms, self.clock)
         self.pipeline = Pipeline(
-            self.store,
-            self.engine,
-            self.alarms,
-            self.clock,
-            metrics=self.metrics,
-            prefix=settings.topic_prefix,
-            engine_lock=self.engine_lock,
+            self.store, self.gate, self.clock, metrics=self.metrics, prefix=settings.topic_prefix
         )
         self.queue: asyncio.Queue[RawBatch] = asyncio.Queue(maxsize=settings.queue_batches)
         self.ingest: MqttIngest | None = None
@@ -82,14 +77,21 @@ class Runtime:
         self.devices = DeviceService(
             self.store, self.clock, prefix=settings.topic_prefix, known=self.pipeline.add_device
         )
-        self.trips = TripService(self.store, self.clock, self.gate, self.alarms, self.devices)
+        self.trips = TripService(self.store, self.clock, self.gate, self.devices)
         self.shippers = ShipperService(self.store, self.gate)
         self.geofences = GeofenceService(self.store, self.clock, self.gate)
         self.keys = KeyService(self.store, self.clock)
         self.replays = ReplayService(self.store)
         self.started = False
         self._busy = False
+        self._failing_since: int | None = None
+        self._last_failure = ""
         wire_metrics(self)
+
+    @property
+    def engine(self) -> Engine:
+        """The live engine (rebuilt from the store after a failed commit)."""
+        return self.gate.engine
 
     @classmethod
     def open(
@@ -110,7 +112,7 @@ class Runtime:
 
     def load(self) -> None:
         """The I/O of a start: engine state from the store, the admin key into it."""
-        load_state(self.store, self.gate, self.alarms)
+        self.gate.load()
         if self.settings.admin_key:
             self.keys.ensure(self.settings.admin_key, "admin", None, env_name("admin_key"))
 
@@ -157,13 +159,27 @@ class Runtime:
         return self.metrics.render()
 
     def health(self) -> dict[str, Any]:
+        """``ok`` only while the pipeline keeps up; else ``degraded`` with the reasons."""
         store_ok = False
         with contextlib.suppress(Exception):
             store_ok = bool(self.store.ping())
         mqtt_ok = None if self.ingest is None else self.ingest.connected
-        ok = store_ok and (mqtt_ok is not False) and self.started
+        reasons: list[str] = []
+        if not self.started:
+            reasons.append("not running")
+        if not store_ok:
+            reasons.append("store down")
+        if self.ingest is not None:
+            problem = self.ingest.state.problem
+            if problem:
+                reasons.append(problem)
+        if self._failing_since is not None:
+            reasons.append("batches failing: " + self._last_failure)
+        if self.queue.full():
+            reasons.append(f"backlog: {self.queue.qsize()} batches waiting for the pipeline")
         return {
-            "status": "ok" if ok else "degraded",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             "store": store_ok,
             "mqtt": mqtt_ok,
             "running": self.started,
@@ -213,29 +229,45 @@ class Runtime:
                 self.queue.task_done()
 
     def backlog(self) -> bool:
-        """Received messages wait to be evaluated (queued or in the pipeline now)."""
-        return self._busy or not self.queue.empty()
+        """Received messages wait to be evaluated (queued, in the pipeline now, or held in
+        the broker while ingest's reading is paused)."""
+        paused = self.ingest is not None and self.ingest.state.backlog
+        return self._busy or not self.queue.empty() or paused
 
     async def _process_until_stored(self, batch: RawBatch) -> None:
         backoff = 0.2
         while True:
             try:
                 await asyncio.to_thread(self.pipeline.process, batch.messages)
-                batch.ack()
-                return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # Store unavailable: keep the batch unacknowledged and retry; the bounded
-                # queue pushes back on the broker meanwhile.
-                log.exception(
-                    "batch of %d messages not stored; retrying in %.1f s",
-                    len(batch.messages),
-                    backoff,
-                )
+            except Exception as exc:
+                # Nothing of the batch was kept (one transaction): leave it unacknowledged
+                # and retry; the bounded hand-off pauses reading from the broker meanwhile.
+                self._last_failure = f"{type(exc).__name__}: {exc}"
+                if self._failing_since is None:
+                    self._failing_since = self.clock.now_ms()
+                if isinstance(exc, Unavailable):
+                    log.warning(
+                        "batch of %d messages not stored, nothing of it kept (%s); "
+                        "retrying in %.1f s",
+                        len(batch.messages),
+                        exc,
+                        backoff,
+                    )
+                else:
+                    log.exception(
+                        "batch of %d messages failed, nothing of it kept; retrying in %.1f s",
+                        len(batch.messages),
+                        backoff,
+                    )
                 self.metrics.store_errors.inc()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+                continue
+            self._failing_since = None
+            batch.ack()
+            return
 
     async def _tick_loop(self) -> None:
         # tick_s of the (possibly accelerated) clock; the floor keeps an idle engine cheap

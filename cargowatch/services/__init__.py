@@ -6,12 +6,11 @@ value the engine would refuse never reaches the store.
 """
 
 from cargowatch.services.devices import DeviceService
-from cargowatch.services.engine import EngineGate
+from cargowatch.services.engine import EngineGate, load_engine
 from cargowatch.services.geofences import GeofenceService
 from cargowatch.services.keys import KeyService, hash_key
 from cargowatch.services.replay import ReplayService
 from cargowatch.services.shippers import ShipperService
-from cargowatch.services.state import load_state
 from cargowatch.services.trips import TripService
 
 __all__ = [
@@ -23,5 +22,5 @@ __all__ = [
     "ShipperService",
     "TripService",
     "hash_key",
-    "load_state",
+    "load_engine",
 ]

@@ -30,7 +30,7 @@ class GeofenceService:
             raise InvalidInput(
                 f"properties.kind must be one of {', '.join(FENCE_KINDS)}", kind=kind
             )
-        geometry = feature.get("geometry")
+        geometry: Any = feature.get("geometry")  # FenceSet.add checks it (GeometryError)
         radius = props.get("radius_m", 200.0)
         if isinstance(radius, bool) or not isinstance(radius, int | float) or radius <= 0:
             raise InvalidInput("properties.radius_m must be a positive number")

@@ -28,7 +28,11 @@ class ShipperService:
         sla = validate_sla(doc.get("sla") or {})
         rule_values = validate_rules(doc.get("rules") or {}, "rules")
         stored = {"shipper": shipper, "sla": sla, "rules": rule_values}
-        self._store.put_shipper(stored)
-        with self._gate.held() as engine:
-            engine.put_shipper_rules(shipper, rule_values)
+        # Live trips take the new thresholds at once; their checkpoints follow in the same
+        # transaction as the stored contract.
+        self._gate.commit(
+            lambda engine: engine.put_shipper_rules(shipper, rule_values),
+            lambda _: (),
+            before=lambda: self._store.put_shipper(stored),
+        )
         return stored

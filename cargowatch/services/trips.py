@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import rules
-from alerts import AlarmService, validate_sla
+from alerts import validate_sla
 from cargowatch.services.devices import DeviceService
 from cargowatch.services.engine import EngineGate
 from core.clock import Clock
@@ -23,13 +23,11 @@ class TripService:
         store: Store,
         clock: Clock,
         gate: EngineGate,
-        alarms: AlarmService,
         devices: DeviceService,
     ) -> None:
         self._store = store
         self._clock = clock
         self._gate = gate
-        self._alarms = alarms
         self._devices = devices
 
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -45,10 +43,12 @@ class TripService:
         stored = {**doc, "status": TripStatus.PLANNED.value, "created_at": self._clock.now_ms()}
         for device_id in doc.get("devices", []):
             self._devices.ensure(device_id, doc.get("shipper"))
-        self._store.put_trip(stored)
-        with self._gate.held() as engine:
-            events = engine.upsert_trip(stored, ())
-        self._alarms.handle(events)
+        # The document and the engine's view of it are committed together.
+        self._gate.commit(
+            lambda engine: engine.upsert_trip(stored, ()),
+            lambda events: events,
+            before=lambda: self._store.put_trip(stored),
+        )
         return self._store.get_trip(trip_id) or stored
 
     def end(self, trip_id: str, status: str, by: str) -> dict[str, Any]:
@@ -61,9 +61,10 @@ class TripService:
         if status not in ENDINGS:
             raise InvalidInput("status must be completed or cancelled", status=status)
         now = self._clock.now_ms()
-        with self._gate.held() as engine:
-            events = engine.end_trip(trip_id, TripStatus(status), now, f"by {by}")
-        self._alarms.handle(events)
+        self._gate.commit(
+            lambda engine: engine.end_trip(trip_id, TripStatus(status), now, f"by {by}"),
+            lambda events: events,
+        )
         trip = self._store.get_trip(trip_id) or trip
         if trip.get("status") != status:
             trip = {**trip, "status": status, f"{status}_at": now, f"{status}_by": by}

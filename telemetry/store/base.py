@@ -25,7 +25,7 @@ cannot serve now, ``Conflict`` for a key that exists, ``NotFound`` for a missing
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,6 +62,18 @@ class Store(abc.ABC):
         database error may spoil its innermost unit, so guard such calls with a nested one
         (a ``Conflict`` from an insert is not such an error). This default groups nothing."""
         yield
+
+    # -- engine state -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def save_engine_states(
+        self, states: Mapping[str, bytes], removed: Iterable[str] = (), *, at_ms: int = 0
+    ) -> None:
+        """Upsert the engine's per-trip checkpoints and delete those of ``removed`` trips.
+        Called inside the unit of work of the batch they cover."""
+
+    @abc.abstractmethod
+    def engine_states(self) -> dict[str, bytes]:
+        """Every stored per-trip engine checkpoint, by trip id."""
 
     # -- devices ----------------------------------------------------------------------------
     @abc.abstractmethod

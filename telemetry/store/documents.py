@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
@@ -87,6 +87,24 @@ class SqlStore(Store):
     def _put(self, sql: str, what: str, params: Q.Params, **context: Any) -> None:
         with self._session("write", what, **context) as s:
             s.execute(sql, params)
+
+    # -- engine state -----------------------------------------------------------------------
+    def save_engine_states(
+        self, states: Mapping[str, bytes], removed: Iterable[str] = (), *, at_ms: int = 0
+    ) -> None:
+        gone = [{"trip_id": t} for t in removed if t not in states]
+        rows = [{"trip_id": t, "state": bytes(b), "at": int(at_ms)} for t, b in states.items()]
+        if not rows and not gone:
+            return
+        with self._session("atomic", "save_engine_states") as s:
+            if rows:
+                s.executemany(Q.PUT_ENGINE_STATE, rows)
+            if gone:
+                s.executemany(Q.DELETE_ENGINE_STATE, gone)
+
+    def engine_states(self) -> dict[str, bytes]:
+        rows = self._fetch(Q.ENGINE_STATES, {}, "engine_states")
+        return {str(trip_id): bytes(state) for trip_id, state in rows}
 
     # -- devices ----------------------------------------------------------------------------
     def put_device(self, device: Doc) -> None:

@@ -193,6 +193,12 @@ PUT_GEOFENCE = upsert("geofences", "geofence_id", ("kind", "shipper"))
 PUT_TRIP = upsert("trips", "trip_id", ("shipper", "status", "planned_start"))
 PUT_API_KEY = upsert("api_keys", "key_hash", ("role", "shipper"))
 PUT_WEBHOOK = upsert("webhooks", "webhook_id", ("shipper",))
+PUT_ENGINE_STATE = (
+    "INSERT INTO engine_state (trip_id, state, updated_at) VALUES (:trip_id, :state, :at) "
+    "ON CONFLICT (trip_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
+)
+DELETE_ENGINE_STATE = "DELETE FROM engine_state WHERE trip_id = :trip_id"
+ENGINE_STATES = "SELECT trip_id, state FROM engine_state"
 
 DEVICE_IDS = "SELECT device_id FROM devices"
 COUNT_API_KEYS = "SELECT count(*) FROM api_keys"

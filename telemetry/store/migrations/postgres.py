@@ -247,4 +247,20 @@ DELIVERY_LEASES = Migration(
     ),
 )
 
-POSTGRES: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES)
+# The rule engine's per-trip checkpoint (rules.Engine.export_trip_state), written in the
+# same transaction as the telemetry and alarms it covers, read back on start.
+ENGINE_STATE = Migration(
+    3,
+    "engine state",
+    (
+        """
+        CREATE TABLE engine_state (
+            trip_id    text PRIMARY KEY,
+            state      bytea NOT NULL,
+            updated_at bigint NOT NULL
+        )
+        """,
+    ),
+)
+
+POSTGRES: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES, ENGINE_STATE)

@@ -217,4 +217,20 @@ DELIVERY_LEASES = Migration(
     ),
 )
 
-SQLITE: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES)
+# The rule engine's per-trip checkpoint (rules.Engine.export_trip_state), written in the
+# same transaction as the telemetry and alarms it covers, read back on start.
+ENGINE_STATE = Migration(
+    3,
+    "engine state",
+    (
+        """
+        CREATE TABLE engine_state (
+            trip_id    TEXT PRIMARY KEY,
+            state      BLOB NOT NULL,
+            updated_at INTEGER NOT NULL
+        )
+        """,
+    ),
+)
+
+SQLITE: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES, ENGINE_STATE)
