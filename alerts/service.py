@@ -26,6 +26,7 @@ from alerts.metrics import AlertMetrics, NullAlertMetrics
 from alerts.outbox import WEBHOOK_EVENTS, enqueue_event, jsonable, stable_event_id
 from alerts.render import iso, render_alarm
 from core.clock import Clock
+from core.errors import Unavailable
 from rules.events import (
     AlarmSignal,
     EngineEvent,
@@ -93,7 +94,7 @@ class AlarmService:
         """Record engine events in the caller's unit of work, publishing nothing: returns
         the new alarms and the live events to :meth:`publish` once that work committed.
         Each event is a savepoint, all of the event or none, so a bad one is skipped and
-        the rest kept."""
+        the rest kept; an unavailable store fails the whole call (the caller retries)."""
         created: list[Doc] = []
         live: Live = []
         batch = _BatchLookups(self._store, self._default_sla)
@@ -105,6 +106,8 @@ class AlarmService:
                 try:
                     with self._store.unit_of_work():
                         self._apply(event, batch, live, created)
+                except Unavailable:
+                    raise  # the database failed, not the event: the whole batch is retried
                 except Exception:
                     self.metrics.alerts_error("event")
                     logger.exception("could not handle engine event %r", event)
@@ -304,7 +307,9 @@ class AlarmService:
             entries[:] = made
             return new
 
-        with self._lock:
+        # One unit of work: the transition, its history and its webhooks are kept together
+        # or not at all (a desk retrying after a 503 then finds the alarm as it was).
+        with self._lock, self._store.unit_of_work():
             new = self._update(alarm_id, apply)
             assert new is not None
             for entry in entries:
@@ -468,9 +473,11 @@ class AlarmService:
             )
         except Conflict:
             pass  # the same event (same id) was enqueued before: nothing to add
+        except Unavailable:
+            raise  # the database failed: the caller's unit of work is retried as a whole
         except Exception:
-            # The change itself is stored; losing the webhook must not turn an ack into an
-            # error for the desk. Counted so an operator sees it.
+            # A bad event (a bug) must not turn an ack into an error for the desk; counted
+            # so an operator sees it.
             self.metrics.alerts_error("webhook_enqueue")
             logger.exception("could not enqueue %s %s", event_type, event_id)
 

@@ -1252,3 +1252,19 @@ def test_a_failed_call_or_nested_unit_leaves_the_rest_of_the_unit(store: Store) 
     assert store.get_shipper("pg") == {"shipper": "pg"}
     assert store.get_shipper("acme") is None
     assert store.get_alarm("a2") is not None
+
+
+def test_engine_states_are_upserted_deleted_and_kept_with_their_unit_of_work(
+    store: Store,
+) -> None:
+    store.save_engine_states({"T1": b'{"v": 1}', "T2": b"\x00\xffbinary"}, at_ms=5)
+    assert store.engine_states() == {"T1": b'{"v": 1}', "T2": b"\x00\xffbinary"}
+    store.save_engine_states({"T1": b'{"v": 2}'}, ["T2"], at_ms=6)
+    assert store.engine_states() == {"T1": b'{"v": 2}'}
+    # A checkpoint is written with the batch it covers: a rolled-back unit keeps nothing.
+    with pytest.raises(RuntimeError), store.unit_of_work():
+        store.save_engine_states({"T1": b'{"v": 3}', "T3": b"{}"})
+        raise RuntimeError("the batch failed")
+    assert store.engine_states() == {"T1": b'{"v": 2}'}
+    store.save_engine_states({}, ["T1", "unknown"])
+    assert store.engine_states() == {}
