@@ -233,3 +233,48 @@ def test_a_restart_mid_stop_continues_the_episode_without_a_second_alarm(
     again = [e for e in runtime.store.trip_events("T1") if e.get("kind") == "milestone"]
     assert [m["event_id"] for m in again] == [m["event_id"] for m in milestones]
     runtime.close()
+
+
+def test_a_three_hour_backlog_after_a_restart_is_evaluated_from_stored_history(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """The e-lock stores its events for ~3 hours while the truck's GPS unit reports live;
+    the engine restarts meanwhile. When the backlog arrives, the unlock on the road 2 h 10 min
+    ago is located by the GPS track of that time (from the store: the process that saw it
+    is gone) and raised once, ``detected_late``; so is the tamper."""
+    runtime, _ = open_world(tmp_path, clock)
+    start_trip(runtime)
+
+    def drive(first: int, last: int, rt: Runtime) -> None:
+        for i in range(first, last + 1):
+            ts = T0 + i * 60_000
+            clock.set(ts)
+            rt.pipeline.process([position(ts, 31.45 - i * 0.0006, 121.10 + i * 0.0012)])
+            rt.pipeline.tick(ts)
+
+    drive(1, 100, runtime)
+    runtime.close()
+    runtime, _ = open_world(tmp_path, clock)
+    drive(101, 160, runtime)
+    late = alarm_counts(runtime).pop("LATE_ARRIVAL", 0)  # the small test plan's ETA is early
+    assert alarm_counts(runtime) == ({"LATE_ARRIVAL": late} if late else {})
+
+    now = T0 + 160 * 60_000
+    backlog = {"ts": 0, "event": "heartbeat"}
+    events = [dict(backlog, ts=T0 + k * 600_000, seq=k) for k in range(1, 16)]
+    events.append({"ts": T0 + 30 * 60_000 + 5_000, "event": "unlocked", "seq": 100})
+    events.append({"ts": T0 + 60 * 60_000 + 5_000, "event": "tamper", "seq": 101})
+    message = RawMessage("devices/lock-1/lock", orjson.dumps(events), now)
+    runtime.pipeline.process([message])
+    runtime.pipeline.process([message])  # redelivered: nothing twice
+    alarms = {a["type"]: a for a in runtime.store.list_alarms(limit=100)}
+    counts = alarm_counts(runtime)
+    counts.pop("LATE_ARRIVAL", None)
+    assert counts == {"UNAUTHORIZED_UNLOCK": 1, "LOCK_TAMPER": 1}
+    unlock = alarms["UNAUTHORIZED_UNLOCK"]
+    assert unlock["details"].get("detected_late") is True
+    assert not unlock["details"].get("position_unknown")
+    # located where the GPS was at 00:30 (30 steps along the route), not at the last fix
+    assert unlock["lat"] == pytest.approx(31.45 - 30 * 0.0006, abs=0.002)
+    assert alarms["LOCK_TAMPER"]["details"].get("detected_late") is True
+    runtime.close()
