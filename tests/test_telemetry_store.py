@@ -1268,3 +1268,80 @@ def test_engine_states_are_upserted_deleted_and_kept_with_their_unit_of_work(
     assert store.engine_states() == {"T1": b'{"v": 2}'}
     store.save_engine_states({}, ["T1", "unknown"])
     assert store.engine_states() == {}
+
+
+# -- reads on behalf of a trip (tenancy through shared devices) -------------------------------
+def _trip(trip_id: str, shipper: str, devices: list[str], **kw: object) -> dict:
+    return {"trip_id": trip_id, "shipper": shipper, "devices": devices, "status": "planned", **kw}
+
+
+def test_trip_reads_keep_a_shared_devices_other_trips_out(store: Store) -> None:
+    """acme's trip used ``gps-shared`` first, then pg's: each trip reads only its own span,
+    whatever window is asked for, and the device's later trip takes its data over."""
+    hour = 3_600_000
+    acme = _trip(
+        "ACME-1",
+        "acme",
+        ["gps-shared"],
+        planned_start=T0,
+        status="completed",
+        activated_at=T0,
+        completed_at=T0 + 2 * hour,
+    )
+    # planned before acme's trip ended, activated after: its span starts at activation
+    pg = _trip(
+        "PG-1",
+        "pg",
+        ["gps-shared", "pg-lock"],
+        planned_start=T0 + hour,
+        status="active",
+        activated_at=T0 + 3 * hour,
+    )
+    store.put_trip(acme)
+    store.put_trip(pg)
+    store.insert_fixes([fix("gps-shared", T0 + i * 600_000, i) for i in range(0, 31)])
+    store.insert_lock_events(
+        [event("gps-shared", T0 + hour, "forced_open"), event("pg-lock", T0 + 4 * hour)]
+    )
+    pg_fixes = store.trip_fixes(pg)
+    assert pg_fixes and min(f.ts for f in pg_fixes) == T0 + 3 * hour
+    assert [e.ts for e in store.trip_lock_events(pg)] == [T0 + 4 * hour]
+    # an explicit window only narrows
+    assert store.trip_fixes(pg, since_ms=0) == pg_fixes
+    assert [f.ts for f in store.trip_fixes(pg, T0 + 4 * hour, T0 + 4 * hour)] == [T0 + 4 * hour]
+    acme_fixes = store.trip_fixes(acme, since_ms=0, until_ms=T0 + 100 * hour)
+    assert [f.ts for f in acme_fixes] == [T0 + i * 600_000 for i in range(13)]
+    assert [e.event.value for e in store.trip_lock_events(acme)] == ["forced_open"]
+    assert store.trip_fixes(acme, limit=3) == acme_fixes[:3]
+
+
+def test_trip_reads_of_overlapping_trips_follow_the_later_activation(store: Store) -> None:
+    """An earlier trip still running loses a shared device's data to the later one from the
+    later one's activation (the engine's choice) until that trip ends."""
+    hour = 3_600_000
+    store.put_trip(_trip("A", "acme", ["d1"], status="active", activated_at=T0))
+    store.put_trip(
+        _trip(
+            "B",
+            "pg",
+            ["d1"],
+            status="completed",
+            activated_at=T0 + hour,
+            completed_at=T0 + 2 * hour,
+        )
+    )
+    store.insert_fixes([fix("d1", T0 + i * hour // 2) for i in range(7)])
+    a = store.get_trip("A")
+    b = store.get_trip("B")
+    assert a is not None and b is not None
+    assert [f.ts for f in store.trip_fixes(a)] == [
+        T0,
+        T0 + hour // 2,
+        T0 + 5 * hour // 2,
+        T0 + 3 * hour,
+    ]
+    assert [f.ts for f in store.trip_fixes(b)] == [T0 + hour, T0 + 3 * hour // 2, T0 + 2 * hour]
+    # a trip never activated and without a planned start has no telemetry
+    store.put_trip(_trip("C", "pg", ["d1"]))
+    c = store.get_trip("C")
+    assert c is not None and store.trip_fixes(c) == []

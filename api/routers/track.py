@@ -65,13 +65,14 @@ def trip_track_view(trip_id: AnyId, runtime: RuntimeDep, principal: AnyKey, wind
         d_since, d_until = _default_window(trip, events)
         since = d_since if since is None else since
         until = d_until if until is None else until
-    devices = list(trip.get("devices") or [])
-    fixes = store.fixes(devices, since, until, limit=MAX_FIXES + 1)
+    # Only the trip's own telemetry: a shared device's data of other trips stays out,
+    # whatever window is asked for (telemetry.store.spans).
+    fixes = store.trip_fixes(trip, since, until, limit=MAX_FIXES + 1)
     truncated = len(fixes) > MAX_FIXES
     return trip_track(
         trip,
         fixes=fixes[:MAX_FIXES],
-        lock_events=store.lock_events(devices, since, until, limit=MAX_FIXES),
+        lock_events=store.trip_lock_events(trip, since, until, limit=MAX_FIXES),
         trip_events=events,
         alarms=store.list_alarms(trip_id=trip_id, limit=10_000),
         since_ms=since,

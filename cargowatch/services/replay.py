@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 import alerts
 import rules
 from core.errors import InvalidInput, NotFound
 from rules import validate_rules
 from rules.events import AlarmSignal
+from telemetry.models import Fix, LockEvent
 from telemetry.store import Store
+
+_T = TypeVar("_T", Fix, LockEvent)
 
 
 class ReplayService:
@@ -44,8 +47,17 @@ class ReplayService:
                 if devices & set(t.get("devices", []))
             ]
         checked = validate_rules(overrides or {}, "overrides")
-        fixes = self._store.fixes(sorted(devices), since_ms, until_ms)
-        events = self._store.lock_events(sorted(devices), since_ms, until_ms)
+        if trip_ids:
+            # A trip's replay sees only its own telemetry, not a shared device's other trips.
+            fixes = _merged(self._store.trip_fixes(t, since_ms, until_ms) for t in trips)
+            events = _merged(self._store.trip_lock_events(t, since_ms, until_ms) for t in trips)
+            extra = sorted(set(device_ids or []) - {d for t in trips for d in t["devices"]})
+            if extra:
+                fixes = _merged([fixes, self._store.fixes(extra, since_ms, until_ms)])
+                events = _merged([events, self._store.lock_events(extra, since_ms, until_ms)])
+        else:
+            fixes = self._store.fixes(sorted(devices), since_ms, until_ms)
+            events = self._store.lock_events(sorted(devices), since_ms, until_ms)
         shipper_rules = {s["shipper"]: s.get("rules") or {} for s in self._store.list_shippers()}
         replay_trips = [
             {k: v for k, v in t.items() if k != "status"} | {"status": "planned"} for t in trips
@@ -59,6 +71,15 @@ class ReplayService:
             geofences=self._store.list_geofences(),
         )
         return [render_signal(e) for e in out if isinstance(e, AlarmSignal)]
+
+
+def _merged(parts: Iterable[Sequence[_T]]) -> list[_T]:
+    """Telemetry of several reads, each once, in ``(ts, device_id)`` order."""
+    seen: dict[tuple[str, int, int | None], _T] = {}
+    for part in parts:
+        for item in part:
+            seen.setdefault((item.device_id, item.ts, item.seq), item)
+    return sorted(seen.values(), key=lambda x: (x.ts, x.device_id))
 
 
 def render_signal(s: AlarmSignal) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemetry.models import DeadLetter, Fix, LockEvent
+from telemetry.store.spans import Window, device_windows
 
 Doc = dict[str, Any]
 
@@ -132,6 +133,55 @@ class Store(abc.ABC):
         limit: int | None = None,
     ) -> list[LockEvent]:
         """As ``fixes``, for lock events."""
+
+    # Reads on behalf of a trip (track, replay): only the telemetry that is the trip's own.
+    def trip_windows(
+        self, trip: Doc, since_ms: int | None = None, until_ms: int | None = None
+    ) -> dict[str, list[Window]]:
+        """Per device of ``trip``, the time windows whose telemetry belongs to it: its own
+        span minus later trips of the same device (``telemetry.store.spans``), narrowed by
+        ``since_ms``/``until_ms``."""
+
+        def others(device_id: str) -> list[tuple[Doc, list[Doc]]]:
+            return [(t, self.trip_events(t["trip_id"])) for t in self.trips_for_device(device_id)]
+
+        events = self.trip_events(trip["trip_id"]) if trip.get("trip_id") else []
+        return device_windows(trip, events, others, since_ms, until_ms)
+
+    def trip_fixes(
+        self,
+        trip: Doc,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+    ) -> list[Fix]:
+        """``fixes`` of the trip's devices inside ``trip_windows``, ordered by
+        ``(ts, device_id)``; never another trip's telemetry through a shared device."""
+        out = [
+            f
+            for device, windows in self.trip_windows(trip, since_ms, until_ms).items()
+            for since, until in windows
+            for f in self.fixes([device], since, until, limit)
+        ]
+        out.sort(key=lambda f: (f.ts, f.device_id))
+        return out if limit is None else out[:limit]
+
+    def trip_lock_events(
+        self,
+        trip: Doc,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+    ) -> list[LockEvent]:
+        """As ``trip_fixes``, for lock events."""
+        out = [
+            e
+            for device, windows in self.trip_windows(trip, since_ms, until_ms).items()
+            for since, until in windows
+            for e in self.lock_events([device], since, until, limit)
+        ]
+        out.sort(key=lambda e: (e.ts, e.device_id))
+        return out if limit is None else out[:limit]
 
     @abc.abstractmethod
     def last_fix(self, device_id: str) -> Fix | None:
