@@ -51,7 +51,7 @@ class AckingPublisher:
     def __init__(self, port: int, client_id: str) -> None:
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.max_inflight_messages_set(1000)
-        self.client.reconnect_delay_set(0.1, 2)
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_publish = self._on_publish
         self._acks: collections.deque[int] = collections.deque()
         self._early: set[int] = set()

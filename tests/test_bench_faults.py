@@ -122,7 +122,7 @@ def test_publisher_records_each_puback(mosquitto: MosquittoServer) -> None:
 
 
 def test_table_has_a_row_per_fault() -> None:
-    faults = [
+    faults: list[dict[str, object]] = [
         {"fault": "kill9", "fixes_acknowledged": 12000, "fixes_lost": 0, "recover_s": 1.5},
         {"fault": "postgres_down", "error": "TimeoutError: x"},
     ]
