@@ -20,7 +20,7 @@ from core.errors import InvalidInput
 
 ENV_PREFIX = "CARGOWATCH_"
 # Fields whose variable is not ENV_PREFIX + NAME (the contract's short names).
-ENV_NAMES = {"mqtt_url": "CARGOWATCH_MQTT", "db_url": "CARGOWATCH_DB"}
+ENV_NAMES = {"mqtt_url": "CARGOWATCH_MQTT", "db_url": "CARGOWATCH_DB", "bus_url": "CARGOWATCH_BUS"}
 # The command-line flag of each field that has one (docs/operations.md, --help).
 FLAGS = {
     "mqtt_url": "--mqtt",
@@ -28,6 +28,8 @@ FLAGS = {
     "http": "--http",
     "log_level": "--log-level",
     "admin_key": "--api-key",
+    "bus_url": "--bus",
+    "workers": "--workers",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"  # what `simulate` publishes to without a setting
@@ -58,6 +60,21 @@ class Settings(BaseSettings):
         "sqlite:///cargowatch.sqlite",
         validation_alias=ENV_NAMES["db_url"],
         description="store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (TimescaleDB)",
+    )
+    bus_url: str | None = Field(
+        None,
+        validation_alias=ENV_NAMES["bus_url"],
+        description="partitioned engine: NATS JetStream, nats://USER:PASS@HOST:PORT "
+        "(`broker-config nats` prints it); set: devices are read from the bus, not --mqtt",
+    )
+    workers: int = Field(
+        0, ge=0, description="serve --bus: engine workers run inside the serve process"
+    )
+    bus_devices_gib: float = Field(
+        50.0, gt=0, description="bus: the DEVICES stream keeps at most this many GiB (7 days)"
+    )
+    bus_trips_gib: float = Field(
+        20.0, gt=0, description="bus: the TRIPS stream keeps at most this many GiB (2 days)"
     )
     http: str = Field("127.0.0.1:8080", description="HOST:PORT the API listens on")
     admin_key: str | None = Field(
@@ -94,8 +111,24 @@ class Settings(BaseSettings):
     clock_anchor_ms: int | None = Field(
         None, description="accelerated clock: the real time at which it reads CLOCK_START_MS"
     )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="API: a request body over this many bytes is a 413"
+    )
+    key_failures_per_min: int = Field(
+        20, ge=1, description="API: unknown keys one client address may try per minute (429)"
+    )
+    allow_private_targets: bool = Field(
+        False,
+        description="webhook and e-mail targets may be loopback, private or link-local "
+        "addresses (tests, on-premise receivers)",
+    )
+    mqtt_ca: str | None = Field(
+        None, description="mqtts://: CA certificate file the broker's certificate must chain to"
+    )
 
-    @field_validator("mqtt_url", "admin_key", "shared_group", "tiles", mode="before")
+    @field_validator(
+        "mqtt_url", "bus_url", "admin_key", "shared_group", "tiles", "mqtt_ca", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
@@ -110,6 +143,13 @@ class Settings(BaseSettings):
     def _check_mqtt_url(cls, v: str | None) -> str | None:
         if v is not None:
             broker_address(v)
+        return v
+
+    @field_validator("bus_url")
+    @classmethod
+    def _check_bus_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            bus_address(v)
         return v
 
     @field_validator("db_url")
@@ -201,6 +241,20 @@ def broker_address(url: str) -> tuple[str, int]:
     if not host or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError("the broker URL must look like mqtt://HOST:PORT")
     return host, port
+
+
+def bus_address(url: str) -> tuple[str, int]:
+    """``nats://[user:pass@]host[:port]`` -> (host, port); ValueError for anything else."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("nats", "tls"):
+        raise ValueError("the bus URL must look like nats://USER:PASS@HOST:PORT")
+    try:
+        port = parts.port or 4222
+    except ValueError:
+        raise ValueError("the bus URL's port must be a number from 1 to 65535") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("the bus URL must look like nats://USER:PASS@HOST:PORT")
+    return parts.hostname, port
 
 
 def check_db_url(url: str) -> None:
