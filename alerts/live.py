@@ -8,6 +8,13 @@ with one ``{"type": "overflow", "data": {"dropped": n}}`` marker at the gap.
 Events are ``{"type": ..., "shipper": str | None, "data": {...}}``; a subscription made
 with ``shipper=`` sees only that shipper's events (events with no shipper, e.g. positions of
 idle devices, go to unfiltered subscriptions only).
+
+Across processes (bus mode, several ``serve`` and ``worker`` processes): a relay sets
+``forward``, and then ``publish`` hands every event to it (it goes out on a NATS subject)
+instead of to local subscriptions; the relay feeds what every process published back in with
+``deliver``, so a local subscriber sees each event once, whichever process raised it.
+``remote_subscribers`` (set by the relay) counts subscribers of other processes, so that a
+publisher with none of its own still produces position events for them.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -163,9 +170,16 @@ class LiveHub:
         # Copy-on-write tuple: publishers read it without taking the lock.
         self._subs: tuple[Subscription, ...] = ()
         self.counters: collections.Counter[str] = collections.Counter()
+        # Bus mode: published events go to the relay, which ``deliver``s them back here.
+        self.forward: Callable[[list[Event]], None] | None = None
+        self.remote_subscribers = 0
 
     @property
     def subscriber_count(self) -> int:
+        return len(self._subs) + self.remote_subscribers
+
+    @property
+    def local_subscriber_count(self) -> int:
         return len(self._subs)
 
     def subscribe(self, *, shipper: str | None = None, maxsize: int = 1000) -> Subscription:
@@ -181,6 +195,17 @@ class LiveHub:
 
     def publish_many(self, events: Iterable[Event]) -> None:
         """Send a batch of events (one lock and at most one wake-up per subscription)."""
+        forward = self.forward
+        if forward is not None:
+            batch = list(events)
+            if batch:
+                forward(batch)
+            return
+        self.deliver(events)
+
+    def deliver(self, events: Iterable[Event]) -> None:
+        """Hand events to the local subscriptions (what ``publish_many`` does without a
+        relay; with one, the relay calls this with the events every process published)."""
         subs = self._subs
         if not subs:
             return

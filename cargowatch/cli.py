@@ -33,18 +33,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api import ApiServer, create_app
+    from api.limits import ApiLimits
     from cargowatch.listen import listen_socket
     from cargowatch.runtime import Runtime
 
     # The port first: in use or not ours is one line, before the database is opened.
     sock = listen_socket(settings.http_host, settings.http_port)
     try:
-        runtime = Runtime.open(settings)
+        if settings.bus_url:
+            from cargowatch.busmode.runtime import BusRuntime
+
+            runtime: Runtime = BusRuntime.open(settings)
+        else:
+            runtime = Runtime.open(settings)
     except BaseException:
         sock.close()
         raise
     config = uvicorn.Config(
-        create_app(runtime),
+        create_app(runtime, limits=ApiLimits.of(settings)),
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level,
@@ -72,6 +78,21 @@ class _Stopped(Exception):
 
 def _stopped(signum: int, frame: object) -> None:
     raise _Stopped
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from cargowatch.worker import run_worker
+
+    if not settings.bus_url:
+        print("cargowatch worker: --bus (or CARGOWATCH_BUS) is required", file=sys.stderr)
+        return BAD_INPUT
+    return asyncio.run(run_worker(settings))
+
+
+def _broker_config_nats(args: argparse.Namespace, settings: Settings) -> int:
+    from cargowatch import brokerconfig_nats
+
+    return brokerconfig_nats.run(args)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -144,7 +165,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-METAVARS = {"mqtt_url": "URL", "db_url": "URL", "http": "HOST:PORT", "admin_key": "KEY"}
+METAVARS = {
+    "mqtt_url": "URL",
+    "db_url": "URL",
+    "http": "HOST:PORT",
+    "admin_key": "KEY",
+    "bus_url": "URL",
+    "workers": "N",
+}
 
 
 def _setting(field: str, what: str | None = None, default: str | None = None) -> dict[str, Any]:
@@ -178,7 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(FLAGS["mqtt_url"], **_setting("mqtt_url"))
     s.add_argument(FLAGS["db_url"], **_setting("db_url"))
     s.add_argument(FLAGS["http"], **_setting("http"))
+    s.add_argument(FLAGS["bus_url"], **_setting("bus_url"))
+    s.add_argument(FLAGS["workers"], type=int, **_setting("workers"))
     s.set_defaults(func=_serve)
+
+    w = sub.add_parser(
+        "worker",
+        help="one engine worker of the partitioned engine (NATS JetStream)",
+        formatter_class=_HelpFormatter,
+        description="Claims a share of the bus partitions, validates, re-keys by trip, "
+        "stores and evaluates. Start and stop any number at any time: docs/scaling.md.",
+    )
+    w.add_argument(FLAGS["bus_url"], **_setting("bus_url"))
+    w.add_argument(FLAGS["db_url"], **_setting("db_url"))
+    w.set_defaults(func=_worker)
+
+    b = sub.add_parser(
+        "broker-config",
+        help="write a complete configuration for a real broker",
+        formatter_class=_HelpFormatter,
+        description="Writes the broker's configuration into DIR and prints two lines: the "
+        "command that starts the broker, then the URL to pass as --mqtt or --bus.",
+    )
+    brokers = b.add_subparsers(dest="broker", required=True)
+    bn = brokers.add_parser(
+        "nats",
+        help="NATS with JetStream and its MQTT listener (the partitioned engine)",
+        formatter_class=_HelpFormatter,
+    )
+    from cargowatch import brokerconfig_nats
+
+    brokerconfig_nats.add_arguments(bn)
+    bn.set_defaults(func=_broker_config_nats)
 
     d = sub.add_parser(
         "demo",

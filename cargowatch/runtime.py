@@ -56,13 +56,13 @@ class Runtime:
         self.hub = LiveHub()
         self.alarms = AlarmService(self.store, self.clock, self.hub, metrics=self.metrics)
         self.webhooks = WebhookSender(self.store, self.clock, metrics=self.metrics)
-        self.gate = EngineGate(self.store, self.alarms, self.clock)
+        self.gate = self._make_gate()
         self.pipeline = Pipeline(
             self.store, self.gate, self.clock, metrics=self.metrics, prefix=settings.topic_prefix
         )
         self.queue: asyncio.Queue[RawBatch] = asyncio.Queue(maxsize=settings.queue_batches)
         self.ingest: MqttIngest | None = None
-        if settings.mqtt_url:
+        if settings.mqtt_url and not settings.bus_url:  # bus mode: cargowatch.busmode
             self.ingest = MqttIngest(
                 settings.mqtt_url,
                 self.queue,
@@ -87,6 +87,10 @@ class Runtime:
         self._failing_since: int | None = None
         self._last_failure = ""
         wire_metrics(self)
+
+    def _make_gate(self) -> EngineGate:
+        """The engine gate (bus mode: one that holds no trips, ``busmode.apigate``)."""
+        return EngineGate(self.store, self.alarms, self.clock)
 
     @property
     def engine(self) -> Engine:
@@ -284,6 +288,11 @@ class Runtime:
             await asyncio.sleep(period)
 
     def close(self) -> None:
+        """Checkpoint the engine (the next start re-runs nothing) and close the store."""
+        try:
+            self.gate.flush()
+        except Exception as exc:
+            log.warning("engine checkpoint at stop failed (%s); the next start re-runs", exc)
         self.store.close()
 
 

@@ -2,11 +2,18 @@
 
 Every change of the engine's state — a batch of messages, a tick of the wall-clock rules, a
 trip created or ended from the API, a shipper's thresholds — goes through
-:meth:`EngineGate.commit`: the change, the alarms and milestones it emits and the checkpoint
-of every trip it touched are written in ONE store transaction. If anything in it fails, the
-transaction rolls back and the engine is rebuilt from the store's last checkpoint, so the
-engine never runs ahead of what is stored: a batch that is retried is evaluated again, and
-one that was committed is never evaluated twice (the store de-duplicates its telemetry).
+:meth:`EngineGate.commit`: the batch's telemetry, the change, and the alarms, milestones and
+outbox rows it emits are written in ONE store transaction. If anything in it fails, the
+transaction rolls back and the engine is rebuilt from the store, so the engine never runs
+ahead of what is stored: a batch that is retried is evaluated again, and one that was
+committed is never evaluated twice (the store de-duplicates its telemetry).
+
+The engine's per-trip checkpoints are written in such a transaction too, but at most every
+``checkpoint_every_s`` (writing 1,400 trips' state every batch would cost several times the
+rules themselves). Each checkpoint records the receive time it covers; a rebuild imports it
+and re-runs the trip's messages stored since. What that re-run emits again is already
+stored and is recognised by its identity — an alarm per (trip, type, episode), a milestone
+and a webhook event by their stable ids — so nothing is raised or sent twice.
 
 Lock order, the same on every path: engine lock, then the alarm service's lock, then the
 store's unit of work.
@@ -16,18 +23,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from alerts import AlarmService
 from core.clock import Clock
-from rules import Engine
+from rules import HISTORY_LOOKBACK_MS, Engine
 from rules.events import EngineEvent
 from telemetry.models import Fix, LockEvent
 from telemetry.store import Store
 
 log = logging.getLogger(__name__)
+
+#: how often (real seconds) the engine's changed trips are checkpointed
+CHECKPOINT_EVERY_S = 5.0
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -36,10 +47,24 @@ Doc = dict[str, Any]
 class EngineGate:
     """One ``Engine``, the lock every caller holds while using it, and its durable state."""
 
-    def __init__(self, store: Store, alarms: AlarmService, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        alarms: AlarmService,
+        clock: Clock,
+        *,
+        trip_filter: Callable[[str], bool] | None = None,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    ) -> None:
         self.store = store
         self.alarms = alarms
         self.clock = clock
+        # Partitioned engine (bus mode): this gate holds only the trips the filter admits.
+        self.trip_filter = trip_filter
+        self.checkpoint_every_s = checkpoint_every_s
+        #: every message received up to this time (epoch ms) has been committed
+        self.covered_to = 0
+        self._last_checkpoint = time.monotonic()
         self.lock = threading.RLock()
         self.engine = self._new_engine()
         self.reloads = 0
@@ -71,12 +96,14 @@ class EngineGate:
         *,
         before: Callable[[], None] | None = None,
         after: Callable[[T], None] | None = None,
+        covers: int | None = None,
     ) -> tuple[T, list[Doc]]:
         """Apply ``change`` to the engine and record its events and checkpoint in one
         transaction; ``before`` runs first in that transaction (the batch's telemetry),
         ``after`` last (e.g. flags on stored fixes). Returns the change's result and the new
-        alarms. On any failure nothing is kept: the engine is rebuilt from the store and the
-        error propagates."""
+        alarms; ``covers``: the newest receive time of the messages this commit stores. On any
+        failure nothing is kept: the engine is rebuilt from the store and the error
+        propagates."""
         with self.lock, self.alarms.locked():
             if self._stale:
                 self.reload()  # the last reload failed (store down): not on a stale engine
@@ -88,27 +115,46 @@ class EngineGate:
                     created, live = self.alarms.stage(events_of(result))
                     if after is not None:
                         after(result)
-                    self._checkpoint()
+                    covered = max(self.covered_to, covers or 0)
+                    self._checkpoint(covered)
             except BaseException:
                 try:
                     self.reload()
                 except Exception:
                     log.exception("engine state could not be reloaded; retried before next use")
                 raise
+        self.covered_to = covered
         self.alarms.publish(live)
         return result, created
 
     def load(self) -> None:
-        """Start-up: the engine from the store, and a checkpoint of what loading changed
-        (trips that had none yet)."""
-        self.commit(lambda engine: load_engine(self.store, engine), lambda _: ())
+        """Start-up: the engine from the store (checkpoints, then the messages stored since),
+        and a checkpoint of the result."""
+        with self.lock:
+            self.engine = self._new_engine()
+            covered, _ = self.commit(self._load_into, lambda _: ())
+            self.covered_to = max(self.covered_to, covered)
+            with self.store.unit_of_work():
+                self._checkpoint(self.covered_to, force=True)
 
-    def _checkpoint(self) -> None:
-        changed, removed = self.engine.take_dirty()
-        if not changed and not removed:
+    def _load_into(self, engine: Engine) -> int:
+        return load_engine(self.store, engine, self.clock.now_ms(), trip_filter=self.trip_filter)
+
+    def _checkpoint(self, covered: int, force: bool = False) -> None:
+        due = time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s
+        if not (due or force):
             return
-        states = {t: self.engine.export_trip_state(t) for t in changed}
-        self.store.save_engine_states(states, removed, at_ms=self.clock.now_ms())
+        changed, removed = self.engine.take_dirty()
+        if changed or removed:
+            states = {t: self.engine.export_trip_state(t) for t in changed}
+            self.store.save_engine_states(states, removed, at_ms=covered)
+        self._last_checkpoint = time.monotonic()
+
+    def flush(self) -> None:
+        """Checkpoint every changed trip now (a graceful stop: the next start re-runs
+        nothing)."""
+        with self.lock, self.store.unit_of_work():
+            self._checkpoint(self.covered_to, force=True)
 
     def reload(self) -> None:
         """Rebuild the engine from the store: its state as of the last commit. If the store
@@ -117,18 +163,26 @@ class EngineGate:
             self.reloads += 1
             self._stale = True
             engine = self._new_engine()
-            load_engine(self.store, engine)
-            engine.take_dirty()  # what was loaded is what is stored
+            self._load_into(engine)
             self.engine = engine
             self._stale = False
 
 
-def load_engine(store: Store, engine: Engine) -> None:
-    """Shipper rules, geofences and open trips from the store into ``engine``, each trip
-    continuing from its stored checkpoint. Each stored object is loaded on its own: one the
-    engine refuses (written by an older version, or by hand) is logged and skipped — a
-    shipper then runs on the default thresholds, a trip without a usable checkpoint from its
-    document and milestone history — instead of stopping the whole service."""
+def load_engine(
+    store: Store,
+    engine: Engine,
+    now_ms: int,
+    *,
+    trip_filter: Callable[[str], bool] | None = None,
+) -> int:
+    """Shipper rules, geofences and open trips from the store into ``engine``: each trip from
+    its checkpoint, then the messages stored since (received after the checkpoint, within
+    ``HISTORY_LOOKBACK_MS``). Each stored object is loaded on its own: one the engine refuses
+    (written by an older version, or by hand) is logged and skipped — a shipper then runs on
+    the default thresholds, a trip without a usable checkpoint from its document and
+    milestone history and all its stored messages — instead of stopping the whole service.
+    ``trip_filter`` (bus mode): only the trips it admits. Returns the newest receive time
+    the loaded state covers."""
     for shipper in store.list_shippers():
         try:
             engine.put_shipper_rules(shipper["shipper"], shipper.get("rules") or {})
@@ -144,22 +198,38 @@ def load_engine(store: Store, engine: Engine) -> None:
         except Exception:
             log.exception("stored geofence %s could not be loaded", fence.get("geofence_id"))
     states = store.engine_states()
+    horizon = now_ms - HISTORY_LOOKBACK_MS
+    fixes: list[Fix] = []
+    events: list[LockEvent] = []
     for status in ("planned", "active"):
         for trip in store.list_trips(status=status, limit=1_000_000):
-            trip_id = trip.get("trip_id")
+            trip_id = str(trip.get("trip_id"))
+            if trip_filter is not None and not trip_filter(trip_id):
+                continue
             try:
-                engine.upsert_trip(trip, store.trip_events(trip["trip_id"]))
+                engine.upsert_trip(trip, store.trip_events(trip_id))
             except Exception:
                 log.exception("stored trip %s could not be loaded", trip_id)
                 continue
-            blob = states.get(str(trip_id))
-            if blob is None:
-                continue
-            try:
-                engine.import_trip_state(str(trip_id), blob)
-            except Exception as exc:
-                log.error(
-                    "checkpoint of trip %s not used (%s); it continues from its milestones",
-                    trip_id,
-                    exc,
-                )
+            since: int | None = None
+            blob = states.get(trip_id)
+            if blob is not None:
+                try:
+                    engine.import_trip_state(trip_id, blob[0])
+                    since = blob[1]
+                except Exception as exc:
+                    log.error(
+                        "checkpoint of trip %s not used (%s); it is re-run from its messages",
+                        trip_id,
+                        exc,
+                    )
+            devices = [str(d) for d in trip.get("devices") or []]
+            fixes += store.fixes(devices, horizon, received_since=since)
+            events += store.lock_events(devices, horizon, received_since=since)
+    # What the checkpoints do not cover yet, in one engine call (event-time order per
+    # device); what it emits again is recognised by the store and not raised twice.
+    engine.process(fixes, events, now_ms)
+    received = [f.received_at for f in fixes] + [e.received_at for e in events]
+    covered = max([at for _, at in states.values()] + received, default=0)
+    engine.take_dirty()  # what was loaded is stored; the caller checkpoints from here
+    return covered

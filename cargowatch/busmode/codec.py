@@ -1,0 +1,84 @@
+"""The payload of a re-keyed message: one validated record, exactly as stage 1 parsed it.
+
+Stage 2 must not validate again (stage 1 did, and a second opinion could differ, e.g. on
+``future_ts`` against a later clock), so the record travels as a compact JSON array of its
+fields, ``received_at`` included, and is rebuilt field for field::
+
+    ["p", ts, lat, lon, speed_kmh, heading_deg, hdop, sats, battery_pct, seq, received_at, extra]
+    ["l", ts, event, method, lat, lon, battery_pct, seq, received_at, extra]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from telemetry.models import Fix, LockEvent, LockEventType, UnlockMethod
+
+POSITION = "position"
+LOCK = "lock"
+
+
+def encode(record: Fix | LockEvent) -> bytes:
+    if isinstance(record, Fix):
+        row: list[Any] = [
+            "p",
+            record.ts,
+            record.lat,
+            record.lon,
+            record.speed_kmh,
+            record.heading_deg,
+            record.hdop,
+            record.sats,
+            record.battery_pct,
+            record.seq,
+            record.received_at,
+            record.extra,
+        ]
+    else:
+        row = [
+            "l",
+            record.ts,
+            record.event.value,
+            None if record.method is None else record.method.value,
+            record.lat,
+            record.lon,
+            record.battery_pct,
+            record.seq,
+            record.received_at,
+            record.extra,
+        ]
+    return orjson.dumps(row)
+
+
+def decode(device_id: str, data: bytes) -> Fix | LockEvent:
+    """The record back; ValueError (or KeyError/TypeError) for a payload not made by
+    ``encode`` (the caller dead-letters it)."""
+    row = orjson.loads(data)
+    if not isinstance(row, list) or not row:
+        raise ValueError("not a re-keyed record")
+    if row[0] == "p":
+        _, ts, lat, lon, speed, heading, hdop, sats, battery, seq, received, extra = row
+        return Fix(
+            device_id, ts, lat, lon, speed, heading, hdop, sats, battery, seq, received, extra
+        )
+    if row[0] == "l":
+        _, ts, event, method, lat, lon, battery, seq, received, extra = row
+        return LockEvent(
+            device_id,
+            ts,
+            LockEventType(event),
+            None if method is None else UnlockMethod(method),
+            lat,
+            lon,
+            battery,
+            seq,
+            received,
+            extra,
+        )
+    raise ValueError(f"unknown record kind {row[0]!r}")
+
+
+def kind_of(record: Fix | LockEvent) -> str:
+    return POSITION if isinstance(record, Fix) else LOCK

@@ -1,0 +1,101 @@
+"""``serve --bus``: the API, alarm handling (escalation), webhooks and e-mail, plus
+``--workers N`` engine workers in the same process; any number of these may run.
+
+The differences from ``serve --mqtt`` (``cargowatch.runtime.Runtime``):
+
+- no MQTT ingest, no pipeline and no tick loop of its own: telemetry is the workers' (local
+  ones here, or ``cargowatch worker`` processes);
+- its engine gate holds no trips (``apigate``): API changes load the trip they name from the
+  store and tell the workers after the commit (``control``);
+- its live hub is relayed over NATS (``live``), so ``/v1/live`` shows every process's events;
+- escalations and webhook deliveries are claimed with leases in the store, so several serve
+  processes share them without doing anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cargowatch.busmode.apigate import ApiGate
+from cargowatch.busmode.control import ControlPublisher
+from cargowatch.busmode.live import LiveRelay
+from cargowatch.runtime import Runtime
+from cargowatch.services import EngineGate
+from cargowatch.settings import Settings
+from cargowatch.worker import BusWorker, connect
+from core.clock import Clock
+from telemetry.store import Store
+
+
+class BusRuntime(Runtime):
+    def __init__(self, settings: Settings, *, store: Store, clock: Clock | None = None) -> None:
+        self.control = ControlPublisher()
+        self.workers: list[BusWorker] = []
+        self.relay: LiveRelay | None = None
+        super().__init__(settings, store=store, clock=clock)
+
+    def _make_gate(self) -> EngineGate:
+        return ApiGate(self.store, self.alarms, self.clock, notify=self.control)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        assert self.settings.bus_url
+        nc = await connect(self.settings.bus_url, "cargowatch-serve")
+        relay = self.relay = LiveRelay(self.hub, nc, receive=True)
+        await relay.start()
+        self.control.attach(nc)
+        self.workers = [
+            BusWorker(
+                self.settings,
+                store=self.store,
+                clock=self.clock,
+                hub=self.hub,
+                metrics=self.metrics,
+            )
+            for _ in range(self.settings.workers)
+        ]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                loops = [
+                    tg.create_task(self.alarms.run(), name="escalation"),
+                    tg.create_task(self.webhooks.run(), name="webhooks"),
+                ]
+                workers = [
+                    tg.create_task(w.run(), name=f"worker-{i}") for i, w in enumerate(self.workers)
+                ]
+                self.started = True
+                try:
+                    yield self
+                finally:
+                    self.started = False
+                    # Workers first: each hands its partitions over (leases released).
+                    for t in workers:
+                        t.cancel()
+                    for t in workers:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
+                    for t in loops:
+                        t.cancel()
+        finally:
+            self.control.detach()
+            await relay.stop()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    def health(self) -> dict[str, Any]:
+        doc = super().health()
+        doc["bus"] = {
+            "workers": [
+                {
+                    "owner": w.owner,
+                    "device_partitions": sorted(w.owned[0]),
+                    "trip_partitions": sorted(w.owned[1]),
+                }
+                for w in self.workers
+            ],
+            "live_relay": self.relay is not None,
+        }
+        return doc

@@ -1,0 +1,270 @@
+"""Stage 2: one TRIPS partition → its own engine → the store, exactly once.
+
+A ``TripPartition`` is made when a worker acquires trip partition ``n``: its own
+``EngineGate`` (its own ``Engine`` and ``AlarmService``) restored from the store's checkpoints
+of the trips that map to ``n`` (``trip_filter``). Each batch goes through the same steps as
+``cargowatch.pipeline.Pipeline``: the batch's telemetry, the rules' verdicts, alarms, outbox
+rows and the touched trips' checkpoints in ONE store transaction (``EngineGate.commit``); the
+consumer acknowledges after it returns. Records arrive validated (stage 1), so nothing is
+parsed again (``codec``).
+
+**Idempotent, because a lease can move while a commit is in flight.** The old owner's commit
+may land after the new owner restored the partition. Telemetry de-duplicates (the engine only
+evaluates newly stored records), alarms have an identity per (trip, type, episode),
+milestones stable ids, checkpoints are upserts: a redelivered batch raises nothing twice.
+
+A trip unknown to this gate (created after the gate was restored, e.g. through the API of
+another process) is loaded from the store when its first message arrives, or when the
+control subject says it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import rules
+from alerts import AlarmService, LiveHub
+from cargowatch.busmode.codec import decode
+from cargowatch.metrics import Metrics
+from cargowatch.services.engine import EngineGate
+from core.clock import Clock
+from rules import Engine, EngineResult
+from telemetry.bus.consumer import BusMessage
+from telemetry.bus.partitions import trip_partition
+from telemetry.bus.rekey import TRIP_HEADER
+from telemetry.errors import StoreError
+from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent
+from telemetry.store import Store
+
+log = logging.getLogger(__name__)
+
+ENDED = ("completed", "cancelled")
+SLOW_BATCH_S = 0.5
+
+
+def refresh_trip(store: Store, engine: Engine, trip_id: str) -> None:
+    """Bring one trip in ``engine`` up to the store: loaded (with its checkpoint) when
+    missing, its document taken over when loaded, dropped when ended or gone."""
+    doc = store.get_trip(trip_id)
+    loaded = _loaded(engine, trip_id)
+    if doc is None or doc.get("status") in ENDED:
+        if loaded:
+            engine.upsert_trip({**(doc or {"trip_id": trip_id}), "status": "completed"})
+        return
+    if doc.get("status") not in ("planned", "active"):
+        return
+    engine.upsert_trip(doc, store.trip_events(trip_id))
+    if loaded:
+        return
+    blob = store.engine_states().get(trip_id)
+    if blob is not None:
+        try:
+            engine.import_trip_state(trip_id, blob)
+        except rules.RulesError as exc:
+            log.error("checkpoint of trip %s not used (%s)", trip_id, exc)
+
+
+def _loaded(engine: Engine, trip_id: str) -> bool:
+    try:
+        engine.trip_state(trip_id)
+    except (KeyError, rules.RulesError):
+        return False
+    return True
+
+
+class TripPartition:
+    """Trip partition ``n`` of ``partitions``: its gate, its batches and its tick."""
+
+    def __init__(
+        self,
+        n: int,
+        partitions: int,
+        *,
+        store: Store,
+        clock: Clock,
+        hub: LiveHub,
+        metrics: Metrics,
+    ) -> None:
+        self.n = n
+        self.partitions = partitions
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.alarms = AlarmService(store, clock, hub, metrics=metrics)
+        self.gate = EngineGate(store, self.alarms, clock, trip_filter=self.holds)
+        self.closed = False
+        self._checked: set[str] = set()  # trips named by messages, looked up once
+        self.evaluated_to = clock.now_ms()
+        self._horizon = self.evaluated_to
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.alarms_raised = 0
+
+    def holds(self, trip_id: str) -> bool:
+        return trip_partition(trip_id, self.partitions) == self.n
+
+    def load(self) -> None:
+        """Restore the partition's trips from their checkpoints (on acquiring it)."""
+        self.gate.load()
+
+    def close(self) -> None:
+        """The partition was lost: no tick or change through this gate any more."""
+        with self.gate.lock:
+            self.closed = True
+
+    # -- batches ----------------------------------------------------------------------------
+    def process(self, batch: Sequence[BusMessage]) -> int:
+        """Store and evaluate one batch; returns the alarms raised. Store errors propagate
+        (the consumer then gives the batch back and it is redelivered)."""
+        t0 = time.perf_counter()
+        fixes: list[Fix] = []
+        events: list[LockEvent] = []
+        dead: list[DeadLetter] = []
+        named: set[str] = set()
+        for m in batch:
+            try:
+                if m.device_id is None:
+                    raise ValueError("no device in the subject")
+                record = decode(m.device_id, m.data)
+            except Exception as exc:
+                dead.append(
+                    DeadLetter(
+                        m.topic,
+                        m.data[:65536],
+                        m.timestamp_ns // 1_000_000,
+                        DeadLetterReason.SCHEMA,
+                        f"not a re-keyed record: {exc}",
+                        m.device_id,
+                    )
+                )
+                continue
+            if isinstance(record, Fix):
+                fixes.append(record)
+            else:
+                events.append(record)
+            trip = (m.headers or {}).get(TRIP_HEADER)
+            if trip and trip not in self._checked:
+                named.add(trip)
+        stored: dict[str, Any] = {"fixes": fixes, "events": events}
+        marks: dict[str, float] = {}
+
+        def store_batch() -> None:
+            if dead:
+                self.store.insert_dead_letters(dead)
+            if fixes:
+                mask = self.store.insert_fixes(fixes)
+                stored["fixes"] = [f for f, new in zip(fixes, mask, strict=True) if new]
+            if events:
+                mask = self.store.insert_lock_events(events)
+                stored["events"] = [e for e, new in zip(events, mask, strict=True) if new]
+            marks["store"] = time.perf_counter()
+
+        now = self.clock.now_ms()
+
+        def evaluate(engine: Engine) -> EngineResult:
+            for trip_id in named:
+                if self.holds(trip_id):
+                    refresh_trip(self.store, engine, trip_id)
+            try:
+                return engine.process(stored["fixes"], stored["events"], now)
+            except StoreError:
+                raise
+            except Exception:
+                log.exception("rule engine failed on a batch of %d messages", len(batch))
+                self.metrics.rule_errors.inc()
+                engine.take_dirty()
+                marks["rule_bug"] = 1.0
+                return EngineResult([])
+
+        def flag(result: EngineResult) -> None:
+            by_flag: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
+            for key, name in result.flagged:
+                by_flag[name].append(key)
+            for name, keys in by_flag.items():
+                self.store.flag_fixes(keys, name)
+
+        with self.gate.lock:
+            if self.closed:
+                raise RuntimeError(f"trip partition {self.n} was lost")
+            _, created = self.gate.commit(
+                evaluate, lambda r: r.events, before=store_batch, after=flag
+            )
+            if "rule_bug" in marks:
+                self.gate.reload()
+        self._checked |= named
+        new_f, new_e = stored["fixes"], stored["events"]
+        metrics = self.metrics
+        metrics.fixes_stored.inc(len(new_f))
+        metrics.lock_events_stored.inc(len(new_e))
+        metrics.duplicates.inc(len(fixes) - len(new_f) + len(events) - len(new_e))
+        metrics.batch_size.observe(len(batch))
+        received = [f.received_at for f in fixes] + [e.received_at for e in events]
+        if received:
+            with self._lock:
+                self.evaluated_to = max(self.evaluated_to, max(received))
+            lag_s = max(0, now - min(received)) / 1000
+            metrics.last_batch_lag_seconds.set(lag_s)
+            metrics.ingest_lag_seconds.observe(lag_s)
+        self.batches += 1
+        self.alarms_raised += len(created)
+        elapsed = time.perf_counter() - t0
+        if elapsed > SLOW_BATCH_S:
+            log.warning(
+                "slow batch on trip partition %d: %d messages in %.2f s (store %.2f)",
+                self.n,
+                len(batch),
+                elapsed,
+                marks.get("store", t0) - t0,
+            )
+        return len(created)
+
+    # -- wall-clock rules and changes from the API ------------------------------------------
+    def tick(self, now: int, backlog: bool) -> int:
+        """Signal loss, late arrival, activation up to the horizon (as ``Pipeline.tick``: with
+        messages of this partition waiting, only up to what has been evaluated)."""
+        with self._lock:
+            seen = now if not backlog else min(now, self.evaluated_to)
+            self._horizon = max(self._horizon, seen)
+            at = self._horizon
+        with self.gate.lock:
+            if self.closed:
+                return 0
+            _, created = self.gate.commit(lambda engine: engine.tick(at), lambda events: events)
+        self.alarms_raised += len(created)
+        return len(created)
+
+    def refresh(self, trip_id: str) -> None:
+        """A trip of this partition changed in the store (created, changed, ended)."""
+        with self.gate.lock:
+            if self.closed:
+                return
+            self.gate.commit(lambda engine: refresh_trip(self.store, engine, trip_id), lambda _: ())
+            self._checked.add(trip_id)
+
+    def put_shipper(self, shipper: str) -> None:
+        doc = self.store.get_shipper(shipper)
+        if doc is None:
+            return
+        with self.gate.lock:
+            if self.closed:
+                return
+            self.gate.commit(
+                lambda engine: engine.put_shipper_rules(shipper, doc.get("rules") or {}),
+                lambda _: (),
+            )
+
+    def put_geofence(self, geofence_id: str) -> None:
+        doc = self.store.get_geofence(geofence_id)
+        with self.gate.lock:
+            if self.closed:
+                return
+            with self.gate.held() as engine:
+                if doc is None:
+                    engine.remove_geofence(geofence_id)
+                else:
+                    engine.put_geofence(doc)

@@ -1,0 +1,309 @@
+"""``cargowatch worker --bus nats://… --db URL``: one engine worker of the partitioned engine.
+
+A ``BusWorker`` claims its share of both partition sets with leases (``telemetry.bus.leases``)
+and runs, per owned partition, a pull consumer and its handler:
+
+- DEVICES partitions (stage 1, ``busmode.devicestage``): validate, store dead letters, re-key
+  every record onto its trip's TRIPS partition; acknowledged after the re-key is confirmed.
+- TRIPS partitions (stage 2, ``busmode.tripstage``): a ``TripPartition`` with its own engine
+  restored from the partition's checkpoints; telemetry, rules, alarms and checkpoints in one
+  transaction, then the acknowledgement. The wall-clock rules tick per owned partition.
+
+Workers join and leave at any time: a leaving worker releases its leases (SIGTERM), a dead one
+stops renewing them and the others take its partitions over within the lease TTL plus a
+renewal round (10 s + 3.3 s by default; the contract's bound is 15 s). Whoever starts first
+creates the streams and the lease bucket (idempotent, ``telemetry.bus.streams``).
+
+``serve --bus --workers N`` runs N of these inside the API process; a standalone ``worker``
+process has no API and relays its live events over NATS (``busmode.live``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from alerts import LiveHub
+from cargowatch.busmode.control import CONTROL_SUBJECT
+from cargowatch.busmode.devicestage import DeviceStage
+from cargowatch.busmode.live import LiveRelay
+from cargowatch.busmode.tripstage import TripPartition
+from cargowatch.metrics import Metrics
+from cargowatch.settings import Settings
+from core.clock import Clock, ScaledClock
+from telemetry.bus.consumer import BatchHandler, BusMessage
+from telemetry.bus.leases import default_owner, lease_bucket
+from telemetry.bus.partitions import PART_PREFIX, TRIP_PREFIX, trip_partition
+from telemetry.bus.reader import HandlerFactory, PartitionedReader
+from telemetry.bus.rekey import Rekeyer
+from telemetry.bus.streams import (
+    DEVICE_LIMITS,
+    DEVICE_STREAM,
+    GIB,
+    TRIP_LIMITS,
+    TRIP_STREAM,
+    StreamLimits,
+    discover_layout,
+    ensure_streams,
+)
+from telemetry.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+async def connect(url: str, name: str) -> Client:
+    """A NATS connection that reconnects for ever (a worker outlives a server restart)."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1.0,
+        connect_timeout=5,
+    )
+
+
+def stream_limits(settings: Settings) -> tuple[StreamLimits, StreamLimits]:
+    devices = StreamLimits(DEVICE_LIMITS.max_age_s, int(settings.bus_devices_gib * GIB))
+    trips = StreamLimits(TRIP_LIMITS.max_age_s, int(settings.bus_trips_gib * GIB))
+    return devices, trips
+
+
+class _Reader(PartitionedReader):
+    """A ``PartitionedReader`` that also tells its owner when a partition is lost."""
+
+    def __init__(self, *args: Any, on_lost: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_lost = on_lost
+
+    async def _lost(self, n: int) -> None:
+        await super()._lost(n)
+        await self._on_lost(n)
+
+
+class BusWorker:
+    """Both stages of one worker; ``await run()`` until cancelled (then leases are released)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        clock: Clock,
+        hub: LiveHub,
+        metrics: Metrics | None = None,
+        owner: str | None = None,
+        batch: int = 1000,
+    ) -> None:
+        if not settings.bus_url:
+            raise ValueError("a worker needs the bus URL (--bus)")
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.hub = hub
+        self.metrics = metrics or Metrics()
+        self.owner = owner or default_owner()
+        self.batch = batch
+        self.devices = DeviceStage(store, clock, self.metrics)
+        self.trips: dict[int, TripPartition] = {}
+        self.trip_partitions = 0
+        self.device_reader: PartitionedReader | None = None
+        self.trip_reader: PartitionedReader | None = None
+        self.nc: Client | None = None
+        self.ready = asyncio.Event()
+        speed = clock.speed if isinstance(clock, ScaledClock) else 1.0
+        self.tick_period_s = max(0.01, settings.tick_s / speed)
+
+    # -- handlers ---------------------------------------------------------------------------
+    def _device_handler_factory(self, rekeyer: Rekeyer) -> HandlerFactory:
+        async def handler_for(n: int) -> BatchHandler:
+            async def handle(batch: Sequence[BusMessage]) -> None:
+                items = await asyncio.to_thread(self.devices.validate, batch)
+                if items:
+                    await rekeyer.publish(items)
+
+            return handle
+
+        return handler_for
+
+    async def _trip_handler_for(self, n: int) -> BatchHandler:
+        part = TripPartition(
+            n,
+            self.trip_partitions,
+            store=self.store,
+            clock=self.clock,
+            hub=self.hub,
+            metrics=self.metrics,
+        )
+        await asyncio.to_thread(part.load)
+        old = self.trips.get(n)
+        if old is not None:
+            old.close()
+        self.trips[n] = part
+
+        async def handle(batch: Any) -> None:
+            await asyncio.to_thread(part.process, batch)
+
+        return handle
+
+    async def _trip_lost(self, n: int) -> None:
+        part = self.trips.pop(n, None)
+        if part is not None:
+            await asyncio.to_thread(part.close)
+
+    async def _device_lost(self, n: int) -> None:
+        return None
+
+    # -- running ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        assert self.settings.bus_url
+        nc = self.nc = await connect(self.settings.bus_url, f"cargowatch-worker-{self.owner}")
+        relay: LiveRelay | None = None
+        try:
+            js = nc.jetstream()
+            layout = await discover_layout(nc)
+            self.trip_partitions = layout.trip_partitions
+            await ensure_streams(js, *stream_limits(self.settings))
+            kv = await lease_bucket(js)
+            ttl = (await kv.status()).ttl or 10.0
+            if self.hub.forward is None:  # a standalone worker: its live events go over NATS
+                relay = LiveRelay(self.hub, nc, receive=False)
+                await relay.start()
+            rekeyer = Rekeyer(js, layout.trip_partitions)
+            options = {"batch": self.batch}
+            self.device_reader = _Reader(
+                js,
+                kv,
+                self.owner,
+                stream=DEVICE_STREAM,
+                prefix=PART_PREFIX,
+                partitions=layout.partitions,
+                handler_for=self._device_handler_factory(rekeyer),
+                ttl_s=ttl,
+                group="dev",
+                consumer_options=options,
+                on_lost=self._device_lost,
+            )
+            self.trip_reader = _Reader(
+                js,
+                kv,
+                self.owner,
+                stream=TRIP_STREAM,
+                prefix=TRIP_PREFIX,
+                partitions=layout.trip_partitions,
+                handler_for=self._trip_handler_for,
+                ttl_s=ttl,
+                group="trip",
+                consumer_options=options,
+                on_lost=self._trip_lost,
+            )
+            control = await nc.subscribe(CONTROL_SUBJECT, cb=self._on_control)
+            self.device_reader.start()
+            self.trip_reader.start()
+            self.ready.set()
+            log.info(
+                "worker %s on %d device and %d trip partitions",
+                self.owner,
+                layout.partitions,
+                layout.trip_partitions,
+            )
+            try:
+                await self._tick_loop(js)
+            finally:
+                with contextlib.suppress(Exception):
+                    await control.unsubscribe()
+                await self._close_readers()
+        finally:
+            if relay is not None:
+                await relay.stop()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    async def _close_readers(self) -> None:
+        # Cancellation may arrive again while we hand over: finish the hand-over anyway.
+        for reader in (self.device_reader, self.trip_reader):
+            if reader is not None:
+                task = asyncio.ensure_future(reader.close())
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    await task
+                    raise
+
+    @property
+    def owned(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(device partitions, trip partitions) this worker consumes now."""
+        dev = self.device_reader.owned if self.device_reader else frozenset()
+        trip = self.trip_reader.owned if self.trip_reader else frozenset()
+        return dev, trip
+
+    async def _tick_loop(self, js: Any) -> None:
+        while True:
+            now = self.clock.now_ms()
+            for n, part in list(self.trips.items()):
+                backlog = await self._backlog(js, n)
+                try:
+                    await asyncio.to_thread(part.tick, now, backlog)
+                except Exception:
+                    log.exception("tick of trip partition %d failed", n)
+                    self.metrics.tick_errors.inc()
+            await asyncio.sleep(self.tick_period_s)
+
+    async def _backlog(self, js: Any, n: int) -> bool:
+        """Messages of trip partition n wait (in the stream, or delivered and not yet
+        acknowledged): the wall-clock rules then judge only up to what was evaluated."""
+        try:
+            info = await asyncio.wait_for(js.consumer_info(TRIP_STREAM, f"p{n}"), 1.0)
+        except (TimeoutError, NotFoundError, nats.errors.Error):
+            return True
+        return bool(info.num_pending or info.num_ack_pending)
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            doc = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(doc, dict):
+            return
+        try:
+            if "trip" in doc:
+                trip_id = str(doc["trip"])
+                self.devices.forget([str(d) for d in doc.get("devices") or []])
+                part = self.trips.get(trip_partition(trip_id, self.trip_partitions or 1))
+                if part is not None:
+                    await asyncio.to_thread(part.refresh, trip_id)
+            elif "shipper" in doc:
+                for part in list(self.trips.values()):
+                    await asyncio.to_thread(part.put_shipper, str(doc["shipper"]))
+            elif "geofence" in doc:
+                for part in list(self.trips.values()):
+                    await asyncio.to_thread(part.put_geofence, str(doc["geofence"]))
+        except Exception:
+            log.exception("control message %s failed", doc)
+
+
+async def run_worker(settings: Settings) -> int:
+    """The ``worker`` command: one BusWorker until SIGTERM/SIGINT, then a clean hand-over."""
+    store = open_store(settings.db_url)
+    try:
+        worker = BusWorker(
+            settings, store=store, clock=settings.make_clock(), hub=LiveHub(), batch=1000
+        )
+        task = asyncio.create_task(worker.run(), name="worker")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return 0
+    finally:
+        store.close()

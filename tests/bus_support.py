@@ -1,0 +1,179 @@
+"""Helpers of the bus-mode tests: a small fleet whose GPS unit and lock of each truck sit in
+different device partitions, paho devices publishing over the NATS server's MQTT listener
+(MQTT 3.1.1, QoS 1), and waiting."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from telemetry.bus.partitions import partition_of
+from telemetry.parse import format_ts
+
+# A trip near Shanghai: origin, a 3-vertex route, one consignee stop (tests/api_world.py).
+ORIGIN = (121.10, 31.45)
+AWAY = (121.20, 31.40)  # on the route, far from the consignee
+ROUTE = [[121.10, 31.45], [121.30, 31.35], [121.47, 31.23]]
+PASSWORD = "device-secret"
+
+
+def trip_doc(trip_id: str, shipper: str, devices: list[str], now_ms: int) -> dict[str, Any]:
+    """A plan that started an hour ago and is due in six hours (no LATE_ARRIVAL meanwhile)."""
+    return {
+        "trip_id": trip_id,
+        "shipper": shipper,
+        "vehicle": f"V-{trip_id}",
+        "devices": devices,
+        "origin": {
+            "name": "Taicang DC",
+            "geometry": {"type": "Point", "coordinates": list(ORIGIN)},
+            "radius_m": 300,
+        },
+        "route": {"type": "LineString", "coordinates": ROUTE},
+        "corridor_m": 500,
+        "stops": [
+            {
+                "stop_id": "S1",
+                "name": "Consignee A",
+                "geometry": {"type": "Point", "coordinates": [121.47, 31.23]},
+                "radius_m": 200,
+                "eta": format_ts(now_ms + 6 * 3600_000),
+                "max_dwell_min": 120,
+                "unlock_allowed": True,
+            }
+        ],
+        "planned_start": format_ts(now_ms - 3600_000),
+        "rules": {"stop_max_min": 45},
+    }
+
+
+@dataclass
+class Truck:
+    trip_id: str
+    gps: str
+    lock: str
+
+
+def fleet(n: int, partitions: int, prefix: str = "t") -> list[Truck]:
+    """``n`` trucks; each one's GPS unit and lock report from different device partitions
+    (ids with ``.`` and ``:`` included, as the contract allows)."""
+    out: list[Truck] = []
+    k = 0
+    while len(out) < n:
+        i = len(out)
+        gps = f"{prefix}{i}.gps:{k}"
+        lock = f"{prefix}{i}-lock:{k}"
+        k += 1
+        if partition_of(gps, partitions) != partition_of(lock, partitions):
+            out.append(Truck(f"TRIP-{prefix}{i}", gps, lock))
+    return out
+
+
+def fix(ts: int, lon: float, lat: float, seq: int) -> bytes:
+    return orjson.dumps({"ts": ts, "lat": lat, "lon": lon, "speed_kmh": 40.0, "seq": seq})
+
+
+def lock_event(ts: int, event: str, seq: int, **extra: Any) -> bytes:
+    return orjson.dumps({"ts": ts, "event": event, "seq": seq, **extra})
+
+
+@dataclass
+class Device:
+    """One device's MQTT session (3.1.1, QoS 1) on the NATS server's MQTT listener."""
+
+    device_id: str
+    port: int
+    password: str = PASSWORD
+    client: paho.Client | None = field(default=None, repr=False)
+
+    def connect(self) -> Device:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"d-{random.getrandbits(40):x}",
+            protocol=paho.MQTTv311,
+        )
+        c.username_pw_set(self.device_id, self.password)
+        connected: list[int] = []
+        c.on_connect = lambda _c, _u, _f, rc, _p: connected.append(rc.value)
+        c.connect("127.0.0.1", self.port)
+        c.loop_start()
+        wait_for(lambda: bool(connected), 10, f"{self.device_id} connected")
+        assert connected[0] == 0, f"{self.device_id}: CONNACK {connected[0]}"
+        self.client = c
+        return self
+
+    def publish(self, kind: str, payloads: Iterable[bytes]) -> None:
+        assert self.client is not None
+        infos = [
+            self.client.publish(f"devices/{self.device_id}/{kind}", p, qos=1) for p in payloads
+        ]
+        for info in infos:
+            info.wait_for_publish(10)
+            assert info.is_published()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str = "") -> float:
+    """Poll ``cond`` until true; returns the seconds it took; AssertionError on timeout."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+class WorkerThread:
+    """A ``BusWorker`` on its own event loop in a thread (as a process would run it)."""
+
+    def __init__(self, settings: Any, store: Any, **kwargs: Any) -> None:
+        import asyncio
+        import threading
+
+        from alerts import LiveHub
+        from cargowatch.worker import BusWorker
+        from core.clock import SystemClock
+
+        self.worker = BusWorker(settings, store=store, clock=SystemClock(), hub=LiveHub(), **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._task = self._loop.create_task(self.worker.run())
+            try:
+                self._loop.run_until_complete(self._task)
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # reported by stop()
+                self.error = exc
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="bus-worker", daemon=True)
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        wait_for(lambda: self.worker.ready.is_set() or self.error is not None, 20, "ready")
+        assert self.error is None, self.error
+        return self
+
+    def stop(self) -> None:
+        if self._task is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(30)
+        if self.error is not None:
+            raise self.error
