@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "mq").mkdir()
     (workdir / "pg").mkdir()
     mq = MosquittoServer(workdir / "mq").start()
-    pg = PostgresServer(workdir / "pg", durable=True).start()
+    pg = PostgresServer(workdir / "pg", durable=True)
     try:
+        pg.start()
         for i, name in enumerate(names):
             faults.append(run_fault(name, i, cfg, mq, pg, workdir))
     finally:
