@@ -20,7 +20,9 @@ from fastapi.staticfiles import StaticFiles
 
 from api.deps import RuntimeLike
 from api.errors import install_error_handlers
+from api.limits import ApiLimits
 from api.routers import ROUTERS
+from api.security import GuardMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ def begin_shutdown(app: FastAPI) -> None:
     app.state.live.stop()
 
 
-def create_app(runtime: RuntimeLike, *, heartbeat_s: float = 15.0) -> FastAPI:
-    """The HTTP API (contract §7) over ``runtime``; ``heartbeat_s`` is the SSE idle period."""
+def create_app(
+    runtime: RuntimeLike, *, heartbeat_s: float = 15.0, limits: ApiLimits | None = None
+) -> FastAPI:
+    """The HTTP API (contract §7) over ``runtime``; ``heartbeat_s`` is the SSE idle period;
+    ``limits`` (body size, failed keys per minute) default to the settings' defaults."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +82,8 @@ def create_app(runtime: RuntimeLike, *, heartbeat_s: float = 15.0) -> FastAPI:
     app.state.runtime = runtime
     app.state.live = LiveControl(heartbeat_s=heartbeat_s)
     install_error_handlers(app)
+    # Outermost: refuses bad bytes, unknown keys and big bodies before anything reads them.
+    app.add_middleware(GuardMiddleware, limits=limits)
     for router in ROUTERS:
         app.include_router(router)
 

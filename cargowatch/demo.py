@@ -79,6 +79,7 @@ async def run_demo(
     import uvicorn
 
     from api import ApiServer, create_app
+    from api.limits import ApiLimits
     from cargowatch.runtime import Runtime
     from simulators import build_fleet, publish
 
@@ -116,7 +117,7 @@ async def run_demo(
             runtime.put_geofence(fence)
         runtime.create_trip(sim.trip)
 
-    app = create_app(runtime)
+    app = create_app(runtime, limits=ApiLimits.of(settings))
     server = ApiServer(
         uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     )

@@ -18,6 +18,7 @@ import httpx
 from fastapi import FastAPI
 
 from api import create_app
+from api.limits import ApiLimits
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
 from core.clock import ManualClock
@@ -35,7 +36,10 @@ _counter = itertools.count()
 def make_runtime(tmp_path: Path, clock: ManualClock, store: Store | None = None) -> Runtime:
     """The real runtime on a fresh SQLite file (or on ``store``), without MQTT."""
     settings = Settings(
-        db_url=f"sqlite:///{tmp_path / 'api.sqlite'}", mqtt_url=None, admin_key=ADMIN_KEY
+        db_url=f"sqlite:///{tmp_path / 'api.sqlite'}",
+        mqtt_url=None,
+        admin_key=ADMIN_KEY,
+        allow_private_targets=True,  # the seeded webhooks point at 127.0.0.1
     )
     return Runtime.open(settings, clock=clock, store=store)
 
@@ -161,7 +165,8 @@ async def build_world(tmp_path: Path) -> World:
     """Seed a world through the API (as admin) and the runtime."""
     clock = ManualClock(T0 + 2 * 3600_000)
     runtime = make_runtime(tmp_path, clock)
-    app = create_app(runtime, heartbeat_s=0.2)
+    # many tests try unknown keys from the one in-process client address
+    app = create_app(runtime, heartbeat_s=0.2, limits=ApiLimits(key_failures_per_min=100_000))
     client = api_client(app)
     world = World(app, runtime, clock, client)
     world.keys["admin"] = ADMIN_KEY
