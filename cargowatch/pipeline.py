@@ -134,7 +134,11 @@ class Pipeline:
 
         now = self.clock.now_ms()
         result, created = self.gate.commit(
-            evaluate, lambda r: r.events, before=store_batch, after=flag
+            evaluate,
+            lambda r: r.events,
+            before=store_batch,
+            after=flag,
+            covers=max((m.received_at for m in messages), default=None),
         )
         if "rule_bug" in marks:
             self.gate.reload()

@@ -84,11 +84,16 @@ class FaultyStore(SqliteStore):
         super().save_engine_states(states, removed, at_ms=at_ms)
 
 
-def open_world(tmp_path: Path, clock: ManualClock) -> tuple[Runtime, FaultyStore]:
+def open_world(
+    tmp_path: Path, clock: ManualClock, checkpoint_every_s: float = 0.0
+) -> tuple[Runtime, FaultyStore]:
     tmp_path.mkdir(exist_ok=True)
     store = FaultyStore(str(tmp_path / "api.sqlite"))
     store.migrate()
-    return make_runtime(tmp_path, clock, store=store), store
+    runtime = make_runtime(tmp_path, clock, store=store)
+    # 0: checkpoint with every batch (a fault point); else rarely: a restart re-runs the rest
+    runtime.gate.checkpoint_every_s = checkpoint_every_s
+    return runtime, store
 
 
 def position(ts: int, lat: float = 31.45, lon: float = 121.10) -> RawMessage:
@@ -189,13 +194,19 @@ def test_a_failure_at_any_write_of_a_batch_keeps_nothing_and_the_retry_raises_on
     runtime.close()
 
 
+def crash(runtime: Runtime) -> None:
+    """Like ``kill -9``: no checkpoint at stop, the connection just goes."""
+    runtime.store.close()
+
+
+@pytest.mark.parametrize("every_s", [0.0, 3600.0], ids=["checkpointed", "re-run"])
 def test_a_restart_mid_stop_continues_the_episode_without_a_second_alarm(
-    tmp_path: Path, clock: ManualClock
+    tmp_path: Path, clock: ManualClock, every_s: float
 ) -> None:
     """A truck stands still away from any fence for an hour; the engine restarts after 20
     minutes. LONG_STOP (the trip's 45 min) is still raised at its threshold, once; no
     milestone is repeated."""
-    runtime, _ = open_world(tmp_path, clock)
+    runtime, _ = open_world(tmp_path, clock, every_s)
     start_trip(runtime)
     # drive away from the origin, then stand still away from any fence
     t = T0
@@ -219,15 +230,15 @@ def test_a_restart_mid_stop_continues_the_episode_without_a_second_alarm(
     stand(stop_start + 20 * 60_000, runtime)
     assert "LONG_STOP" not in alarm_counts(runtime)
     milestones = [e for e in runtime.store.trip_events("T1") if e.get("kind") == "milestone"]
-    runtime.close()  # a deploy: a new process on the same database
+    crash(runtime)  # a new process on the same database
 
-    runtime, _ = open_world(tmp_path, clock)
+    runtime, _ = open_world(tmp_path, clock, every_s)
     stand(stop_start + 44 * 60_000, runtime)
     assert "LONG_STOP" not in alarm_counts(runtime)
     stand(stop_start + 45 * 60_000, runtime)
     assert alarm_counts(runtime).get("LONG_STOP") == 1
-    runtime.close()  # and another one while the episode is open
-    runtime, _ = open_world(tmp_path, clock)
+    crash(runtime)  # and another one while the episode is open
+    runtime, _ = open_world(tmp_path, clock, every_s)
     stand(stop_start + 60 * 60_000, runtime)
     assert alarm_counts(runtime).get("LONG_STOP") == 1
     again = [e for e in runtime.store.trip_events("T1") if e.get("kind") == "milestone"]
@@ -235,14 +246,15 @@ def test_a_restart_mid_stop_continues_the_episode_without_a_second_alarm(
     runtime.close()
 
 
+@pytest.mark.parametrize("every_s", [0.0, 3600.0], ids=["checkpointed", "re-run"])
 def test_a_three_hour_backlog_after_a_restart_is_evaluated_from_stored_history(
-    tmp_path: Path, clock: ManualClock
+    tmp_path: Path, clock: ManualClock, every_s: float
 ) -> None:
     """The e-lock stores its events for ~3 hours while the truck's GPS unit reports live;
     the engine restarts meanwhile. When the backlog arrives, the unlock on the road 2 h 10 min
     ago is located by the GPS track of that time (from the store: the process that saw it
     is gone) and raised once, ``detected_late``; so is the tamper."""
-    runtime, _ = open_world(tmp_path, clock)
+    runtime, _ = open_world(tmp_path, clock, every_s)
     start_trip(runtime)
 
     def drive(first: int, last: int, rt: Runtime) -> None:
@@ -253,8 +265,8 @@ def test_a_three_hour_backlog_after_a_restart_is_evaluated_from_stored_history(
             rt.pipeline.tick(ts)
 
     drive(1, 100, runtime)
-    runtime.close()
-    runtime, _ = open_world(tmp_path, clock)
+    crash(runtime)
+    runtime, _ = open_world(tmp_path, clock, every_s)
     drive(101, 160, runtime)
     late = alarm_counts(runtime).pop("LATE_ARRIVAL", 0)  # the small test plan's ETA is early
     assert alarm_counts(runtime) == ({"LATE_ARRIVAL": late} if late else {})

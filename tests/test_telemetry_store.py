@@ -1258,14 +1258,14 @@ def test_engine_states_are_upserted_deleted_and_kept_with_their_unit_of_work(
     store: Store,
 ) -> None:
     store.save_engine_states({"T1": b'{"v": 1}', "T2": b"\x00\xffbinary"}, at_ms=5)
-    assert store.engine_states() == {"T1": b'{"v": 1}', "T2": b"\x00\xffbinary"}
+    assert store.engine_states() == {"T1": (b'{"v": 1}', 5), "T2": (b"\x00\xffbinary", 5)}
     store.save_engine_states({"T1": b'{"v": 2}'}, ["T2"], at_ms=6)
-    assert store.engine_states() == {"T1": b'{"v": 2}'}
+    assert store.engine_states() == {"T1": (b'{"v": 2}', 6)}
     # A checkpoint is written with the batch it covers: a rolled-back unit keeps nothing.
     with pytest.raises(RuntimeError), store.unit_of_work():
         store.save_engine_states({"T1": b'{"v": 3}', "T3": b"{}"})
         raise RuntimeError("the batch failed")
-    assert store.engine_states() == {"T1": b'{"v": 2}'}
+    assert store.engine_states() == {"T1": (b'{"v": 2}', 6)}
     store.save_engine_states({}, ["T1", "unknown"])
     assert store.engine_states() == {}
 

@@ -69,12 +69,13 @@ class Store(abc.ABC):
     def save_engine_states(
         self, states: Mapping[str, bytes], removed: Iterable[str] = (), *, at_ms: int = 0
     ) -> None:
-        """Upsert the engine's per-trip checkpoints and delete those of ``removed`` trips.
-        Called inside the unit of work of the batch they cover."""
+        """Upsert the engine's per-trip checkpoints (covering every message received up to
+        ``at_ms``) and delete those of ``removed`` trips."""
 
     @abc.abstractmethod
-    def engine_states(self) -> dict[str, bytes]:
-        """Every stored per-trip engine checkpoint, by trip id."""
+    def engine_states(self) -> dict[str, tuple[bytes, int]]:
+        """Every stored per-trip engine checkpoint by trip id, with the ``at_ms`` it was
+        saved with (the receive time up to which it covers the trip's messages)."""
 
     # -- devices ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -120,9 +121,11 @@ class Store(abc.ABC):
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int | None = None,
+        *,
+        received_since: int | None = None,
     ) -> list[Fix]:
-        """Stored fixes of these devices with ``since_ms <= ts <= until_ms``, ordered by
-        ``(ts, device_id)``."""
+        """Stored fixes of these devices with ``since_ms <= ts <= until_ms`` (and, given
+        ``received_since``, received at or after it), ordered by ``(ts, device_id)``."""
 
     @abc.abstractmethod
     def lock_events(
@@ -131,6 +134,8 @@ class Store(abc.ABC):
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int | None = None,
+        *,
+        received_since: int | None = None,
     ) -> list[LockEvent]:
         """As ``fixes``, for lock events."""
 

@@ -102,9 +102,9 @@ class SqlStore(Store):
             if gone:
                 s.executemany(Q.DELETE_ENGINE_STATE, gone)
 
-    def engine_states(self) -> dict[str, bytes]:
+    def engine_states(self) -> dict[str, tuple[bytes, int]]:
         rows = self._fetch(Q.ENGINE_STATES, {}, "engine_states")
-        return {str(trip_id): bytes(state) for trip_id, state in rows}
+        return {str(trip_id): (bytes(state), int(at)) for trip_id, state, at in rows}
 
     # -- devices ----------------------------------------------------------------------------
     def put_device(self, device: Doc) -> None:
@@ -129,11 +129,13 @@ class SqlStore(Store):
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int | None = None,
+        *,
+        received_since: int | None = None,
     ) -> list[Fix]:
         if not device_ids:
             return []
         sql, params = Q.telemetry_query(
-            self.dialect, Q.FIX_SELECT, device_ids, since_ms, until_ms, limit
+            self.dialect, Q.FIX_SELECT, device_ids, since_ms, until_ms, limit, received_since
         )
         rows = self._fetch(sql, params, "fixes", devices=len(device_ids))
         return [R.fix_from_row(row) for row in rows]
@@ -144,11 +146,13 @@ class SqlStore(Store):
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int | None = None,
+        *,
+        received_since: int | None = None,
     ) -> list[LockEvent]:
         if not device_ids:
             return []
         sql, params = Q.telemetry_query(
-            self.dialect, Q.LOCK_EVENT_SELECT, device_ids, since_ms, until_ms, limit
+            self.dialect, Q.LOCK_EVENT_SELECT, device_ids, since_ms, until_ms, limit, received_since
         )
         rows = self._fetch(sql, params, "lock_events", devices=len(device_ids))
         return [R.lock_event_from_row(row) for row in rows]

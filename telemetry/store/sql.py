@@ -163,10 +163,15 @@ def telemetry_query(
     since_ms: int | None,
     until_ms: int | None,
     limit: int | None,
+    received_since: int | None = None,
 ) -> tuple[str, Params]:
-    """Rows of these devices with ``since_ms <= ts <= until_ms``, by ``(ts, device_id)``."""
+    """Rows of these devices with ``since_ms <= ts <= until_ms`` (and received at or after
+    ``received_since``), by ``(ts, device_id)``."""
     sql = f"{select} WHERE {dialect.in_list('device_id', 'devices')}"
     params: Params = {"devices": dialect.list_value(device_ids)}
+    if received_since is not None:
+        sql += " AND received_at >= :received_since"
+        params["received_since"] = int(received_since)
     if since_ms is not None:
         sql += " AND ts >= :since"
         params["since"] = int(since_ms)
@@ -198,7 +203,7 @@ PUT_ENGINE_STATE = (
     "ON CONFLICT (trip_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
 )
 DELETE_ENGINE_STATE = "DELETE FROM engine_state WHERE trip_id = :trip_id"
-ENGINE_STATES = "SELECT trip_id, state FROM engine_state"
+ENGINE_STATES = "SELECT trip_id, state, updated_at FROM engine_state"
 
 DEVICE_IDS = "SELECT device_id FROM devices"
 COUNT_API_KEYS = "SELECT count(*) FROM api_keys"
