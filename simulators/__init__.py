@@ -2,9 +2,11 @@
 
 Public API::
 
-    build_scenario(name, *, seed=0, start_ms, trip_id=None, shipper="pg", device_prefix="")
-    build_fleet(n, *, seed, start_ms, incidents=(), shipper_cycle=("pg", "unilever"))
-    scenario_names()
+    build_scenario(name, *, seed=0, start_ms, trip_id=None, shipper="pg", device_prefix="",
+                   noise="clean")
+    build_fleet(n, *, seed, start_ms, incidents=(), shipper_cycle=("pg", "unilever"),
+                noise="clean" | "mixed" | a kind of NOISE_KINDS)
+    scenario_names(gnss=False)
     await publish(trips, mqtt_url, *, speed=60.0, rate_limit=None, clock=None, qos=1,
                   progress=None, prefix="devices")
     await run_cli(mqtt_url, trucks, scenario, speed, rate, seed)
@@ -14,12 +16,23 @@ See docs/simulators.md.
 
 from simulators.errors import PublishError, ScenarioError, SimulatorError
 from simulators.fleet import build_fleet, iter_fleet_messages
+from simulators.gnss import NOISE_KINDS, GnssErrors
 from simulators.model import SimMessage, SimTrip
 from simulators.publish import publish, register, run_cli
-from simulators.scenarios import INCIDENTS, build_scenario, scenario_names
+from simulators.scenarios import (
+    GNSS_INCIDENTS,
+    INCIDENTS,
+    NEEDS_V2_ENGINE,
+    build_scenario,
+    scenario_names,
+)
 
 __all__ = [
+    "GNSS_INCIDENTS",
     "INCIDENTS",
+    "NEEDS_V2_ENGINE",
+    "NOISE_KINDS",
+    "GnssErrors",
     "PublishError",
     "ScenarioError",
     "SimMessage",

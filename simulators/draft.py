@@ -23,6 +23,7 @@ import numpy as np
 
 from simulators.elock import LockAction, StopVisit, custody, unseal_ms
 from simulators.errors import ScenarioError
+from simulators.gnss import Burst, Drift, DriftWindow, GnssErrors, place_errors
 from simulators.model import SimMessage, SimTrip
 from simulators.payloads import EPOCH_MS, RFC3339, DeviceSpec
 from simulators.roads import ORIGIN_RADIUS_M, STOP_RADIUS_M, Path, Road, RoadAtlas, RoadStop
@@ -95,6 +96,17 @@ class Draft:
     geofences: list[dict] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
     after: list[Callable[[Draft, Drive], None]] = field(default_factory=list)
+    # GNSS errors (simulators.gnss): the noise kind, and episodes placed by it or a scenario
+    errors: GnssErrors = field(default_factory=GnssErrors)
+    bursts: list[Burst] = field(default_factory=list)
+    drift_windows: list[DriftWindow] = field(default_factory=list)
+    duplicate_p: float = 0.0
+    late_p: float = 0.0
+    late_max_s: float = 0.0
+    park_vertex: dict[int, int] = field(default_factory=dict)  # consignee -> halt vertex
+    # set by finish() before the hooks run, so a hook may edit them
+    etas: dict[str, int] = field(default_factory=dict)
+    custody: list[LockAction] = field(default_factory=list)
 
     # -- helpers for scenarios ---------------------------------------------------------------
 
@@ -306,7 +318,7 @@ def _traffic(d: Draft) -> tuple[list[Halt], list[SpeedZone]]:
 
 
 def _consignee_halts(d: Draft) -> list[Halt]:
-    verts = d.consignee_path_vertices()
+    verts = [d.park_vertex.get(i, v) for i, v in enumerate(d.consignee_path_vertices())]
     return [
         Halt(verts[i], d.dwell_s[i], "stop", f"S{d.plan_order.index(i) + 1}")
         for i in range(len(d.consignees) - 1)
@@ -360,12 +372,17 @@ def finish(d: Draft) -> SimTrip:
         visits.append(StopVisit(sid, arrive, leave, last))
         etas[sid] = _eta(nominal_arrive, d.rng)
         d.marks[f"arrived:{sid}"] = int(arrive)
-    actions = custody(d.seal_ms, visits, d.rng)
+        if not last:
+            d.marks[f"left:{sid}"] = int(leave)
+    d.etas = etas
+    d.custody = custody(d.seal_ms, visits, d.rng)
     for hook in d.after:
         hook(d, drv)
-    actions += d.actions
+    etas = d.etas
+    actions = d.custody + d.actions
     unsealed = unseal_ms(actions)
     off = unsealed + int(d.rng.integers(180, 360)) * 1000
+    place_errors(d, drv, d.errors, off, [a.ts_ms for a in actions], [h.kind for h in plan.halts])
     d.marks.update(
         power_on=d.start_ms,
         sealed=d.seal_ms,
@@ -387,6 +404,11 @@ def finish(d: Draft) -> SimTrip:
         redeliver_s=d.redeliver_s,
         jump=d.jump,
         extras=tuple(d.extras),
+        drift=Drift((*d.entropy, 0xD1F7), tuple(d.drift_windows)) if d.drift_windows else None,
+        bursts=tuple(d.bursts),
+        duplicate_p=d.duplicate_p,
+        late_p=d.late_p,
+        late_max_s=d.late_max_s,
     )
     return SimTrip(
         trip=_trip_document(d, etas),

@@ -18,6 +18,7 @@ import shapely
 
 from simulators.draft import DeviceIds
 from simulators.errors import ScenarioError
+from simulators.gnss import NOISE_KINDS, GnssErrors
 from simulators.model import SimMessage, SimTrip
 from simulators.scenarios import build_trip
 
@@ -43,11 +44,14 @@ def build_fleet(
     shipper_cycle: Sequence[str] = ("pg", "unilever"),
     stagger_s: float = 1800.0,
     device_prefix: str = "",
+    noise: str | GnssErrors = "clean",
 ) -> list[SimTrip]:
     """``n`` trips: one per name in ``incidents`` (spread through the fleet), the rest
     ``normal``. Shippers cycle through ``shipper_cycle``. Trip ids are
     ``{SHIPPER}-F{seed}-{i:06d}``; device ids ``{prefix}gps-{seed}-{i:05d}``,
-    ``{prefix}lock-…`` or ``{prefix}unit-…`` (combined GPS e-lock)."""
+    ``{prefix}lock-…`` or ``{prefix}unit-…`` (combined GPS e-lock). ``noise``: a GNSS
+    error kind for every trip (``simulators.gnss.NOISE_KINDS``), or ``"mixed"``: each trip
+    draws one of them (``all`` half the time)."""
     if n < len(incidents):
         raise ScenarioError(
             "fleet smaller than its list of incidents", n=n, incidents=len(incidents)
@@ -57,6 +61,7 @@ def build_fleet(
     rng = np.random.default_rng([int(seed), 0xF1EE7])
     slots = {(k * n) // max(len(incidents), 1): name for k, name in enumerate(incidents)}
     offsets = rng.uniform(0.0, stagger_s, n)
+    kinds = mixed_noise(n, seed) if noise == "mixed" else [noise] * n
     trips: list[SimTrip] = []
     all_ids: list[DeviceIds] = []
     for i in range(n):
@@ -77,13 +82,73 @@ def build_fleet(
                 trip_id=f"{shipper.upper()}-F{seed}-{i:06d}",
                 shipper=shipper,
                 ids=ids,
+                noise=kinds[i],
             )
         )
-    _avoid_rest_areas(trips, all_ids, int(seed))
+    _avoid_rest_areas(trips, all_ids, int(seed), kinds)
+    _avoid_risk_zones(trips, all_ids, int(seed), kinds)
     return trips
 
 
-def _avoid_rest_areas(trips: list[SimTrip], ids: list[DeviceIds], seed: int) -> None:
+def mixed_noise(n: int, seed: int) -> list[str]:
+    """Noise kinds of a mixed fleet: ``all`` for half the trips, the others evenly spread
+    over the single sources and ``clean``."""
+    rng = np.random.default_rng([int(seed), 0x6E55])
+    single = [k for k in NOISE_KINDS if k != "all"]
+    p = np.array([0.5 / len(single)] * len(single) + [0.5])
+    return [str(k) for k in rng.choice([*single, "all"], size=n, p=p)]
+
+
+def _risk_zones(trips: Sequence[SimTrip]) -> list[tuple[int, shapely.Polygon]]:
+    return [
+        (i, shapely.geometry.shape(g["geometry"]))
+        for i, t in enumerate(trips)
+        for g in t.geofences
+        if g.get("properties", {}).get("kind") == "risk_zone"
+    ]
+
+
+def _path_line(trip: SimTrip) -> shapely.LineString | None:
+    if trip.script is None:
+        return None
+    p = trip.script.plan.path
+    return shapely.LineString(np.column_stack([p.lon, p.lat]))
+
+
+def _avoid_risk_zones(
+    trips: list[SimTrip], ids: list[DeviceIds], seed: int, kinds: Sequence[str | GnssErrors]
+) -> None:
+    """A risk zone raises RISK_ZONE_ENTRY for any truck that enters it: rebuild a fleet-mate
+    whose drive comes within ~400 m of another trip's zone (beyond a multipath burst's
+    reach) on another road."""
+    zones = _risk_zones(trips)
+    if not zones:
+        return
+    # ~400 m in degrees at these latitudes (the zones are compared in lon/lat)
+    reach = 400.0 / 111_000.0 / 0.95
+    for i, trip in enumerate(trips):
+        for attempt in range(1, 10):
+            line = _path_line(trip)
+            if line is None or not any(j != i and line.distance(z) <= reach for j, z in zones):
+                break
+            trip = build_trip(
+                trip.scenario,
+                (seed, i, 2000 + attempt),
+                start_ms=trip.first_at_ms,
+                trip_id=trip.trip_id,
+                shipper=trip.trip["shipper"],
+                ids=ids[i],
+                noise=kinds[i],
+            )
+        trips[i] = trip
+
+
+def _avoid_rest_areas(
+    trips: list[SimTrip],
+    ids: list[DeviceIds],
+    seed: int,
+    kinds: Sequence[str | GnssErrors] | None = None,
+) -> None:
     """A rest area excuses every truck that stops in it, not just its own trip's: move any
     fleet-mate's long stop that happens to fall inside one."""
     areas = [shapely.geometry.shape(g["geometry"]) for t in trips for g in t.geofences]
@@ -102,6 +167,7 @@ def _avoid_rest_areas(trips: list[SimTrip], ids: list[DeviceIds], seed: int) -> 
                 trip_id=trip.trip_id,
                 shipper=trip.trip["shipper"],
                 ids=ids[i],
+                noise=kinds[i] if kinds is not None else "clean",
             )
         trips[i] = trip
 

@@ -38,6 +38,7 @@ class DeviceSpec:
     drain_per_h: float = 0.0  # battery drain, % per hour
     reporting: Reporting = _DEFAULT_REPORTING
     heartbeat_s: int = 300  # lock heartbeat period
+    skew_ms: int = 0  # the device clock's error: ``ts`` = true time + skew
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -71,8 +72,8 @@ def _extras(dev: DeviceSpec, body: dict) -> dict:
 def fix_bodies(
     dev: DeviceSpec, t_ms: IntArray, cols: dict[str, NDArray], battery: NDArray, seq: IntArray
 ) -> list[dict]:
-    """Position fix objects (not yet encoded)."""
-    ts = format_ts(t_ms, dev.ts_style)
+    """Position fix objects (not yet encoded); ``ts`` as the device's clock reads it."""
+    ts = format_ts(np.asarray(t_ms, dtype=np.int64) + dev.skew_ms, dev.ts_style)
     lat = np.round(cols["lat"], 6).tolist()
     lon = np.round(cols["lon"], 6).tolist()
     speed = np.round(cols["speed_kmh"], 1).tolist()
@@ -111,7 +112,8 @@ def lock_body(
     seq: int,
 ) -> dict:
     """One e-lock event object (not yet encoded); position and method only when known."""
-    body: dict = {"ts": format_ts(np.array([t_ms]), dev.ts_style)[0], "event": event}
+    ts = format_ts(np.array([t_ms + dev.skew_ms]), dev.ts_style)[0]
+    body: dict = {"ts": ts, "event": event}
     if method is not None:
         body["method"] = method
     if lat is not None and lon is not None:

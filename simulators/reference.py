@@ -7,9 +7,20 @@ and handy to compare with the engine's output when an end-to-end test disagrees.
 rules are read on publish time (``at_ms``): SIGNAL_LOST is a gap between a trip's messages
 as published; LATE_ARRIVAL compares the stop's entry with its ETA.
 
+Contract v2 is read as follows: fence membership has hysteresis (inside from the first
+valid fix inside; outside after 2 consecutive valid fixes each more than
+``fence_exit_margin_m`` beyond the edge), per device, for the origin, the stops and global
+geofences; entering a ``risk_zone`` raises RISK_ZONE_ENTRY once per entry episode;
+entering/leaving a ``depot``, ``consignee`` or ``custom`` fence is a geofence event
+(``Outcome.geofence_events``); an unlock is located by the truck's GPS (its last valid fix
+no older than 300 s) and is inside a stop while that device is inside it; a LATE_ARRIVAL
+is raised when no entry was *received* by the deadline and marked ``withdrawn`` when the
+entry's event time was in time.
+
 Readings where the contract leaves room, chosen so that the scenarios do not depend on them:
-a stop is *visited* once unsealed or left; an unlock's fallback position is the last valid
-fix of any of the trip's devices no older than 300 s; a LONG_STOP is excused when its first
+a stop is *visited* once unsealed or left; an unlock's fallback position (no GPS fix within
+300 s) is its own, else none; "the GPS fix nearest in time" is read as the last one at or
+before the event (the one known when it is judged); a LONG_STOP is excused when its first
 fix is inside the origin, a trip stop or a rest area.
 """
 
@@ -56,6 +67,9 @@ LATE_TOLERANCE_MIN = 30
 LOW_BATTERY_PCT = 15
 MAX_IMPLIED_KMH = 250.0
 UNLOCK_FIX_MAX_AGE_MS = 300_000
+FENCE_EXIT_MARGIN_M = 50.0
+LOCK_GPS_DISAGREE_M = 1_000.0
+EVENT_KINDS = {"depot", "consignee", "custom"}
 
 
 class _Bad(Exception):
@@ -88,6 +102,11 @@ class Outcome:
     alarms: list[dict[str, Any]] = field(default_factory=list)
     active_from: int | None = None
     completed_at: int | None = None
+    #: ``{"milestone": "departed"|"arrived"|"left", "stop_id", "ts"}`` while active, every
+    #: membership change (so flapping would show as repeats)
+    milestones: list[dict[str, Any]] = field(default_factory=list)
+    #: ``{"event": "entered"|"exited", "geofence_id", "ts"}`` for depot/consignee/custom
+    geofence_events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_ts(value: Any) -> int:
@@ -196,6 +215,17 @@ class _Geo:
             for g in geofences
             if g.get("properties", {}).get("kind") == "rest_area"
         ]
+        #: (geofence_id, kind, name, geometry) of the fences that act (v2)
+        self.acting = [
+            (
+                str(g["properties"].get("geofence_id")),
+                str(g["properties"]["kind"]),
+                str(g["properties"].get("name", "")),
+                self._geom(g["geometry"]),
+            )
+            for g in geofences
+            if g.get("properties", {}).get("kind") in EVENT_KINDS | {"risk_zone"}
+        ]
 
     def _geom(self, geom: dict) -> BaseGeometry:
         g = shape(geom)
@@ -210,6 +240,36 @@ class _Geo:
     def point(self, lon: float, lat: float) -> shapely.Point:
         x, y = self.frame.to_xy(np.array([lon]), np.array([lat]))
         return shapely.Point(float(x[0]), float(y[0]))
+
+
+class Membership:
+    """Contract v2 §3 for one device and a list of fences: inside from the first valid fix
+    inside; outside after 2 consecutive valid fixes each more than ``margin_m`` beyond the
+    edge (a fix nearer breaks the run)."""
+
+    def __init__(self, fences: list[BaseGeometry], margin_m: float = FENCE_EXIT_MARGIN_M) -> None:
+        self.fences = fences
+        self.margin_m = margin_m
+        self.inside: set[int] = set()
+        self.out: dict[int, int] = {}
+
+    def update(self, pt: shapely.Point) -> tuple[list[int], list[int]]:
+        """Feed one valid fix; returns the fences entered and exited."""
+        entered, exited = [], []
+        for i, fence in enumerate(self.fences):
+            beyond = float(shapely.distance(pt, fence))
+            if beyond == 0.0:
+                self.out[i] = 0
+                if i not in self.inside:
+                    self.inside.add(i)
+                    entered.append(i)
+            elif i in self.inside:
+                self.out[i] = self.out.get(i, 0) + 1 if beyond > self.margin_m else 0
+                if self.out[i] >= 2:
+                    self.inside.discard(i)
+                    self.out[i] = 0
+                    exited.append(i)
+        return entered, exited
 
 
 def _pos(r: Record) -> tuple[float, float] | None:
@@ -291,7 +351,12 @@ def _run_rules(trip: SimTrip, out: Outcome) -> None:
 
     n_stops = len(doc["stops"])
     arrived: dict[int, int] = {}
+    arrived_at_ms: dict[int, int] = {}  # when the entry was received
     left: dict[int, int] = {}
+    stops_in: dict[str, Membership] = {}
+    origin_in: dict[str, Membership] = {}
+    acting_in: dict[str, Membership] = {}
+    departed = False
     unsealed: set[int] = set()
     inside: dict[int, int] = {}  # stop -> entry ts of the current visit
     dwell_alarmed: set[int] = set()
@@ -313,14 +378,41 @@ def _run_rules(trip: SimTrip, out: Outcome) -> None:
             p = _pos(r)
             assert p is not None
             pt = geo.point(*p)
-            for i, fence in enumerate(geo.stops):
-                if fence.contains(pt):
-                    if i not in inside:
-                        inside[i] = r.ts
-                        arrived.setdefault(i, r.ts)
-                elif i in inside:
-                    del inside[i]
-                    left.setdefault(i, r.ts)
+            dev = r.device_id
+            mem = stops_in.setdefault(dev, Membership(geo.stops))
+            came, went = mem.update(pt)
+            for i in went:
+                inside.pop(i, None)
+                left.setdefault(i, r.ts)
+                if active:
+                    out.milestones.append(
+                        {"milestone": "left", "stop_id": doc["stops"][i]["stop_id"], "ts": r.ts}
+                    )
+            for i in came:
+                inside[i] = r.ts
+                if i not in arrived:
+                    arrived[i], arrived_at_ms[i] = r.ts, r.at_ms
+                if active:
+                    out.milestones.append(
+                        {"milestone": "arrived", "stop_id": doc["stops"][i]["stop_id"], "ts": r.ts}
+                    )
+            _, gone = origin_in.setdefault(dev, Membership([geo.origin])).update(pt)
+            if gone and active and not departed:
+                departed = True
+                out.milestones.append({"milestone": "departed", "stop_id": None, "ts": r.ts})
+            g_in, g_out = acting_in.setdefault(dev, Membership([g for *_, g in geo.acting])).update(
+                pt
+            )
+            for k in g_in if active else ():
+                gid, kind, name, _ = geo.acting[k]
+                if kind == "risk_zone":
+                    raise_("RISK_ZONE_ENTRY", r, geofence_id=gid, name=name)
+                else:
+                    out.geofence_events.append({"event": "entered", "geofence_id": gid, "ts": r.ts})
+            for k in g_out if active else ():
+                gid, kind, _, _ = geo.acting[k]
+                if kind != "risk_zone":
+                    out.geofence_events.append({"event": "exited", "geofence_id": gid, "ts": r.ts})
             if active:
                 for i, since in inside.items():
                     limit = float(doc["stops"][i].get("max_dwell_min", 120)) * 60_000
@@ -379,17 +471,25 @@ def _run_rules(trip: SimTrip, out: Outcome) -> None:
             raise_("LOCK_TAMPER", r, event=ev)
         if ev == "unlocked" and active:
             p = _pos(r)
-            if p is None and last_fix is not None and r.ts - last_fix.ts <= UNLOCK_FIX_MAX_AGE_MS:
-                p = _pos(last_fix)
-            if p is None:
+            allowed = [bool(s.get("unlock_allowed", True)) for s in doc["stops"]]
+            if last_fix is not None and r.ts - last_fix.ts <= UNLOCK_FIX_MAX_AGE_MS:
+                # v2: located by the truck's GPS; inside a stop while that device is
+                gp = _pos(last_fix)
+                assert gp is not None
+                extra = {}
+                if p is not None and _metres(p, gp) > LOCK_GPS_DISAGREE_M:
+                    extra["lock_gps_disagree_m"] = round(_metres(p, gp))
+                mem = stops_in.get(last_fix.device_id)
+                at = sorted(i for i in (mem.inside if mem else ()) if allowed[i])
+                if not at:
+                    raise_("UNAUTHORIZED_UNLOCK", r, **extra)
+                    continue
+            elif p is None:
                 raise_("UNAUTHORIZED_UNLOCK", r, position_unknown=True)
                 continue
-            pt = geo.point(*p)
-            at = [
-                i
-                for i, f in enumerate(geo.stops)
-                if doc["stops"][i].get("unlock_allowed", True) and f.contains(pt)
-            ]
+            else:
+                pt = geo.point(*p)
+                at = [i for i, f in enumerate(geo.stops) if allowed[i] and f.contains(pt)]
             if not at:
                 raise_("UNAUTHORIZED_UNLOCK", r)
                 continue
@@ -412,9 +512,11 @@ def _run_rules(trip: SimTrip, out: Outcome) -> None:
             and (completed is None or a < completed)
         ):
             raise_("SIGNAL_LOST", None, silent_s=(b - a) / 1000)
-    # late arrival: a stop not entered by its ETA + tolerance while the trip was running
+    # late arrival: no entry into the stop received by its ETA + tolerance while the trip was
+    # running (a wall-clock rule); withdrawn when late data shows the entry was in time
     for i, stop in enumerate(doc["stops"]):
         deadline = parse_ts(stop["eta"]) + LATE_TOLERANCE_MIN * 60_000
         running = deadline >= active_from and (completed is None or deadline < completed)
-        if running and (i not in arrived or arrived[i] > deadline):
-            raise_("LATE_ARRIVAL", None, stop_id=stop["stop_id"])
+        if running and (i not in arrived or arrived_at_ms[i] > deadline):
+            extra = {"withdrawn": True} if i in arrived and arrived[i] <= deadline else {}
+            raise_("LATE_ARRIVAL", None, stop_id=stop["stop_id"], **extra)

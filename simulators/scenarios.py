@@ -21,9 +21,11 @@ import shapely
 from simulators.draft import DeviceIds, Draft, finish, new_draft
 from simulators.elock import LockAction, battery_crossing_ms
 from simulators.errors import ScenarioError
+from simulators.gnss import GnssErrors, noise_errors
 from simulators.malformed import add_malformed
 from simulators.model import SimTrip
 from simulators.roads import Path, Road, RoadAtlas, default_atlas, detour_lonlat, make_path
+from simulators.scenarios_gnss import GNSS_SCENARIOS, NEEDS_V2_ENGINE
 from simulators.script import Jump
 from simulators.truck import Drive, Halt, SpeedZone
 
@@ -401,13 +403,19 @@ SCENARIOS: dict[str, tuple[_Edit, int | None, float]] = {
     "malformed": (add_malformed, None, 0.0),
 }
 
-#: every scenario that is not a plain normal trip
+#: every scenario of the original catalogue that is not a plain normal trip
 INCIDENTS: tuple[str, ...] = tuple(n for n in SCENARIOS if n != "normal")
 
+#: real-world GNSS and contract v2 scenarios (simulators.scenarios_gnss), kept apart from
+#: ``INCIDENTS`` so that fleets built from that list keep their composition
+GNSS_INCIDENTS: tuple[str, ...] = tuple(GNSS_SCENARIOS)
+SCENARIOS.update(GNSS_SCENARIOS)
 
-def scenario_names() -> list[str]:
-    """Names of all scenarios, ``normal`` first."""
-    return list(SCENARIOS)
+
+def scenario_names(*, gnss: bool = False) -> list[str]:
+    """Names of the scenarios, ``normal`` first; with ``gnss`` the real-world GNSS and
+    contract v2 ones (``GNSS_INCIDENTS``) too."""
+    return ["normal", *INCIDENTS, *(GNSS_INCIDENTS if gnss else ())]
 
 
 def name_code(name: str) -> int:
@@ -424,9 +432,12 @@ def build_trip(
     shipper: str,
     ids: DeviceIds,
     atlas: RoadAtlas | None = None,
+    noise: str | GnssErrors = "clean",
 ) -> SimTrip:
     """Build one scenario trip from explicit entropy (used by fleets and by
-    :func:`build_scenario`). Roads are tried in a seeded order until the scenario fits."""
+    :func:`build_scenario`). Roads are tried in a seeded order until the scenario fits.
+    ``noise`` names a GNSS error model (``simulators.gnss.NOISE_KINDS``) or is one."""
+    errors = noise_errors(noise)
     if name not in SCENARIOS:
         raise ScenarioError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     atlas = atlas if atlas is not None else default_atlas()
@@ -449,6 +460,7 @@ def build_trip(
                 road=road,
                 intermediates=intermediates,
             )
+            d.errors = errors
             edit(d)
             return finish(d)
         except ScenarioError as exc:
@@ -464,9 +476,11 @@ def build_scenario(
     trip_id: str | None = None,
     shipper: str = "pg",
     device_prefix: str = "",
+    noise: str | GnssErrors = "clean",
 ) -> SimTrip:
     """One seeded, repeatable trip of scenario ``name`` whose devices power on at
-    ``start_ms``. Device ids are ``{prefix}gps-{name}-{seed}``, ``{prefix}lock-…`` or (a
+    ``start_ms``, with GNSS errors of kind ``noise`` (see :mod:`simulators.gnss`). Device
+    ids are ``{prefix}gps-{name}-{seed}``, ``{prefix}lock-…`` or (a
     combined GPS e-lock) ``{prefix}unit-…``; the trip id defaults to
     ``{SHIPPER}-SIM-{name}-{seed}``."""
     ids = DeviceIds(
@@ -475,7 +489,17 @@ def build_scenario(
         f"{device_prefix}unit-{name}-{seed}",
     )
     tid = trip_id if trip_id is not None else f"{shipper.upper()}-SIM-{name}-{seed}"
-    return build_trip(name, (int(seed),), start_ms=start_ms, trip_id=tid, shipper=shipper, ids=ids)
+    return build_trip(
+        name, (int(seed),), start_ms=start_ms, trip_id=tid, shipper=shipper, ids=ids, noise=noise
+    )
 
 
-__all__ = ["INCIDENTS", "SCENARIOS", "build_scenario", "build_trip", "scenario_names"]
+__all__ = [
+    "GNSS_INCIDENTS",
+    "INCIDENTS",
+    "NEEDS_V2_ENGINE",
+    "SCENARIOS",
+    "build_scenario",
+    "build_trip",
+    "scenario_names",
+]

@@ -15,6 +15,13 @@ Transport quirks, applied per message:
   seconds, so copies and neighbours arrive shuffled.
 - ``jump``: one fix at or after a time is thrown kilometres off (multipath).
 - ``extras``: raw messages (bad payloads) sent as they are.
+
+GNSS errors (:mod:`simulators.gnss`), drawn from a generator of their own so that a script
+without them yields exactly the bytes it always did:
+- ``drift``: standing positions (fixes and lock events) wander; hdop rises, sats fall.
+- ``bursts``: runs of fixes thrown tens to hundreds of metres off (multipath).
+- ``duplicate_p`` / ``late_p``: a message is sent twice (the copy up to ``late_max_s``
+  later) / sent up to ``late_max_s`` late, so it arrives out of order.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulators.elock import LockAction, heartbeat_times
+from simulators.gnss import Burst, Drift, degrade, drift_at
 from simulators.model import SimMessage
 from simulators.payloads import DeviceSpec, encode, fix_bodies, lock_body
 from simulators.truck import Drive, DrivePlan, drive, fix_columns, fix_times
@@ -60,6 +68,11 @@ class TruckScript:
     redeliver_s: float = 0.0
     jump: Jump | None = None
     extras: tuple[SimMessage, ...] = ()
+    drift: Drift | None = None
+    bursts: tuple[Burst, ...] = ()
+    duplicate_p: float = 0.0
+    late_p: float = 0.0
+    late_max_s: float = 0.0
 
     @property
     def combined(self) -> bool:
@@ -104,6 +117,14 @@ class _Player:
         self.jump_index = -1
         if sc.jump is not None:
             self.jump_index = int(np.searchsorted(self.fix_t, sc.jump.at_ms))
+        # GNSS errors draw from their own generator (a clean script's bytes stay the same)
+        self.err = np.random.default_rng([*sc.entropy, 0xE770])
+        self.burst_off: dict[int, tuple[float, float]] = {}
+        for b in sc.bursts:
+            i0 = int(np.searchsorted(self.fix_t, b.at_ms))
+            for i in range(i0, min(i0 + b.n, len(self.fix_t))):
+                k = float(self.err.uniform(0.8, 1.2))
+                self.burst_off[i] = (b.dx_m * k, b.dy_m * k)
         self.counter = itertools.count()
         self.heap: list[tuple[int, int, SimMessage]] = []
         self.held: dict[tuple[int, str, str], list[bytes]] = {}
@@ -124,6 +145,7 @@ class _Player:
             cols["lon"][j] += sc.jump.dx_m / (111_000.0 * np.cos(np.radians(lat)))
             cols["hdop"][j] = 9.9
             cols["sats"][j] = 4
+        self._gnss(t, i0, cols)
         battery = sc.gps.battery_at(sc.on_ms, t)
         bodies = fix_bodies(sc.gps, t, cols, battery, self.fix_seq[i0:i1])
         return [(int(ts), sc.gps.device_id, "position", b) for ts, b in zip(t, bodies, strict=True)]
@@ -137,6 +159,10 @@ class _Player:
         s, _ = self.drv.at(t)
         lon, lat, _ = self.drv.path.locate(s)
         noise = self.rng.normal(0.0, 3.0, (2, len(t)))
+        if sc.drift is not None:
+            # the lock stands where the truck stands: the same sky, the same drift
+            dx, dy, _, _ = drift_at(sc.drift, t)
+            noise = noise + np.vstack([dx, dy])
         lat = lat + noise[1] / 111_000.0
         lon = lon + noise[0] / (111_000.0 * np.cos(np.radians(lat)))
         battery = sc.lock.battery_at(sc.on_ms, t)
@@ -157,6 +183,34 @@ class _Player:
             )
             out.append((ts, sc.lock.device_id, "lock", body))
         return out
+
+    def _gnss(self, t: np.ndarray, i0: int, cols: dict[str, np.ndarray]) -> None:
+        """Drift and multipath on one window's fix columns (in place)."""
+        sc = self.sc
+        k_lat = 111_000.0
+        if sc.drift is not None:
+            dx, dy, since, standing = drift_at(sc.drift, t)
+            if standing.any():
+                lat = cols["lat"]
+                cols["lat"] = lat + dy / k_lat
+                cols["lon"] = cols["lon"] + dx / (k_lat * np.cos(np.radians(lat)))
+                cols["hdop"], cols["sats"] = degrade(
+                    cols["hdop"], cols["sats"], since, standing, self.err
+                )
+                # a standing receiver's Doppler speed is not quite zero
+                jitter = np.round(self.err.uniform(0.0, 2.5, len(t)), 1)
+                cols["speed_kmh"] = np.where(
+                    standing & (cols["speed_kmh"] == 0.0), jitter, cols["speed_kmh"]
+                )
+        for j in range(len(t)):
+            off = self.burst_off.get(i0 + j)
+            if off is None:
+                continue
+            lat = cols["lat"][j]
+            cols["lat"][j] = lat + off[1] / k_lat
+            cols["lon"][j] += off[0] / (k_lat * np.cos(np.radians(lat)))
+            cols["hdop"][j] = round(float(self.err.uniform(3.0, 8.0)), 1)
+            cols["sats"][j] = int(self.err.integers(4, 7))
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -188,7 +242,15 @@ class _Player:
             for delay in self.rng.uniform(0.0, sc.redeliver_s * 1000.0, 2):
                 self._push(SimMessage(suffix, device_id, payload, ts + int(delay)))
             return
-        self._push(SimMessage(suffix, device_id, payload, ts))
+        at = ts
+        if sc.duplicate_p > 0 or sc.late_p > 0:
+            u = self.err.random(3)
+            if u[0] < sc.late_p:
+                at = ts + int(u[1] * sc.late_max_s * 1000)
+            if u[2] < sc.duplicate_p:
+                again = ts + int(self.err.uniform(1.0, max(sc.late_max_s, 1.0)) * 1000)
+                self._push(SimMessage(suffix, device_id, payload, again))
+        self._push(SimMessage(suffix, device_id, payload, at))
 
     def _fill(self, lo: int, hi: int) -> None:
         """Queue the messages of records with ``lo <= ts < hi`` (the bodies die here)."""
