@@ -37,9 +37,10 @@ T = TypeVar("T")
 class OnDemandEngine(Engine):
     """An engine that loads a trip from the store when a call names it."""
 
-    def __init__(self, store: Store, **kwargs: Any) -> None:
+    def __init__(self, store: Store, clock: Clock, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._store = store
+        self._clock = clock
         self.touched_shippers: set[str] = set()
         self.touched_geofences: set[str] = set()
         self._ensuring: set[str] = set()
@@ -49,7 +50,7 @@ class OnDemandEngine(Engine):
             return
         self._ensuring.add(trip_id)  # refresh_trip calls back in here
         try:
-            refresh_trip(self._store, self, trip_id)
+            refresh_trip(self._store, self, trip_id, self._clock.now_ms())
         finally:
             self._ensuring.discard(trip_id)
 
@@ -88,7 +89,7 @@ class ApiGate(EngineGate):
         super().__init__(store, alarms, clock)
 
     def _new_engine(self) -> Engine:
-        engine = OnDemandEngine(self.store, history=self._history)
+        engine = OnDemandEngine(self.store, self.clock, history=self._history)
         for shipper in self.store.list_shippers():
             try:
                 Engine.put_shipper_rules(engine, shipper["shipper"], shipper.get("rules") or {})
@@ -122,11 +123,15 @@ class ApiGate(EngineGate):
         *,
         before: Callable[[], None] | None = None,
         after: Callable[[T], None] | None = None,
+        covers: int | None = None,
     ) -> tuple[T, list[dict[str, Any]]]:
         with self.lock:
             self.engine = engine = self._new_engine()
             self._touched = set()
-            out = super().commit(change, events_of, before=before, after=after)
+            # A created trip's checkpoint covers what was received before it existed.
+            out = super().commit(
+                change, events_of, before=before, after=after, covers=self.clock.now_ms()
+            )
             touched, self._touched = self._touched, set()
         # Committed: the workers reload what changed.
         for trip_id in sorted(touched):
@@ -137,10 +142,11 @@ class ApiGate(EngineGate):
                 self.notify({"shipper": shipper})
         return out
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, covered: int, force: bool = False) -> None:
+        # Always now (not every few seconds): the trip an API change touched is the worker's
+        # again once this commits.
         changed, removed = self.engine.take_dirty()
         self._touched |= changed | removed
-        if not changed and not removed:
-            return
-        states = {t: self.engine.export_trip_state(t) for t in changed}
-        self.store.save_engine_states(states, removed, at_ms=self.clock.now_ms())
+        if changed or removed:
+            states = {t: self.engine.export_trip_state(t) for t in changed}
+            self.store.save_engine_states(states, removed, at_ms=covered)

@@ -33,7 +33,7 @@ from cargowatch.busmode.codec import decode
 from cargowatch.metrics import Metrics
 from cargowatch.services.engine import EngineGate
 from core.clock import Clock
-from rules import Engine, EngineResult
+from rules import HISTORY_LOOKBACK_MS, Engine, EngineResult
 from telemetry.bus.consumer import BusMessage
 from telemetry.bus.partitions import trip_partition
 from telemetry.bus.rekey import TRIP_HEADER
@@ -47,9 +47,10 @@ ENDED = ("completed", "cancelled")
 SLOW_BATCH_S = 0.5
 
 
-def refresh_trip(store: Store, engine: Engine, trip_id: str) -> None:
-    """Bring one trip in ``engine`` up to the store: loaded (with its checkpoint) when
-    missing, its document taken over when loaded, dropped when ended or gone."""
+def refresh_trip(store: Store, engine: Engine, trip_id: str, now_ms: int) -> None:
+    """Bring one trip in ``engine`` up to the store: loaded when missing (its checkpoint,
+    then its devices' messages received since, as ``load_engine`` does at a start), its
+    document taken over when loaded, dropped when ended or gone."""
     doc = store.get_trip(trip_id)
     loaded = _loaded(engine, trip_id)
     if doc is None or doc.get("status") in ENDED:
@@ -61,12 +62,21 @@ def refresh_trip(store: Store, engine: Engine, trip_id: str) -> None:
     engine.upsert_trip(doc, store.trip_events(trip_id))
     if loaded:
         return
-    blob = store.engine_states().get(trip_id)
-    if blob is not None:
-        try:
-            engine.import_trip_state(trip_id, blob)
-        except rules.RulesError as exc:
-            log.error("checkpoint of trip %s not used (%s)", trip_id, exc)
+    entry = store.engine_states().get(trip_id)
+    if entry is None:
+        return  # a new trip: nothing of it stored yet
+    try:
+        engine.import_trip_state(trip_id, entry[0])
+    except rules.RulesError as exc:
+        log.error("checkpoint of trip %s not used (%s)", trip_id, exc)
+        return
+    devices = [str(d) for d in doc.get("devices") or []]
+    horizon = now_ms - HISTORY_LOOKBACK_MS
+    fixes = store.fixes(devices, horizon, received_since=entry[1])
+    events = store.lock_events(devices, horizon, received_since=entry[1])
+    if fixes or events:
+        # what this re-run emits again is recognised by the store's identities
+        engine.process(fixes, events, now_ms)
 
 
 def _loaded(engine: Engine, trip_id: str) -> bool:
@@ -113,9 +123,16 @@ class TripPartition:
         self.gate.load()
 
     def close(self) -> None:
-        """The partition was lost: no tick or change through this gate any more."""
+        """The partition was lost or released (before another worker can claim it):
+        checkpoint what changed, then no tick or change through this gate any more."""
         with self.gate.lock:
+            if self.closed:
+                return
             self.closed = True
+            try:
+                self.gate.flush()
+            except Exception as exc:  # the next owner re-runs from the last checkpoint
+                log.warning("checkpoint of trip partition %d at hand-over failed: %s", self.n, exc)
 
     # -- batches ----------------------------------------------------------------------------
     def process(self, batch: Sequence[BusMessage]) -> int:
@@ -165,11 +182,12 @@ class TripPartition:
             marks["store"] = time.perf_counter()
 
         now = self.clock.now_ms()
+        received = [f.received_at for f in fixes] + [e.received_at for e in events]
 
         def evaluate(engine: Engine) -> EngineResult:
             for trip_id in named:
                 if self.holds(trip_id):
-                    refresh_trip(self.store, engine, trip_id)
+                    refresh_trip(self.store, engine, trip_id, now)
             try:
                 return engine.process(stored["fixes"], stored["events"], now)
             except StoreError:
@@ -192,7 +210,11 @@ class TripPartition:
             if self.closed:
                 raise RuntimeError(f"trip partition {self.n} was lost")
             _, created = self.gate.commit(
-                evaluate, lambda r: r.events, before=store_batch, after=flag
+                evaluate,
+                lambda r: r.events,
+                before=store_batch,
+                after=flag,
+                covers=max(received, default=None),
             )
             if "rule_bug" in marks:
                 self.gate.reload()
@@ -203,7 +225,6 @@ class TripPartition:
         metrics.lock_events_stored.inc(len(new_e))
         metrics.duplicates.inc(len(fixes) - len(new_f) + len(events) - len(new_e))
         metrics.batch_size.observe(len(batch))
-        received = [f.received_at for f in fixes] + [e.received_at for e in events]
         if received:
             with self._lock:
                 self.evaluated_to = max(self.evaluated_to, max(received))
@@ -243,7 +264,10 @@ class TripPartition:
         with self.gate.lock:
             if self.closed:
                 return
-            self.gate.commit(lambda engine: refresh_trip(self.store, engine, trip_id), lambda _: ())
+            now = self.clock.now_ms()
+            self.gate.commit(
+                lambda engine: refresh_trip(self.store, engine, trip_id, now), lambda _: ()
+            )
             self._checked.add(trip_id)
 
     def put_shipper(self, shipper: str) -> None:
