@@ -21,7 +21,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geofence._checks import fix_arrays
 from geofence._grid import Cells, GridIndex, cell_boxes, level_for
-from geofence._kernel import point_segment
+from geofence._rings import RingTable
 from geofence._shapes import Circle, parse_fence
 from geofence.distance import distance_m, metres_per_degree, wrap_lon
 from geofence.errors import GeometryError
@@ -79,6 +79,7 @@ class FenceSet:
         self._pending: set[int] = set()
         self._stale = 0  # grid entries of replaced or removed fences
         self._grid: GridIndex | None = None
+        self._rings = RingTable()
 
     # ----------------------------------------------------------------- keys and slots
 
@@ -107,11 +108,13 @@ class FenceSet:
             self._centre[slot] = (shape.lon, shape.lat)
             self._radius[slot] = shape.radius_m
             self._geom[slot] = None
+            self._rings.drop(slot)
             self._bbox[slot] = _circle_bbox(shape)
             cells = _circle_cells(shape, self._bbox[slot])
         else:
             self._circle[slot] = False
             self._geom[slot] = shape
+            self._rings.put(slot, shape)
             self._bbox[slot] = shape.bounds
             cells = _polygon_cells(shape)
         self._kind[slot] = _KIND_CODE[fkind]
@@ -128,6 +131,7 @@ class FenceSet:
         self._retire(slot)
         self._alive[slot] = False
         self._geom[slot] = None
+        self._rings.drop(slot)
 
     def slot(self, key: str) -> int:
         """The slot of fence ``key``; GeometryError if unknown."""
@@ -202,7 +206,9 @@ class FenceSet:
         return fix.astype(np.int64), slot.astype(np.int64)
 
     def distance_to(self, slots: ArrayLike, lon: ArrayLike, lat: ArrayLike) -> NDArray[np.float64]:
-        """Metres from fix i to the boundary of fence ``slots[i]``, 0 inside (NaN: slot -1)."""
+        """Metres from fix i to the boundary of fence ``slots[i]``, 0 inside (NaN: slot -1).
+
+        Any mix of fences in one call, with no loop over them (polygons: ``_rings``)."""
         slots_a, lon_a, lat_a = _inputs(slots, lon, lat)
         out = np.full(slots_a.shape[0], np.nan)
         ok = (slots_a >= 0) & np.isfinite(lon_a) & np.isfinite(lat_a)
@@ -211,10 +217,30 @@ class FenceSet:
         c = self._centre[slots_a[circ]]
         d = distance_m(c[:, 0], c[:, 1], lon_a[circ], lat_a[circ]) - self._radius[slots_a[circ]]
         out[circ] = np.maximum(d, 0.0)
-        poly = ok & ~circ
-        for s in np.unique(slots_a[poly]):
-            idx = np.flatnonzero(poly & (slots_a == s))
-            out[idx] = _polygon_distance(self._geom[s], lon_a[idx], lat_a[idx])
+        poly = np.flatnonzero(ok & ~circ)
+        if poly.size:
+            s, x, y = slots_a[poly], lon_a[poly], lat_a[poly]
+            inside = shapely.intersects_xy(self._geom[s], x, y)
+            out[poly] = np.where(inside, 0.0, self._rings.distance(s, x, y))
+        return out
+
+    def beyond(
+        self, slots: ArrayLike, lon: ArrayLike, lat: ArrayLike, margin_m: ArrayLike
+    ) -> NDArray[np.bool_]:
+        """Whether fix i lies farther than ``margin_m[i]`` metres beyond the edge of fence
+        ``slots[i]`` (the exit test of fence membership with hysteresis). Non-finite fixes
+        and slot -1 are not beyond."""
+        slots_a, lon_a, lat_a = _inputs(slots, lon, lat)
+        margin = np.broadcast_to(np.asarray(margin_m, dtype=np.float64), slots_a.shape)
+        with np.errstate(invalid="ignore"):
+            return self.distance_to(slots_a, lon_a, lat_a) > margin
+
+    def alive(self, slots: ArrayLike) -> NDArray[np.bool_]:
+        """Whether each slot holds a fence (False for -1, never handed out, or removed)."""
+        s = np.asarray(slots, dtype=np.int64)
+        ok = (s >= 0) & (s < self._n)
+        out = np.zeros(s.shape, bool)
+        out[ok] = self._alive[s[ok]]
         return out
 
     # ---------------------------------------------------------------------- helpers
@@ -336,20 +362,3 @@ def _polygon_cells(poly: BaseGeometry) -> Cells:
     keep = shapely.intersects(poly, boxes)
     full = shapely.contains(poly, boxes)
     return Cells(level, ix[keep], iy[keep], full[keep])
-
-
-def _polygon_distance(
-    poly: BaseGeometry, lon: NDArray[np.float64], lat: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Metres from each point to the polygon's boundary, 0 inside (local ellipsoidal scale)."""
-    inside = shapely.intersects_xy(poly, lon, lat)
-    best = np.full(lon.shape[0], np.inf)
-    kxp, kyp = metres_per_degree(lat[:, None])
-    for ring in shapely.get_rings(shapely.get_parts(poly)):
-        c = shapely.get_coordinates(ring)
-        kxv, _ = metres_per_degree(c[None, :, 1])
-        x = wrap_lon(c[None, :, 0] - lon[:, None]) * (0.5 * (kxp + kxv))
-        y = (c[None, :, 1] - lat[:, None]) * kyp
-        d2, _ = point_segment(x[:, :-1], y[:, :-1], x[:, 1:], y[:, 1:])
-        best = np.minimum(best, np.sqrt(d2.min(axis=1)))
-    return np.where(inside, 0.0, best)

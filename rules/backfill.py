@@ -34,6 +34,8 @@ from rules.state import (
     ACTIVE,
     DC,
     DEVICE_ROW,
+    GF_SINCE,
+    GF_SLOT,
     PLANNED,
     TC,
     TRIP_ROW,
@@ -100,6 +102,12 @@ def _trip_row(cur: F64, prog: StopProgress, since: int) -> F64:
     row[TC.STATUS] = ACTIVE if active else PLANNED
     for col in (TC.SEEN_ORIGIN, TC.SEALED, TC.DEPARTED, TC.LOCK_STATE):
         row[col] = cur[col]
+    if row[TC.SEEN_ORIGIN] == 1.0 and row[TC.DEPARTED] == 0.0:
+        row[TC.IN_ORIGIN] = 1.0  # not departed yet: still inside the origin
+    # Geofence memberships begun before the window hold through it (no second entry).
+    held = cur[GF_SINCE] < since  # False for NaN (free)
+    row[GF_SLOT] = np.where(held, cur[GF_SLOT], -1.0)
+    row[GF_SINCE] = np.where(held, cur[GF_SINCE], np.nan)
     row[TC.NEXT_STOP] = prog.next_arrival()
     if not active:
         return row

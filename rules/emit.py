@@ -17,8 +17,11 @@ import numpy as np
 from rules.events import (
     AlarmSignal,
     AlarmType,
+    AlarmWithdrawn,
     EngineEvent,
     EpisodeEnded,
+    GeofenceChange,
+    GeofenceTransition,
     Milestone,
     MilestoneKind,
     TripStatus,
@@ -117,6 +120,63 @@ class Emitter:
                 episode=episode,
                 ts=int(ts),
                 details=plain(details),
+            )
+        )
+
+    def withdrawn(
+        self,
+        info: TripInfo,
+        alarm_type: AlarmType,
+        episode: str,
+        ts: int,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """The alarm of ``episode`` was a false alarm after all (once per episode)."""
+        key = episode + "#withdrawn"
+        if key in info.emitted:
+            return
+        info.emitted.add(key)
+        self.events.append(
+            AlarmWithdrawn(
+                type=alarm_type,
+                trip_id=info.trip_id,
+                shipper=info.shipper,
+                episode=episode,
+                ts=int(ts),
+                details=plain(details),
+            )
+        )
+
+    def geofence(
+        self,
+        info: TripInfo,
+        change: str,
+        ts: int,
+        device_id: str,
+        geofence_id: str,
+        name: str | None,
+        kind: str,
+        *,
+        lat: float | None = None,
+        lon: float | None = None,
+    ) -> None:
+        """The trip entered or left a global geofence (once per fence, change and ts)."""
+        key = f"geofence:{geofence_id}:{change}:{int(ts)}"
+        if key in info.emitted:
+            return
+        info.emitted.add(key)
+        self.events.append(
+            GeofenceTransition(
+                trip_id=info.trip_id,
+                shipper=info.shipper,
+                change=GeofenceChange(change),
+                ts=int(ts),
+                device_id=device_id,
+                geofence_id=geofence_id,
+                name=name,
+                kind=kind,
+                lat=lat,
+                lon=lon,
             )
         )
 

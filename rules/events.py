@@ -21,6 +21,7 @@ class AlarmType(StrEnum):
     SPEEDING = "SPEEDING"
     LATE_ARRIVAL = "LATE_ARRIVAL"
     LOW_BATTERY = "LOW_BATTERY"
+    RISK_ZONE_ENTRY = "RISK_ZONE_ENTRY"
 
 
 class Severity(StrEnum):
@@ -40,6 +41,7 @@ SEVERITY: dict[AlarmType, Severity] = {
     AlarmType.SPEEDING: Severity.MINOR,
     AlarmType.LATE_ARRIVAL: Severity.MAJOR,
     AlarmType.LOW_BATTERY: Severity.MINOR,
+    AlarmType.RISK_ZONE_ENTRY: Severity.MAJOR,
 }
 
 
@@ -92,6 +94,42 @@ class EpisodeEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmWithdrawn:
+    """Late data showed that the alarm of ``episode`` should never have been raised (a
+    LATE_ARRIVAL whose stop was in fact entered in time): ``alerts`` resolves it as
+    ``false_alarm`` by ``engine`` with ``details.withdrawn``."""
+
+    type: AlarmType
+    trip_id: str
+    shipper: str
+    episode: str
+    ts: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class GeofenceChange(StrEnum):
+    ENTERED = "entered"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceTransition:
+    """An active trip entered or left a global geofence of kind depot, consignee or custom
+    (membership with hysteresis, CONTRACT §3): ``geofence.entered`` / ``geofence.exited``."""
+
+    trip_id: str
+    shipper: str
+    change: GeofenceChange
+    ts: int
+    device_id: str
+    geofence_id: str
+    name: str | None
+    kind: str
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Milestone:
     trip_id: str
     shipper: str
@@ -130,4 +168,12 @@ class PositionUpdate:
     distance_to_route_m: float | None = None
 
 
-EngineEvent = AlarmSignal | EpisodeEnded | Milestone | TripStatusChanged | PositionUpdate
+EngineEvent = (
+    AlarmSignal
+    | EpisodeEnded
+    | AlarmWithdrawn
+    | Milestone
+    | GeofenceTransition
+    | TripStatusChanged
+    | PositionUpdate
+)

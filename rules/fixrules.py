@@ -4,7 +4,8 @@ A round holds at most one fix per trip, so the state rows of its trips are gathe
 small matrix, every rule is evaluated on whole columns, and the rows are written back in
 one scatter. Only transitions (an alarm raised or ended, a fence entered or left) drop into
 Python to build events. Rules covered here: validity (null island, GPS jump), LOW_BATTERY,
-ROUTE_DEVIATION, LONG_STOP, SPEEDING, DWELL_OVERTIME and the fence milestones.
+ROUTE_DEVIATION, LONG_STOP, SPEEDING, DWELL_OVERTIME, fence membership (rules/membership.py:
+milestones, geofence events, RISK_ZONE_ENTRY).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from rules.batch import FixCols
 from rules.context import IDLE, OFF_ROUTE, ON_ROUTE, STOPPED, Ctx, Outcome
 from rules.emit import episode_key
 from rules.events import AlarmType, MilestoneKind
-from rules.geometry import BatchGeometry
+from rules.geometry import GF_REST, BatchGeometry
 from rules.lifecycle import stop_change, touch_trips
+from rules.membership import apply_geofences, in_geofence_kind, trip_fences
 from rules.state import ACTIVE, DC, RC, TC
 
 __all__ = ["apply_battery", "apply_fix_round"]
@@ -227,24 +229,29 @@ def apply_fix_round(
     S[:, TC.HINT] = np.where(g_seg >= 0, g_seg, S[:, TC.HINT])
     S[:, TC.DIST] = g_dist
 
-    # Origin: departed = first fix of the active trip outside the origin after being in it.
-    S[:, TC.IN_ORIGIN] = g_org
-    S[:, TC.SEEN_ORIGIN] = np.maximum(S[:, TC.SEEN_ORIGIN], g_org)
-    departed = active & ~g_org & (S[:, TC.SEEN_ORIGIN] == 1.0) & (S[:, TC.DEPARTED] == 0.0)
+    # Fence membership with hysteresis (rules/membership.py): origin, stops, geofences.
+    in_org, new_stop, origin_exit, stop_exit = trip_fences(
+        ctx, S, T, R, vts, vlon, vlat, g_org, g_stop
+    )
+    apply_geofences(ctx, S, T, r, geo, R, vd, vts, vlon, vlat, active, arrival_v)
+
+    # Origin: departed = the origin membership of the active trip ended after it was in it.
+    S[:, TC.SEEN_ORIGIN] = np.maximum(S[:, TC.SEEN_ORIGIN], in_org)
+    departed = active & ~in_org & (S[:, TC.SEEN_ORIGIN] == 1.0) & (S[:, TC.DEPARTED] == 0.0)
     S[departed, TC.DEPARTED] = 1.0
 
     # Stop visits and DWELL_OVERTIME ("longer than" max_dwell_min: strictly greater).
     old_stop = S[:, TC.CUR_STOP].copy()
     old_dwell = S[:, TC.DWELL_OPEN].copy()
-    changed = g_stop != old_stop
-    in_stop = g_stop >= 0
-    S[:, TC.CUR_STOP] = g_stop
+    changed = new_stop != old_stop
+    in_stop = new_stop >= 0
+    S[:, TC.CUR_STOP] = new_stop
     S[:, TC.VISIT_START] = np.where(changed, vts, S[:, TC.VISIT_START])
     S[:, TC.DWELL_OPEN] = np.where(changed, NAN, S[:, TC.DWELL_OPEN])
     dwell_ms = (
-        trips.st_dwell_ms[trips.stop_base[T] + np.maximum(g_stop, 0)]
+        trips.st_dwell_ms[trips.stop_base[T] + np.maximum(new_stop, 0)]
         if in_stop.any()
-        else np.zeros(g_stop.shape[0])
+        else np.zeros(new_stop.shape[0])
     )
     dwell_raise = (
         active & in_stop & np.isnan(S[:, TC.DWELL_OPEN]) & (vts - S[:, TC.VISIT_START] > dwell_ms)
@@ -253,8 +260,9 @@ def apply_fix_round(
 
     # ROUTE_DEVIATION: > corridor for >= N consecutive fixes and >= off_route_min_s; ends
     # after back_on_route_fixes consecutive fixes within it. Fixes inside the trip's own
-    # origin or stop fences never count as off route (a stop off the line is planned).
-    exempt = g_org | in_stop
+    # origin or stop fences never count as off route (a stop off the line is planned); nor
+    # does a fix of a trip still inside one by membership (drift at a stop off the line).
+    exempt = g_org | (g_stop >= 0) | in_org | in_stop
     off_now = (g_dist > R[:, RC.CORRIDOR_M]) & ~exempt
     off = off_now & active
     cnt, since, dmax = S[:, TC.OFF_COUNT], S[:, TC.OFF_SINCE], S[:, TC.OFF_MAX]
@@ -301,7 +309,8 @@ def apply_fix_round(
         cand = np.flatnonzero(s_raise)
         if cand.size:
             shippers = [trips.info[s].shipper for s in T[cand].tolist()]
-            rest = ctx.geometry.in_rest_area(vlon[cand], vlat[cand], shippers)
+            rest = in_geofence_kind(ctx, S[cand], GF_REST)
+            rest |= ctx.geometry.in_rest_area(vlon[cand], vlat[cand], shippers)
             rest |= ctx.geometry.in_rest_area(a_lon2[cand], a_lat2[cand], shippers)
             s_raise[cand[rest]] = False
     s_ended = s_open.copy()
@@ -385,23 +394,25 @@ def apply_fix_round(
                 },
             )
         if departed[i]:
+            left_ts = ts_i if np.isnan(origin_exit[i]) else int(origin_exit[i])
             emit.milestone(
-                info, MilestoneKind.DEPARTED, ts_i, device_id=dev_id, lat=lat_i, lon=lon_i
+                info, MilestoneKind.DEPARTED, left_ts, device_id=dev_id, lat=lat_i, lon=lon_i
             )
         if changed[i]:
             stop_change(
                 ctx,
                 slot,
                 int(old_stop[i]),
-                int(g_stop[i]),
+                int(new_stop[i]),
                 ts_i,
                 device_id=dev_id,
                 lon=lon_i,
                 lat=lat_i,
                 old_dwell_open=float(old_dwell[i]),
+                left_ts=None if np.isnan(stop_exit[i]) else int(stop_exit[i]),
             )
         if dwell_raise[i]:
-            stop = info.plan.stops[int(g_stop[i])]
+            stop = info.plan.stops[int(new_stop[i])]
             start = float(S[i, TC.VISIT_START])
             emit.alarm(
                 info,

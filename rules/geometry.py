@@ -1,9 +1,12 @@
 """The engine's use of the ``geofence`` kernel: trip routes, trip fences, global geofences.
 
-One call per batch each for route distances (``RouteSet.locate`` with per-trip hints) and
-trip-fence membership (``FenceSet.contains`` on the fix x own-fence pairs that survive a
-bounding-box pre-filter, so fixes on the open road cost four comparisons per own fence).
-Global geofences (rest areas) are only asked about fixes that are about to raise LONG_STOP.
+One call per batch each for route distances (``RouteSet.locate`` with per-trip hints),
+trip-fence containment (``FenceSet.contains`` on the fix x own-fence pairs that survive a
+bounding-box pre-filter, so fixes on the open road cost four comparisons per own fence) and
+global-geofence containment (one grid ``FenceSet.query`` for all fixes, kept as pairs per
+fix). Membership with hysteresis is decided per round from these and the state
+(rules/membership.py), which asks ``FenceSet.beyond`` only about fixes outside a fence the
+trip is inside of.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ from rules.errors import RulesError, TripPlanError
 from rules.plan import FencePlan, TripPlan
 from rules.state import TC, TripTable
 
-__all__ = ["BatchGeometry", "TripGeometry"]
+__all__ = ["GF_KIND_CODE", "GF_NOTIFY", "GF_REST", "GF_RISK", "BatchGeometry", "TripGeometry"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+GF_REST, GF_RISK, GF_NOTIFY = 0, 1, 2
+GF_KIND_CODE = {"rest_area": GF_REST, "risk_zone": GF_RISK, "depot": GF_NOTIFY,
+                "consignee": GF_NOTIFY, "custom": GF_NOTIFY, "origin": -1, "stop": -1}  # fmt: skip
+"""What a global geofence does: excuse LONG_STOP, raise RISK_ZONE_ENTRY, or notify the
+shipper of entering and leaving (geofence.entered / geofence.exited)."""
 _STOP_BITS = 20  # plan index packed under a priority class when choosing among stops
 
 
@@ -44,13 +52,16 @@ def fence_box(fence: FencePlan) -> tuple[float, float, float, float]:
 class BatchGeometry:
     """Route distance, route segment and own-fence membership of each fix of a batch."""
 
-    __slots__ = ("dist", "in_origin", "seg", "stop")
+    __slots__ = ("dist", "gf_slot", "gf_start", "in_origin", "seg", "stop")
 
     def __init__(self, n: int) -> None:
         self.dist: F64 = np.full(n, np.nan)
         self.seg: I64 = np.full(n, -1, dtype=np.int64)
         self.in_origin = np.zeros(n, dtype=bool)
         self.stop: I64 = np.full(n, -1, dtype=np.int64)
+        # Global geofences holding fix i: gf_slot[gf_start[i] : gf_start[i + 1]].
+        self.gf_start: I64 = np.zeros(n + 1, dtype=np.int64)
+        self.gf_slot: I64 = np.zeros(0, dtype=np.int64)
 
 
 class TripGeometry:
@@ -61,6 +72,10 @@ class TripGeometry:
         self.trip_fences = FenceSet()
         self.geofences = FenceSet()
         self._geofence_shipper: dict[int, str | None] = {}
+        self._geofence_meta: dict[int, tuple[str, str | None, str]] = {}  # id, name, kind
+        # Per geofence slot, for array filters: owning shipper (None: global) and kind code.
+        self.gf_owner = np.full(64, None, dtype=object)
+        self.gf_kind = np.full(64, -1, dtype=np.int8)
 
     # -- trips ------------------------------------------------------------------------------
     @staticmethod
@@ -139,6 +154,8 @@ class TripGeometry:
         )
         out.dist[sel] = match.distance_m
         out.seg[sel] = match.segment
+        if self._geofence_meta:
+            self._global_pairs(trips, out, sel, t, slon, slat)
         # Fix x own-fence pairs, pre-filtered by box; the kernel only sees the survivors.
         cnt = trips.fence_count[t]
         total = int(cnt.sum())
@@ -169,6 +186,25 @@ class TripGeometry:
             hit = best != np.iinfo(np.int64).max
             out.stop[sel[hit]] = best[hit] & ((1 << _STOP_BITS) - 1)
         return out
+
+    def _global_pairs(
+        self, trips: TripTable, out: BatchGeometry, sel: I64, t: I64, lon: F64, lat: F64
+    ) -> None:
+        """Global geofences holding each fix: the grid query, then a shipper's own fences
+        kept for that shipper's trips only."""
+        fix, slot = self.geofences.query(lon, lat)
+        if fix.size == 0:
+            return
+        owner = self.gf_owner[slot]
+        private = np.flatnonzero(owner != None)  # noqa: E711 (element-wise on objects)
+        if private.size:
+            mine = owner[private] == trips.shippers[t[fix[private]]]
+            keep = np.ones(fix.size, dtype=bool)
+            keep[private[~mine]] = False
+            fix, slot = fix[keep], slot[keep]
+        counts = np.bincount(sel[fix], minlength=out.gf_start.size - 1)
+        out.gf_start[1:] = np.cumsum(counts)
+        out.gf_slot = slot
 
     def fences_at(
         self, trips: TripTable, slot: int, lon: float, lat: float
@@ -209,7 +245,18 @@ class TripGeometry:
         except GeometryError as exc:
             raise RulesError(exc.message, geofence_id=gid) from None
         shipper = fence.get("shipper")
-        self._geofence_shipper[slot] = shipper if isinstance(shipper, str) else None
+        owner = shipper if isinstance(shipper, str) else None
+        self._geofence_shipper[slot] = owner
+        name = fence.get("name")
+        if name is None and isinstance(props, Mapping):
+            name = props.get("name")
+        self._geofence_meta[slot] = (gid, None if name is None else str(name), kind or "custom")
+        if slot >= self.gf_owner.shape[0]:
+            grow = max(2 * self.gf_owner.shape[0], slot + 1) - self.gf_owner.shape[0]
+            self.gf_owner = np.concatenate([self.gf_owner, np.full(grow, None, dtype=object)])
+            self.gf_kind = np.concatenate([self.gf_kind, np.full(grow, -1, dtype=np.int8)])
+        self.gf_owner[slot] = owner
+        self.gf_kind[slot] = GF_KIND_CODE[self.geofences.kind(slot)]
 
     def remove_geofence(self, geofence_id: str) -> None:
         """Forget a global geofence (unknown ids are ignored)."""
@@ -217,6 +264,17 @@ class TripGeometry:
             slot = self.geofences.slot(geofence_id)
             self.geofences.remove(geofence_id)
             self._geofence_shipper.pop(slot, None)
+            self._geofence_meta.pop(slot, None)
+            self.gf_owner[slot] = None
+            self.gf_kind[slot] = -1
+
+    def geofence_meta(self, slot: int) -> tuple[str, str | None, str] | None:
+        """(geofence_id, name, kind) of a live global geofence slot, else None."""
+        return self._geofence_meta.get(int(slot))
+
+    def geofence_slot(self, geofence_id: str) -> int | None:
+        """The slot of a live global geofence, else None."""
+        return self.geofences.slot(geofence_id) if geofence_id in self.geofences else None
 
     def in_rest_area(self, lon: F64, lat: F64, shippers: Sequence[str]) -> npt.NDArray[np.bool_]:
         """Whether each point lies in a rest-area geofence that is global or the shipper's."""

@@ -117,12 +117,16 @@ def stop_change(
     lon: float | None,
     lat: float | None,
     old_dwell_open: float,
+    left_ts: int | None = None,
 ) -> None:
     """The truck left stop ``old`` and/or entered stop ``new`` (plan indices, -1 none).
 
     Milestones ``left`` / ``arrived`` once per stop and only while active; a DWELL_OVERTIME
-    episode of the visit ends on leaving. State columns were already updated by the caller.
+    episode of the visit ends on leaving. ``left_ts``: when the truck left ``old`` (the
+    first fix of the run that confirmed it; default ``ts``). State columns were already
+    updated by the caller.
     """
+    gone = ts if left_ts is None else left_ts
     trips = ctx.trips
     info, prog = trips.info[slot], trips.progress[slot]
     assert info is not None and prog is not None
@@ -131,20 +135,49 @@ def stop_change(
         if not math.isnan(old_dwell_open):
             stop_id = info.plan.stops[old].stop_id
             key = episode_key(info.trip_id, AlarmType.DWELL_OVERTIME, stop_id, old_dwell_open)
-            ctx.emit.ended(info, AlarmType.DWELL_OVERTIME, key, ts, {"stop_id": stop_id})
+            ctx.emit.ended(info, AlarmType.DWELL_OVERTIME, key, gone, {"stop_id": stop_id})
         if active and prog.arrived[old] >= 0 and prog.left[old] < 0:
-            prog = prog.with_("left", old, ts)
+            prog = prog.with_("left", old, gone)
             ctx.emit.milestone(
-                info, MilestoneKind.LEFT, ts, stop_index=old, device_id=device_id, lon=lon, lat=lat
+                info,
+                MilestoneKind.LEFT,
+                gone,
+                stop_index=old,
+                device_id=device_id,
+                lon=lon,
+                lat=lat,
             )
     if new >= 0 and active and prog.arrived[new] < 0:
         prog = prog.with_("arrived", new, ts)
         ctx.emit.milestone(
             info, MilestoneKind.ARRIVED, ts, stop_index=new, device_id=device_id, lon=lon, lat=lat
         )
+        if new in info.late_done:
+            _withdraw_late(ctx, slot, new, ts)
     trips.progress[slot] = prog
     trips.m[slot, TC.NEXT_STOP] = prog.next_arrival()
     update_late_deadline(trips, slot)
+
+
+def _withdraw_late(ctx: Ctx, slot: int, index: int, ts: int) -> None:
+    """LATE_ARRIVAL was raised for stop ``index`` (no data had shown it entered by the
+    deadline), and late data now shows the trip entered it at ``ts``: within the deadline,
+    the alarm is withdrawn (CONTRACT §4); after it, the alarm was right and stays."""
+    trips = ctx.trips
+    info = trips.info[slot]
+    assert info is not None
+    eta = float(trips.st_eta[int(trips.stop_base[slot]) + index])
+    deadline = eta + float(trips.rules[slot, RC.LATE_TOLERANCE_MIN]) * 60_000.0
+    if not ts <= deadline:
+        return
+    stop_id = info.plan.stops[index].stop_id
+    ctx.emit.withdrawn(
+        info,
+        AlarmType.LATE_ARRIVAL,
+        episode_key(info.trip_id, AlarmType.LATE_ARRIVAL, stop_id),
+        ts,
+        {"stop_id": stop_id, "arrived_at": int(ts), "deadline": int(deadline)},
+    )
 
 
 def open_episodes(
@@ -240,7 +273,10 @@ def restore_history(trips: TripTable, slot: int, history: Iterable[Mapping[str, 
         info.emitted.add(milestone_key(mk, stop_id if index is not None else None))
         if mk == MilestoneKind.SEALED:
             m[TC.SEALED] = m[TC.SEEN_ORIGIN] = 1.0
+            if m[TC.DEPARTED] == 0.0:  # sealed at origin, not yet departed: still there
+                m[TC.IN_ORIGIN] = 1.0
         elif mk == MilestoneKind.DEPARTED:
+            m[TC.IN_ORIGIN] = 0.0
             m[TC.DEPARTED] = m[TC.SEEN_ORIGIN] = 1.0
         elif index is not None and mk == MilestoneKind.ARRIVED:
             prog = prog.with_("arrived", index, ts)

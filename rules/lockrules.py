@@ -1,13 +1,16 @@
 """E-lock rules (CONTRACT §3-§4), one event at a time (lock events are few).
 
 - ``locked`` inside the origin fence: activates a planned trip, milestone ``sealed``.
-- ``unlocked`` while active: position = the event's own lat/lon, else the last valid fix of
-  any of the trip's devices no older than ``unlock_fix_max_age_s`` (event time).
+- ``unlocked`` while active: located by ``locate`` -- the trip's GPS fix nearest in time
+  (within ``unlock_fix_max_age_s``) is the position, the lock's own position counts only
+  within ``lock_gps_disagree_m`` of it (else recorded in ``details``, not trusted), or when
+  no such fix exists; membership with hysteresis decides which fences hold it.
   No position -> UNAUTHORIZED_UNLOCK with ``position_unknown``; outside every
   unlock-allowed stop -> UNAUTHORIZED_UNLOCK; inside the next unvisited unlock-allowed stop
   -> milestone ``unsealed``; inside another unlock-allowed stop -> UNLOCK_OUT_OF_SEQUENCE
-  (again inside a stop already unsealed and not yet left: a repeat, nothing). Inside the
-  last stop: arrival there is implied by the position and the trip completes.
+  (again inside a stop already unsealed and not yet left: a repeat, nothing). Placed in
+  the last stop by the GPS (by the lock only when the trip has no GPS unit): arrival there
+  is implied and the trip completes.
 - ``tamper`` / ``rope_cut`` / ``forced_open`` while active: LOCK_TAMPER, one per event.
 - ``low_battery``, or ``battery_pct`` on any event: LOW_BATTERY (see fixrules).
 """
@@ -15,9 +18,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from geofence import distance_m
 from rules.batch import LockCols
 from rules.context import Ctx, Outcome
 from rules.emit import episode_key
@@ -27,17 +32,33 @@ from rules.lifecycle import activate, finish, stop_change, touch_trips
 from rules.state import ACTIVE, DC, PLANNED, RC, TC
 from telemetry.models import LockEvent, LockEventType
 
-__all__ = ["apply_lock", "lock_position"]
+__all__ = ["Located", "apply_lock", "has_gps", "locate", "nearest_fix"]
 
 TAMPER = {LockEventType.TAMPER, LockEventType.ROPE_CUT, LockEventType.FORCED_OPEN}
 LOCKED, UNLOCKED = 1.0, 2.0
 
 
-def lock_position(
-    ctx: Ctx, slot: int, event: LockEvent, ts: int
-) -> tuple[float, float, str] | None:
-    """(lon, lat, source) of a lock event: its own position, else the trip's last valid
-    fix when no older than ``unlock_fix_max_age_s``; None when neither is known."""
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Where a lock event happened, as far as the rules are concerned.
+
+    ``lon``/``lat``/``source``: the position reported with the event's alarm or milestone
+    (``event``: the lock's own, corroborated by the GPS when there is one; ``last_fix``: the
+    trip's valid fix nearest in time). ``stops`` / ``in_origin``: the fences the event is
+    inside of; ``gps_stops``: those the GPS alone places it in (None: no GPS fix within
+    ``unlock_fix_max_age_s``). ``details``: what the alarm records about the disagreement.
+    """
+
+    lon: float
+    lat: float
+    source: str
+    stops: list[int]
+    in_origin: bool
+    gps_stops: list[int] | None
+    details: dict[str, object]
+
+
+def _own_position(event: LockEvent) -> tuple[float, float] | None:
     lon, lat = event.lon, event.lat
     if (
         lon is not None
@@ -46,12 +67,66 @@ def lock_position(
         and math.isfinite(lat)
         and not (lon == 0.0 and lat == 0.0)
     ):
-        return float(lon), float(lat), "event"
-    m = ctx.trips.m[slot]
-    age_ms = abs(ts - m[TC.VALID_TS])
-    if age_ms <= ctx.trips.rules[slot, RC.UNLOCK_FIX_MAX_AGE_S] * 1000.0:  # False for NaN
-        return float(m[TC.VALID_LON]), float(m[TC.VALID_LAT]), "last_fix"
+        return float(lon), float(lat)
     return None
+
+
+def nearest_fix(ctx: Ctx, slot: int, ts: int) -> tuple[float, float, float] | None:
+    """(lon, lat, ts) of the valid fix of any of the trip's devices nearest in time to
+    ``ts``, when within ``unlock_fix_max_age_s`` (either side); else None."""
+    info = ctx.trips.info[slot]
+    assert info is not None
+    rows = ctx.devices.m[list(info.device_slots)]
+    age = np.abs(ts - rows[:, DC.VALID_TS])
+    if not (age <= ctx.trips.rules[slot, RC.UNLOCK_FIX_MAX_AGE_S] * 1000.0).any():
+        return None  # (NaN compares False: devices with no fix)
+    k = int(np.nanargmin(age))
+    return float(rows[k, DC.VALID_LON]), float(rows[k, DC.VALID_LAT]), float(rows[k, DC.VALID_TS])
+
+
+def locate(ctx: Ctx, slot: int, event: LockEvent, ts: int) -> Located | None:
+    """Locate a lock event (CONTRACT §4, v2): the truck's GPS fix nearest in time, within
+    ``unlock_fix_max_age_s``, is the position; the lock's own position counts only when it
+    lies within ``lock_gps_disagree_m`` of that fix (else it is recorded, not trusted), or
+    when there is no such fix. When that fix is the trip's latest, membership with
+    hysteresis decides the fences (a parked truck's drifted fix is still at its stop).
+    None when no position is known."""
+    trips = ctx.trips
+    m = trips.m[slot]
+    own = _own_position(event)
+    gps = nearest_fix(ctx, slot, ts)
+    if gps is None:
+        if own is None:
+            return None
+        in_origin, stops = ctx.geometry.fences_at(trips, slot, own[0], own[1])
+        return Located(own[0], own[1], "event", stops, in_origin, None, {})
+    g_lon, g_lat, g_ts = gps
+    g_origin, g_stops = ctx.geometry.fences_at(trips, slot, g_lon, g_lat)
+    if g_ts == m[TC.VALID_TS] and g_lon == m[TC.VALID_LON] and g_lat == m[TC.VALID_LAT]:
+        g_origin = g_origin or m[TC.IN_ORIGIN] == 1.0
+        cur = int(m[TC.CUR_STOP])
+        if cur >= 0 and cur not in g_stops:
+            g_stops = sorted([*g_stops, cur])
+    details: dict[str, object] = {"gps_fix_ts": int(g_ts)}
+    if own is None:
+        return Located(g_lon, g_lat, "last_fix", g_stops, g_origin, g_stops, details)
+    apart = float(distance_m(own[0], own[1], g_lon, g_lat))
+    details["disagreement_m"] = round(apart, 1)
+    if apart > trips.rules[slot, RC.LOCK_GPS_DISAGREE_M]:
+        details["lock_position"] = {"lat": own[1], "lon": own[0]}
+        details["lock_position_trusted"] = False
+        return Located(g_lon, g_lat, "last_fix", g_stops, g_origin, g_stops, details)
+    o_origin, o_stops = ctx.geometry.fences_at(trips, slot, own[0], own[1])
+    stops = sorted(set(g_stops) | set(o_stops))
+    return Located(own[0], own[1], "event", stops, g_origin or o_origin, g_stops, details)
+
+
+def has_gps(ctx: Ctx, slot: int, device: int) -> bool:
+    """Whether a device of the trip other than ``device`` has ever had a valid fix."""
+    info = ctx.trips.info[slot]
+    assert info is not None
+    others = [d for d in info.device_slots if d != device]
+    return bool(others) and bool((~np.isnan(ctx.devices.m[others, DC.VALID_TS])).any())
 
 
 def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> None:
@@ -99,7 +174,7 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
         m[TC.LOCK_STATE] = UNLOCKED
     if kind not in TAMPER and kind not in (LockEventType.LOCKED, LockEventType.UNLOCKED):
         return
-    pos = lock_position(ctx, slot, event, ts)
+    pos = locate(ctx, slot, event, ts)
     base: dict[str, object] = {
         "event": kind.value,
         "method": None if event.method is None else event.method.value,
@@ -112,18 +187,17 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
                 device_id,
                 ts,
                 episode_key(info.trip_id, AlarmType.LOCK_TAMPER, device_id, ts),
-                lon=pos[0] if pos else None,
-                lat=pos[1] if pos else None,
-                details=base,
+                lon=pos.lon if pos else None,
+                lat=pos.lat if pos else None,
+                details={**base, **(pos.details if pos else {})},
                 arrival_ms=arrival,
             )
         return
-    in_origin, stops = (
-        (False, []) if pos is None else ctx.geometry.fences_at(trips, slot, pos[0], pos[1])
-    )
     if kind == LockEventType.LOCKED:
-        if in_origin and pos is not None:  # in_origin implies a position
+        if pos is not None and pos.in_origin:
             m[TC.SEEN_ORIGIN] = 1.0
+            if m[TC.DEPARTED] == 0.0:  # placed in the origin: inside it (membership)
+                m[TC.IN_ORIGIN], m[TC.ORIGIN_OUT] = 1.0, 0.0
             if m[TC.STATUS] == PLANNED:
                 activate(ctx, slot, ts, "sealed at origin", arrival)
             if m[TC.STATUS] == ACTIVE and m[TC.SEALED] == 0.0:
@@ -133,13 +207,13 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
                     MilestoneKind.SEALED,
                     ts,
                     device_id=device_id,
-                    lon=pos[0],
-                    lat=pos[1],
+                    lon=pos.lon,
+                    lat=pos.lat,
                     details={"method": base["method"]},
                 )
         return
     if m[TC.STATUS] == ACTIVE:
-        _unlocked(ctx, slot, ts, device_id, pos, stops, base, arrival)
+        _unlocked(ctx, slot, ts, device_id, pos, base, arrival, has_gps(ctx, slot, d))
 
 
 def _arrive(
@@ -166,6 +240,7 @@ def _arrive(
         return
     old_dwell = float(m[TC.DWELL_OPEN])
     m[TC.CUR_STOP] = index
+    m[TC.STOP_OUT] = 0.0
     m[TC.VISIT_START] = ts
     m[TC.DWELL_OPEN] = math.nan
     stop_change(
@@ -178,10 +253,10 @@ def _unlocked(
     slot: int,
     ts: int,
     device_id: str,
-    pos: tuple[float, float, str] | None,
-    stops: list[int],
+    pos: Located | None,
     base: dict[str, object],
     arrival: int,
+    gps_unit: bool,
 ) -> None:
     trips = ctx.trips
     info, emit = trips.info[slot], ctx.emit
@@ -198,7 +273,8 @@ def _unlocked(
             arrival_ms=arrival,
         )
         return
-    lon, lat, source = pos
+    lon, lat, source, stops = pos.lon, pos.lat, pos.source, pos.stops
+    base = {**base, **pos.details}
     sb = int(trips.stop_base[slot])
     n = int(trips.n_stops[slot])
     unlock_ok = trips.st_unlock[sb : sb + n]
@@ -266,7 +342,10 @@ def _unlocked(
                 lon=lon,
                 lat=lat,
             )
+    # Completed only by an unlock the GPS places at the last stop; a trip with no GPS unit
+    # (a lock alone) by the lock's own position.
     last = n - 1
-    if n > 0 and last in stops:
+    placed = pos.gps_stops if pos.gps_stops is not None else ([] if gps_unit else stops)
+    if n > 0 and last in placed:
         _arrive(ctx, slot, last, ts, device_id, lon, lat)
         finish(ctx, slot, TripStatus.COMPLETED, ts, "unlocked at final stop")

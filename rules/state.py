@@ -22,6 +22,11 @@ from rules.thresholds import RULE_NAMES
 
 __all__ = [
     "DC",
+    "GEOFENCE_SLOTS",
+    "GF_OUT",
+    "GF_OUT_TS",
+    "GF_SINCE",
+    "GF_SLOT",
     "RC",
     "STATUS_CODE",
     "STATUS_NAME",
@@ -60,17 +65,49 @@ class TC(IntEnum):
     SPEED_SINCE = 19  # first fix over the limit in the current run
     SPEED_MAX = 20
     SPEED_OPEN = 21  # SPEEDING episode start or NaN
-    IN_ORIGIN = 22  # 0/1: last valid fix inside the origin fence
+    IN_ORIGIN = 22  # 0/1: inside the origin fence (membership with hysteresis)
     SEEN_ORIGIN = 23  # 0/1: the trip has been inside its origin
     DEPARTED = 24  # 0/1
     SEALED = 25  # 0/1
-    CUR_STOP = 26  # plan index of the stop the truck is in, -1 none
+    CUR_STOP = 26  # plan index of the stop the truck is in (membership), -1 none
     VISIT_START = 27  # ts the current stop visit began
     DWELL_OPEN = 28  # DWELL_OVERTIME episode (visit start) or NaN
     NEXT_STOP = 29  # first stop not yet arrived at (plan index; n_stops when all)
     LOCK_STATE = 30  # 0 unknown, 1 locked, 2 unlocked
     OFF_NOW = 31  # 0/1: the last valid fix was off route
     STOPPED_SINCE = 32  # anchor ts while stationary (for the UI's "stopped")
+    ORIGIN_OUT = 33  # consecutive fixes beyond the origin's exit margin while inside it
+    STOP_OUT = 34  # the same for CUR_STOP
+    # Global geofence memberships (rules/membership.py): up to GEOFENCE_SLOTS at a time,
+    # each a fence slot of TripGeometry.geofences (-1 free), its count of consecutive fixes
+    # beyond the exit margin, and the event time it was entered.
+    GF_SLOT_0 = 35
+    GF_SLOT_1 = 36
+    GF_SLOT_2 = 37
+    GF_SLOT_3 = 38
+    GF_OUT_0 = 39
+    GF_OUT_1 = 40
+    GF_OUT_2 = 41
+    GF_OUT_3 = 42
+    GF_SINCE_0 = 43
+    GF_SINCE_1 = 44
+    GF_SINCE_2 = 45
+    GF_SINCE_3 = 46
+    ORIGIN_OUT_TS = 47  # ts of the first of the run of fixes counted by ORIGIN_OUT
+    STOP_OUT_TS = 48
+    GF_OUT_TS_0 = 49
+    GF_OUT_TS_1 = 50
+    GF_OUT_TS_2 = 51
+    GF_OUT_TS_3 = 52
+
+
+GEOFENCE_SLOTS = 4
+"""Global geofences a trip can be inside at once (overlapping depot, custom and risk zones);
+an entry beyond that is ignored until a membership ends."""
+GF_SLOT = np.arange(TC.GF_SLOT_0, TC.GF_SLOT_0 + GEOFENCE_SLOTS)
+GF_OUT = np.arange(TC.GF_OUT_0, TC.GF_OUT_0 + GEOFENCE_SLOTS)
+GF_SINCE = np.arange(TC.GF_SINCE_0, TC.GF_SINCE_0 + GEOFENCE_SLOTS)
+GF_OUT_TS = np.arange(TC.GF_OUT_TS_0, TC.GF_OUT_TS_0 + GEOFENCE_SLOTS)
 
 
 class DC(IntEnum):
@@ -113,6 +150,8 @@ class RC(IntEnum):
     MAX_DWELL_MIN = 13
     MAX_JUMP_KMH = 14
     UNLOCK_FIX_MAX_AGE_S = 15
+    FENCE_EXIT_MARGIN_M = 16
+    LOCK_GPS_DISAGREE_M = 17
 
 
 if tuple(m.name.lower() for m in RC) != RULE_NAMES:
@@ -155,8 +194,12 @@ def _initial_trip_row() -> npt.NDArray[np.float64]:
         TC.NEXT_STOP,
         TC.LOCK_STATE,
         TC.OFF_NOW,
+        TC.ORIGIN_OUT,
+        TC.STOP_OUT,
+        *GF_OUT.tolist(),
     ):
         row[col] = 0.0
+    row[GF_SLOT] = -1.0
     row[TC.HINT] = -1.0
     row[TC.CUR_STOP] = -1.0
     row[TC.STATUS] = FREE

@@ -119,8 +119,10 @@ def test_unlock_at_the_next_stop_is_the_unsealed_milestone() -> None:
 def test_unlock_at_a_later_stop_is_out_of_sequence() -> None:
     _, live = loaded(stops_at=[5000.0, 10_000.0, 20_000.0])
     s2 = STRAIGHT.point(10_000.0)
-    s1_skipped = path(STRAIGHT, T0, [(3000.0, 0.0)])  # never enters S1
-    live.feed(s1_skipped, [lock_event("unlocked", T0 + MIN, at=s2)])
+    # Never enters S1 (no fix there); the GPS is at S2 when the lock opens (CONTRACT v2: the
+    # truck's GPS locates an unlock).
+    s1_skipped = path(STRAIGHT, T0, [(3000.0, 0.0), (10_000.0, 0.0)], interval_s=300)
+    live.feed(s1_skipped, [lock_event("unlocked", T0 + 6 * MIN, at=s2)])
     [alarm] = live.alarms()
     assert alarm.type == OOS and alarm.severity == "major"
     assert alarm.details["stop_id"] == "S2" and alarm.details["expected_stop_id"] == "S1"
