@@ -20,6 +20,8 @@ SKIP_REASONS: Final = (
     "duplicate_milestone",  # the milestone was recorded before
     "unknown_trip",  # a status change for a trip the store does not have
     "trip_already_ended",  # the API completed or cancelled the trip first
+    "duplicate_geofence_event",  # the geofence entry/exit was recorded before
+    "unmatched_withdrawal",  # a withdrawn alarm that was never raised
 )
 # ``alerts_error`` stages: something failed and was logged; the rest carried on.
 ERROR_STAGES: Final = (

@@ -28,6 +28,8 @@ WEBHOOK_EVENTS = (
     "alarm.resolved",
     "alarm.escalated",
     "trip.milestone",
+    "geofence.entered",
+    "geofence.exited",
 )
 
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS

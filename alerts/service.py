@@ -29,8 +29,10 @@ from core.clock import Clock
 from core.errors import Unavailable
 from rules.events import (
     AlarmSignal,
+    AlarmWithdrawn,
     EngineEvent,
     EpisodeEnded,
+    GeofenceTransition,
     Milestone,
     PositionUpdate,
     TripStatus,
@@ -128,6 +130,10 @@ class AlarmService:
             self._end_episode(event, live)
         elif isinstance(event, Milestone):
             self._milestone(event, batch, live)
+        elif isinstance(event, GeofenceTransition):
+            self._geofence(event, batch, live)
+        elif isinstance(event, AlarmWithdrawn):
+            self._withdraw(event, live)
         elif isinstance(event, TripStatusChanged):
             self._trip_status(event, live)
         else:
@@ -224,6 +230,96 @@ class AlarmService:
             event_id=event_id,
             hooks=batch.hooks(event.shipper),
         )
+
+    def _geofence(self, event: GeofenceTransition, batch: _BatchLookups, live: Live) -> None:
+        """``geofence.entered`` / ``geofence.exited``: a trip event (replay, track), the live
+        feed and the shipper's webhooks, once per event id (a re-emission after a restart or
+        a rewind is recognised by its id)."""
+        change = event.change.value
+        event_id = stable_event_id(
+            event.trip_id, "geofence", event.geofence_id, change, event.device_id, event.ts
+        )
+        if any(e.get("event_id") == event_id for e in self._store.trip_events(event.trip_id)):
+            self.metrics.alarm_event_skipped("duplicate_geofence_event")
+            return
+        geofence = {"geofence_id": event.geofence_id, "name": event.name, "kind": event.kind}
+        self._store.add_trip_event(
+            event.trip_id,
+            {
+                "kind": "geofence",
+                "change": change,
+                "ts": int(event.ts),
+                "device_id": event.device_id,
+                "geofence_id": event.geofence_id,
+                "name": event.name,
+                "geofence_kind": event.kind,
+                "lat": event.lat,
+                "lon": event.lon,
+                "recorded_at": self._clock.now_ms(),
+                "event_id": event_id,
+            },
+        )
+        data = {
+            "trip_id": event.trip_id,
+            "device_id": event.device_id,
+            "geofence": geofence,
+            "ts": iso(event.ts),
+            "lat": event.lat,
+            "lon": event.lon,
+        }
+        event_type = f"geofence.{change}"
+        live.append({"type": event_type, "shipper": event.shipper, "data": data})
+        self._enqueue(
+            event.shipper,
+            event_type,
+            data,
+            order_key=f"trip:{event.trip_id}",
+            event_id=event_id,
+            hooks=batch.hooks(event.shipper),
+        )
+
+    def _withdraw(self, event: AlarmWithdrawn, live: Live) -> None:
+        """Late data showed the alarm false (a LATE_ARRIVAL whose stop was entered in time):
+        resolved by ``engine`` as ``false_alarm`` with ``details.withdrawn``, history and
+        webhooks as for a desk's resolve. An alarm already resolved stays as the desk left it."""
+        alarm_id = lifecycle.alarm_id_for(event.trip_id, event.type.value, event.episode)
+        entries: list[Doc] = []
+
+        def apply(doc: Doc) -> Doc | None:
+            if doc["status"] == lifecycle.AlarmStatus.RESOLVED:
+                return None
+            new, made = lifecycle.resolve(
+                doc,
+                by=lifecycle.ENGINE,
+                cause=lifecycle.Cause.FALSE_ALARM.value,
+                action="withdrawn: late data shows the condition did not occur",
+                feedback=None,
+                now=self._clock.now_ms(),
+            )
+            new["details"] = {
+                **(doc.get("details") or {}),
+                "withdrawn": True,
+                "withdrawal": jsonable(event.details),
+            }
+            entries[:] = made
+            return new
+
+        try:
+            new = self._update(alarm_id, apply)
+        except AlarmNotFound:
+            self.metrics.alarm_event_skipped("unmatched_withdrawal")
+            return
+        if new is None:
+            return
+        for entry in entries:
+            self._store.add_alarm_history(alarm_id, entry)
+            self.metrics.alarm_transition(str(entry["action"]))
+        history = self._store.alarm_history(alarm_id)
+        if len(entries) == 2:  # resolved straight from open: the implied acknowledge first
+            mid = {**new, "status": entries[0]["to"], "resolved_at": None}
+            mid.update(resolved_by=None, resolution=None)
+            self._emit("alarm.acknowledged", mid, render_alarm(mid, history[:-1]), live)
+        self._emit("alarm.resolved", new, render_alarm(new, history), live)
 
     def _trip_status(self, event: TripStatusChanged, live: Live) -> None:
         status = event.status.value

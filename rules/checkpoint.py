@@ -11,7 +11,9 @@ Format: UTF-8 JSON (no pickle), ``{"format": FORMAT, "version": VERSION, "trip_i
 "plan", "trip", "devices", "progress", "emitted", "late_done", "signal_episode",
 "signal_open", "heard"}``. State rows are objects keyed by column name (``TC`` / ``DC``);
 NaN is ``null`` and infinities ``"inf"`` / ``"-inf"``. Columns that hold slots (which differ
-after a restart) hold ids: ``trip.VALID_DEV`` a device id, ``devices.*.BAT_TRIP`` a trip id.
+after a restart) hold ids: ``trip.VALID_DEV`` a device id, ``trip.GF_SLOT_k`` a geofence id
+(a geofence removed by the time the blob is loaded drops out of the memberships),
+``devices.*.BAT_TRIP`` a trip id. Version 2 added the fence-membership columns.
 
 Devices: a device's event-time state (last message, jump filter, LOW_BATTERY episode) is
 per device, and a device may serve several trips over time; its row is stored with the
@@ -32,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,12 +42,12 @@ import numpy.typing as npt
 
 from rules.errors import RulesError
 from rules.plan import FencePlan, TripPlan
-from rules.state import DC, TC, DeviceTable, StopProgress, TripTable
+from rules.state import DC, GF_SLOT, TC, DeviceTable, StopProgress, TripTable
 
 __all__ = ["FORMAT", "VERSION", "dump_trip", "load_trip", "plan_digest"]
 
 FORMAT = "cargowatch.rules.trip-state"
-VERSION = 1
+VERSION = 2
 
 F64 = npt.NDArray[np.float64]
 
@@ -99,28 +101,45 @@ def _unnum(v: object) -> float:
     return float(v)
 
 
-def _row(values: object, columns: type[TC] | type[DC], id_col: int) -> tuple[F64, object]:
-    """A state row from its JSON object, and the raw value of its id column (NaN there)."""
+def _row(
+    values: object, columns: type[TC] | type[DC], id_cols: tuple[int, ...]
+) -> tuple[F64, dict[int, str | None]]:
+    """A state row from its JSON object, and the raw ids of its id columns (NaN there)."""
     if not isinstance(values, Mapping) or set(values) != {c.name for c in columns}:
         raise ValueError(f"the {columns.__name__} columns differ")
     row = np.full(len(columns), math.nan)
+    idents: dict[int, str | None] = {}
     for c in columns:
-        if c != id_col:
+        if c in id_cols:
+            ident = values[c.name]
+            if ident is not None and not isinstance(ident, str):
+                raise ValueError(f"{c.name} must be an id")
+            idents[int(c)] = ident
+        else:
             row[c] = _unnum(values[c.name])
-    ident = values[columns(id_col).name]
-    if ident is not None and not isinstance(ident, str):
-        raise ValueError(f"{columns(id_col).name} must be an id")
-    return row, ident
+    return row, idents
 
 
-def dump_trip(trips: TripTable, devices: DeviceTable, slot: int) -> bytes:
-    """The blob of trip ``slot``."""
+def _no_geofence(slot: int) -> str | None:
+    return None
+
+
+def dump_trip(
+    trips: TripTable,
+    devices: DeviceTable,
+    slot: int,
+    geofence_id: Callable[[int], str | None] = _no_geofence,
+) -> bytes:
+    """The blob of trip ``slot``; ``geofence_id`` names a global geofence slot (None: gone)."""
     info, prog = trips.info[slot], trips.progress[slot]
     assert info is not None and prog is not None
     m = trips.m[slot]
     trip = {c.name: _num(m[c]) for c in TC}
     dev = m[TC.VALID_DEV]
     trip[TC.VALID_DEV.name] = None if math.isnan(dev) else devices.ids[int(dev)]
+    for col in GF_SLOT.tolist():
+        fence = int(m[col])
+        trip[TC(col).name] = geofence_id(fence) if fence >= 0 else None
     owned = {}
     for d in info.device_slots:
         if devices.trip[d] != slot:
@@ -155,11 +174,21 @@ def _ints(values: object, n: int) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _no_slot(geofence_id: str) -> int | None:
+    return None
+
+
 def load_trip(
-    trips: TripTable, devices: DeviceTable, slot: int, blob: bytes, slots: Mapping[str, int]
+    trips: TripTable,
+    devices: DeviceTable,
+    slot: int,
+    blob: bytes,
+    slots: Mapping[str, int],
+    geofence_slot: Callable[[str], int | None] = _no_slot,
 ) -> None:
-    """Put the blob's state into trip ``slot`` (``slots``: trip id -> slot of loaded trips).
-    RulesError, with nothing changed, when the blob does not fit."""
+    """Put the blob's state into trip ``slot`` (``slots``: trip id -> slot of loaded trips;
+    ``geofence_slot``: a live global geofence's slot, None when gone). RulesError, with
+    nothing changed, when the blob does not fit."""
     info = trips.info[slot]
     assert info is not None
     tid = info.trip_id
@@ -182,7 +211,7 @@ def load_trip(
         raise RulesError("trip state of another plan", trip_id=tid)
     n = len(info.plan.stops)
     try:
-        row, valid_dev = _row(body["trip"], TC, TC.VALID_DEV)
+        row, ids = _row(body["trip"], TC, (TC.VALID_DEV, *GF_SLOT.tolist()))
         p = body["progress"]
         prog = StopProgress(_ints(p["arrived"], n), _ints(p["unsealed"], n), _ints(p["left"], n))
         emitted, late_done = body["emitted"], body["late_done"]
@@ -202,10 +231,16 @@ def load_trip(
         for device_id, values in dict(body["devices"]).items():
             if device_id not in info.plan.devices:
                 raise ValueError(f"device {device_id!r} is not one of the trip's")
-            rows[device_id] = _row(values, DC, DC.BAT_TRIP)
+            drow, dids = _row(values, DC, (DC.BAT_TRIP,))
+            rows[device_id] = (drow, dids[DC.BAT_TRIP])
     except (KeyError, TypeError, ValueError) as e:
         raise RulesError("trip state is invalid", trip_id=tid, reason=str(e)) from None
+    valid_dev = ids[TC.VALID_DEV]
     row[TC.VALID_DEV] = math.nan if valid_dev is None else devices.slot(str(valid_dev))
+    for col in GF_SLOT.tolist():
+        gid = ids[col]
+        fence = None if gid is None else geofence_slot(gid)
+        row[col] = -1.0 if fence is None else float(fence)
     trips.m[slot] = row
     trips.progress[slot] = prog
     info.emitted |= set(emitted)

@@ -621,7 +621,11 @@ class Engine:
         slot = self._slots.get(trip_id)
         if slot is None:
             raise RulesError("trip is not in the live state", trip_id=trip_id)
-        return dump_trip(self.trips, self.devices, slot)
+        return dump_trip(self.trips, self.devices, slot, self._geofence_id)
+
+    def _geofence_id(self, fence_slot: int) -> str | None:
+        meta = self.geometry.geofence_meta(fence_slot)
+        return None if meta is None else meta[0]
 
     def import_trip_state(self, trip_id: str, blob: bytes) -> None:
         """Continue a trip from ``export_trip_state``'s blob, after ``upsert_trip`` loaded its
@@ -633,7 +637,7 @@ class Engine:
             raise RulesError("trip is not in the live state", trip_id=trip_id)
         trips = self.trips
         doc_status = int(trips.m[slot, TC.STATUS])
-        load_trip(trips, self.devices, slot, blob, self._slots)
+        load_trip(trips, self.devices, slot, blob, self._slots, self.geometry.geofence_slot)
         trips.dirty[slot] = False  # the state is what the caller has stored
         self._take_status(slot, doc_status)  # an activation by the API meanwhile holds
         update_late_deadline(trips, slot)

@@ -19,7 +19,10 @@ from alerts import (
 from core.clock import ManualClock
 from rules.events import (
     AlarmType,
+    AlarmWithdrawn,
     EpisodeEnded,
+    GeofenceChange,
+    GeofenceTransition,
     Milestone,
     MilestoneKind,
     PositionUpdate,
@@ -422,3 +425,84 @@ def test_one_bad_event_does_not_stop_the_batch(service, store) -> None:
     created = service.handle([weird, signal(episode="ok"), bad])  # type: ignore[list-item]
     assert len(created) == 2
     assert service.metrics.count("alerts_error", "event") == 1
+
+
+def _geofence_event(change: GeofenceChange, ts: int) -> GeofenceTransition:
+    return GeofenceTransition(
+        "T1", "pg", change, ts, "gps-T1", "dc-7", "Kunshan depot", "depot", lat=31.3, lon=121.0
+    )
+
+
+def test_geofence_events_are_trip_events_live_events_and_webhooks(
+    service, store, clock, hub
+) -> None:
+    store.put_webhook({"webhook_id": "wh-geo", "shipper": "pg", "url": "http://y/", "secret": "s",
+                       "events": ["geofence.entered", "geofence.exited"]})  # fmt: skip
+    store.put_webhook({"webhook_id": "wh-acme", "shipper": "acme", "url": "http://z/",
+                       "secret": "s"})  # fmt: skip
+    sub = hub.subscribe(shipper="pg")
+    entered = _geofence_event(GeofenceChange.ENTERED, T0 - 60_000)
+    exited = _geofence_event(GeofenceChange.EXITED, T0 - 1_000)
+    service.handle([entered, exited])
+    # Re-emitted after an engine restart or a rewind: recognised by its id, sent once.
+    AlarmService(store, clock, hub, metrics=CountingAlertMetrics()).handle([entered, exited])
+    stored = [e for e in store.trip_events("T1") if e["kind"] == "geofence"]
+    assert [(e["change"], e["ts"], e["geofence_id"]) for e in stored] == [
+        ("entered", T0 - 60_000, "dc-7"), ("exited", T0 - 1_000, "dc-7")
+    ]  # fmt: skip
+    assert stored[0]["name"] == "Kunshan depot" and stored[0]["geofence_kind"] == "depot"
+    live = sub.drain()
+    assert [e["type"] for e in live] == ["geofence.entered", "geofence.exited"]
+    rows = sorted(store.list_deliveries(limit=100), key=lambda r: r["seq"])
+    assert [r["webhook_id"] for r in rows] == ["wh-geo", "wh-geo"]  # wh-pg did not ask
+    bodies = [json.loads(r["body"]) for r in rows]
+    assert [b["type"] for b in bodies] == ["geofence.entered", "geofence.exited"]
+    assert bodies[0]["shipper"] == "pg" and bodies[0]["id"] != bodies[1]["id"]
+    assert bodies[0]["data"] == {
+        "trip_id": "T1", "device_id": "gps-T1", "ts": iso(T0 - 60_000), "lat": 31.3, "lon": 121.0,
+        "geofence": {"geofence_id": "dc-7", "name": "Kunshan depot", "kind": "depot"},
+    }  # fmt: skip
+    assert all(r["order_key"] == "trip:T1" for r in rows)
+
+
+@pytest.mark.parametrize("acknowledged", [False, True])
+def test_withdrawn_alarm_is_resolved_by_the_engine(
+    service, store, clock, hub, acknowledged: bool
+) -> None:
+    (doc,) = service.handle([signal(AlarmType.LATE_ARRIVAL, episode="T1:LATE_ARRIVAL:S1")])
+    if acknowledged:
+        service.ack(doc["alarm_id"], by="desk-07")
+    sub = hub.subscribe()
+    clock.advance(120)
+    withdrawn = AlarmWithdrawn(
+        AlarmType.LATE_ARRIVAL,
+        "T1",
+        "pg",
+        "T1:LATE_ARRIVAL:S1",
+        T0 - 30 * MIN,
+        {"stop_id": "S1", "arrived_at": T0 - 30 * MIN},
+    )
+    service.handle([withdrawn, withdrawn])  # fmt: skip
+    view = service.get(doc["alarm_id"])
+    assert view["status"] == "resolved" and view["resolved_by"] == "engine"
+    assert view["resolution"]["cause"] == "false_alarm"
+    assert view["details"]["withdrawn"] is True
+    assert view["details"]["withdrawal"]["stop_id"] == "S1"
+    actions = [h["action"] for h in store.alarm_history(doc["alarm_id"])]
+    assert actions == ["raised", "acknowledged", "resolved"]
+    assert store.alarm_history(doc["alarm_id"])[-1]["by"] == "engine"
+    hooks = webhook_types(store, doc["alarm_id"])
+    assert hooks == ["alarm.raised", "alarm.acknowledged", "alarm.resolved"]
+    assert [e["type"] for e in sub.drain()][-1] == "alarm.resolved"
+    # a withdrawal of an alarm that was never raised is counted, not an error
+    service.handle([AlarmWithdrawn(AlarmType.LATE_ARRIVAL, "T1", "pg", "nope", T0)])
+    assert service.metrics.count("alarm_event_skipped", "unmatched_withdrawal") == 1
+    assert service.metrics.count("alerts_error", "event") == 0
+
+
+def test_a_withdrawal_leaves_an_alarm_the_desk_resolved(service, store) -> None:
+    (doc,) = service.handle([signal(AlarmType.LATE_ARRIVAL, episode="late-S1")])
+    service.resolve(doc["alarm_id"], by="desk-07", cause="traffic_detour")
+    service.handle([AlarmWithdrawn(AlarmType.LATE_ARRIVAL, "T1", "pg", "late-S1", T0)])
+    view = service.get(doc["alarm_id"])
+    assert view["resolved_by"] == "desk-07" and "withdrawn" not in view["details"]

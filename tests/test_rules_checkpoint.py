@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules import AlarmType, Engine, PositionUpdate, RulesError, TripStatus
+from rules.checkpoint import VERSION
 from telemetry.models import Fix, LockEvent
 from tests.tracks import (
     GPS,
@@ -168,13 +169,14 @@ def test_blob_format_and_refusals() -> None:
     Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
     blob = engine.export_trip_state("T1")
     body = json.loads(blob)
-    assert body["version"] == 1 and body["trip"]["VALID_DEV"] == GPS
+    assert body["version"] == VERSION == 2 and body["trip"]["VALID_DEV"] == GPS
     assert set(body["devices"]) == {GPS, LOCK} and "status:active" in body["emitted"]
     fresh = Engine()
     fresh.upsert_trip(doc)
     before = fresh.trip_state("T1")
     for bad in (
-        json.dumps({**body, "version": 2}).encode(),
+        json.dumps({**body, "version": 1}).encode(),  # before fence membership
+        json.dumps({**body, "version": 3}).encode(),
         json.dumps({**body, "plan": "0" * 32}).encode(),
         json.dumps({**body, "trip": {**body["trip"], "NEW_COLUMN": 1}}).encode(),
         json.dumps({**body, "progress": {"arrived": [], "unsealed": [], "left": []}}).encode(),
