@@ -38,6 +38,7 @@ import httpx
 
 from alerts.metrics import AlertMetrics, NullAlertMetrics
 from alerts.signing import HEADER, sign
+from alerts.targets import REFUSED, RefusedTarget, TargetGuard
 from core.clock import Clock
 from telemetry.store.base import Doc, Store
 
@@ -102,6 +103,7 @@ class WebhookSender:
         metrics: AlertMetrics | None = None,
         owner: str | None = None,
         lease_s: float = 60.0,
+        targets: TargetGuard | None = None,
     ) -> None:
         if max_age_s < MIN_MAX_AGE_S:
             raise ValueError("webhooks are retried for at least 24 h (contract §6)")
@@ -112,6 +114,8 @@ class WebhookSender:
                 f"lease_s must cover one attempt: at least timeout_s + {LEASE_MARGIN_S:g}"
             )
         self.owner = owner or default_owner()
+        # The SSRF guard, checked at every attempt (None: any target; tests' receivers).
+        self._targets = targets
         self._lease_ms = int(lease_s * 1000)
         self._store = store
         self._clock = clock
@@ -262,21 +266,37 @@ class WebhookSender:
                 self._wake.set()
 
     async def _post(self, delivery: Doc, hook: Doc) -> tuple[bool, str | None]:
+        """One attempt. The error a shipper reads says only what it needs ("timeout",
+        "connection failed", "HTTP 500", "refused target"): never which host or port
+        answered what (that would make the sender a port scanner); the log has details."""
         body = delivery["body"].encode()
         t = self._clock.now_ms() // 1000
+        url = hook["url"]
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "cargowatch-webhooks/1",
+        }
+        extensions: dict[str, str] = {}
         try:
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "cargowatch-webhooks/1",
-                HEADER: sign(hook["secret"], body, t),
-            }
+            if self._targets is not None and not self._targets.allow_private:
+                pinned = await asyncio.to_thread(self._targets.pin, url)
+                url, headers["Host"] = pinned.url, pinned.host
+                if pinned.sni:
+                    extensions["sni_hostname"] = pinned.sni
+            headers[HEADER] = sign(hook["secret"], body, t)
             # httpx timeouts are per phase; the contract's 10 s is for the whole request.
             async with asyncio.timeout(self._timeout_s):
-                response = await self._http().post(hook["url"], content=body, headers=headers)
+                response = await self._http().post(
+                    url, content=body, headers=headers, extensions=extensions
+                )
+        except RefusedTarget:
+            logger.warning("webhook %s: target %s refused (SSRF guard)", hook["webhook_id"], url)
+            return False, REFUSED
         except TimeoutError:
-            return False, f"timeout after {self._timeout_s:g}s"
-        except Exception as exc:  # connection refused, bad URL, protocol error, ...
-            return False, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_LEN]
+            return False, "timeout"
+        except Exception as exc:  # connection refused, bad URL, protocol error, no DNS, ...
+            logger.info("webhook %s: %s", hook["webhook_id"], f"{type(exc).__name__}: {exc}")
+            return False, "connection failed"
         if 200 <= response.status_code < 300:
             return True, None
         return False, f"HTTP {response.status_code}"

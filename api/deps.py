@@ -14,6 +14,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from alerts import AlarmService, LiveHub
+from alerts.targets import TargetGuard
 from core.clock import Clock
 from telemetry.store.base import Store
 
@@ -27,6 +28,7 @@ class RuntimeLike(Protocol):
     tiles: str | None  # the desk's base map (XYZ URL template), if any
     alarms: AlarmService
     hub: LiveHub
+    targets: TargetGuard  # the SSRF guard of webhook targets
 
     def running(self) -> AbstractAsyncContextManager[Any]: ...
 

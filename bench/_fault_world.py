@@ -279,6 +279,7 @@ def env_for(
         "CARGOWATCH_HTTP": f"127.0.0.1:{http_port}",
         "CARGOWATCH_ADMIN_KEY": admin_key,
         "CARGOWATCH_CLIENT_ID": client_id,
+        "CARGOWATCH_ALLOW_PRIVATE_TARGETS": "1",  # the webhook receiver is on 127.0.0.1
         "CARGOWATCH_CLOCK_SPEED": str(clock["speed"]),
         "CARGOWATCH_CLOCK_START_MS": str(int(clock["start_ms"])),
         "CARGOWATCH_CLOCK_ANCHOR_MS": str(int(clock["anchor_ms"])),

@@ -19,6 +19,7 @@ from typing import Any
 
 import alerts
 from alerts import AlarmService, LiveHub, WebhookSender
+from alerts.targets import TargetGuard
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import Pipeline
 from cargowatch.services import (
@@ -55,7 +56,11 @@ class Runtime:
         self.metrics = Metrics()
         self.hub = LiveHub()
         self.alarms = AlarmService(self.store, self.clock, self.hub, metrics=self.metrics)
-        self.webhooks = WebhookSender(self.store, self.clock, metrics=self.metrics)
+        # Where shippers' events may go (the SSRF guard), at subscription and every delivery.
+        self.targets = TargetGuard(allow_private=settings.allow_private_targets)
+        self.webhooks = WebhookSender(
+            self.store, self.clock, metrics=self.metrics, targets=self.targets
+        )
         self.gate = self._make_gate()
         self.pipeline = Pipeline(
             self.store, self.gate, self.clock, metrics=self.metrics, prefix=settings.topic_prefix

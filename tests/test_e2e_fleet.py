@@ -121,6 +121,7 @@ async def _run(mqtt_url: str, db_url: str, workdir: Path) -> Run:
         "CARGOWATCH_CLOCK_START_MS": str(START),
         "CARGOWATCH_CLOCK_ANCHOR_MS": str(anchor_ms),
         "CARGOWATCH_CLIENT_ID": f"cargowatch-e2e-{os.getpid()}",
+        "CARGOWATCH_ALLOW_PRIVATE_TARGETS": "1",  # the receivers are on 127.0.0.1
     }
     log_path = workdir / "serve.log"
     receivers = {s: await Receiver(secret).start() for s, secret in SECRETS.items()}

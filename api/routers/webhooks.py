@@ -10,6 +10,7 @@ from fastapi import status as http_status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from alerts import WEBHOOK_EVENTS
+from alerts.targets import RefusedTarget
 from api.auth import AdminOrTenant
 from api.deps import RuntimeDep
 from api.errors import ERROR_RESPONSES, ApiError, Forbidden, NotFound
@@ -19,7 +20,13 @@ from api.render import render_delivery, render_webhook
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
 WebhookEvent = Literal[
-    "alarm.raised", "alarm.acknowledged", "alarm.resolved", "alarm.escalated", "trip.milestone"
+    "alarm.raised",
+    "alarm.acknowledged",
+    "alarm.resolved",
+    "alarm.escalated",
+    "trip.milestone",
+    "geofence.entered",
+    "geofence.exited",
 ]
 # The API spells the events out for its schema; they are the alert service's, in its order.
 assert get_args(WebhookEvent) == tuple(WEBHOOK_EVENTS)
@@ -34,7 +41,7 @@ class WebhookIn(BaseModel):
     url: AnyHttpUrl
     secret: str = Field(min_length=16, max_length=256, description="HMAC-SHA256 key")
     events: list[WebhookEvent] = Field(
-        default_factory=lambda: list(_ALL_EVENTS), min_length=1, max_length=5
+        default_factory=lambda: list(_ALL_EVENTS), min_length=1, max_length=16
     )
     shipper: str | None = Field(None, min_length=1, max_length=128)
 
@@ -74,10 +81,15 @@ def create_webhook(body: WebhookIn, runtime: RuntimeDep, principal: AdminOrTenan
         if body.shipper is None:
             raise ApiError("an admin key must name the shipper", status=422)
         shipper = body.shipper
+    url = str(body.url)
+    try:
+        runtime.targets.check_url(url)
+    except RefusedTarget as exc:
+        raise ApiError(exc.message, status=422, code="validation_error") from None
     hook = {
         "webhook_id": "wh_" + secrets.token_hex(8),
         "shipper": shipper,
-        "url": str(body.url),
+        "url": url,
         "secret": body.secret,
         "events": list(dict.fromkeys(body.events)),
         "active": True,
