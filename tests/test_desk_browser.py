@@ -114,11 +114,13 @@ def page(browser: Browser) -> Iterator[Page]:
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    # the page's Content-Security-Policy (api/security.py) must never block the page itself
+    pg.on("console", lambda m: errors.append(m.text) if "Security Policy" in m.text else None)
     try:
         yield pg
     finally:
         context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not errors, f"JavaScript errors or CSP violations on the page: {errors}"
 
 
 def shots_dir(tmp_path: Path) -> Path:
