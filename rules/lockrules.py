@@ -217,14 +217,23 @@ def apply_lock(ctx: Ctx, locks: LockCols, j: int, slot: int, out: Outcome) -> No
 
 
 def _arrive(
-    ctx: Ctx, slot: int, index: int, ts: int, device_id: str, lon: float, lat: float
+    ctx: Ctx,
+    slot: int,
+    index: int,
+    ts: int,
+    device_id: str,
+    lon: float,
+    lat: float,
+    pos: Located,
 ) -> None:
-    """An unlock positioned inside stop ``index`` implies the truck is there."""
+    """An unlock positioned inside stop ``index`` implies arrival there. The trip enters the
+    stop's fence (membership) only when the GPS places it there, or there is no GPS fix:
+    a position the lock alone reports is no fix, and never completes the trip later."""
     m = ctx.trips.m[slot]
     prog = ctx.trips.progress[slot]
     assert prog is not None
     cur = int(m[TC.CUR_STOP])
-    if cur == index:
+    if cur == index or (pos.gps_stops is not None and index not in pos.gps_stops):
         if prog.arrived[index] < 0:
             stop_change(
                 ctx,
@@ -298,7 +307,7 @@ def _unlocked(
         expected = next((i for i in range(n) if unlock_ok[i] and not prog.visited(i)), None)
         if expected in allowed:
             assert expected is not None
-            _arrive(ctx, slot, expected, ts, device_id, lon, lat)
+            _arrive(ctx, slot, expected, ts, device_id, lon, lat, pos)
             prog = trips.progress[slot]
             assert prog is not None
             trips.progress[slot] = prog.with_("unsealed", expected, ts)
@@ -314,7 +323,7 @@ def _unlocked(
             )
         elif not any(prog.unsealed[s] >= 0 and prog.left[s] < 0 for s in allowed):
             stop = allowed[0]
-            _arrive(ctx, slot, stop, ts, device_id, lon, lat)
+            _arrive(ctx, slot, stop, ts, device_id, lon, lat, pos)
             prog = trips.progress[slot]
             assert prog is not None
             trips.progress[slot] = prog.with_("unsealed", stop, ts)
@@ -347,5 +356,5 @@ def _unlocked(
     last = n - 1
     placed = pos.gps_stops if pos.gps_stops is not None else ([] if gps_unit else stops)
     if n > 0 and last in placed:
-        _arrive(ctx, slot, last, ts, device_id, lon, lat)
+        _arrive(ctx, slot, last, ts, device_id, lon, lat, pos)
         finish(ctx, slot, TripStatus.COMPLETED, ts, "unlocked at final stop")
