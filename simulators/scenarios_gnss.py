@@ -268,14 +268,11 @@ def _multipath_city(d: Draft) -> None:
                 _, v = drv.at(np.arange(t, t + 75_000, 1_000.0))
                 if (v <= STANDING_MS).any():
                     raise ScenarioError("standing during a burst", trip_id=d.trip_id)
-            _, _, bearing = p.locate(np.array([s0 + 700.0]))
-            b = math.radians(float(bearing[0]))
-            side = float(d.rng.choice([-1.0, 1.0]))
-            far = float(d.rng.uniform(540, 650))
+            disp = _off_corridor(d, drv, float(at[1]))
             for k, t in enumerate(at):
                 if k == 1:
                     n = int(d.rng.integers(3, 5))
-                    dx, dy = -math.cos(b) * far * side, math.sin(b) * far * side
+                    dx, dy = disp
                 else:
                     n = int(d.rng.integers(1, 5))
                     ang, r = d.rng.uniform(0, 2 * math.pi), d.rng.uniform(50, 300)
@@ -286,6 +283,31 @@ def _multipath_city(d: Draft) -> None:
         d.after.append(place)
         return
     raise ScenarioError("no urban stretch for multipath", shape_id=d.road.shape_id)
+
+
+def _off_corridor(d: Draft, drv: Drive, t: float) -> tuple[float, float]:
+    """A displacement to one side of the road that puts every fix of a 4-fix burst from
+    ``t`` (each ±20 %) 520–800 m from the route line: a city's streets wind, so the
+    perpendicular alone may land near another stretch of the same route."""
+    fr = d.road.frame
+    times = np.arange(t, t + 65_000, 5_000.0)
+    sp, _ = drv.at(times)
+    lon, lat, bearing = drv.path.locate(sp)
+    x, y = fr.to_xy(lon, lat)
+    b = math.radians(float(bearing[0]))
+    nx, ny = -math.cos(b), math.sin(b)
+    for far in d.rng.permutation(np.arange(560.0, 700.0, 20.0)):
+        for side in d.rng.permutation([-1.0, 1.0]):
+            dx, dy = nx * far * side, ny * far * side
+            ok = True
+            for k in (0.8, 1.0, 1.2):
+                dist = shapely.distance(shapely.points(x + k * dx, y + k * dy), d.road.line)
+                if not ((dist > 520.0) & (dist < 800.0)).all():
+                    ok = False
+                    break
+            if ok:
+                return float(dx), float(dy)
+    raise ScenarioError("no side of this street is clear of the route", trip_id=d.trip_id)
 
 
 #: name -> (edit, intermediate consignees needed or None for random, min road length m)

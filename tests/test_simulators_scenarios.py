@@ -14,7 +14,17 @@ import pytest
 import shapely
 from pyproj import CRS, Geod, Transformer
 
-from simulators import INCIDENTS, ScenarioError, SimTrip, build_scenario, scenario_names
+from simulators import (
+    GNSS_INCIDENTS,
+    INCIDENTS,
+    NEEDS_V2_ENGINE,
+    NOISE_KINDS,
+    ScenarioError,
+    SimTrip,
+    build_fleet,
+    build_scenario,
+    scenario_names,
+)
 from simulators.reference import evaluate, parse_ts
 from telemetry.parse import parse_message
 
@@ -325,3 +335,206 @@ def test_device_prefix_and_trip_id() -> None:
     assert t.expected[0]["device_id"].startswith("e2e7-lock") or t.expected[0][
         "device_id"
     ].startswith("e2e7-unit")
+
+
+# -- real-world GNSS and contract v2 scenarios (simulators.scenarios_gnss) ----------------------
+
+GNSS = list(GNSS_INCIDENTS)
+
+
+def test_gnss_scenarios_are_listed_apart() -> None:
+    assert set(GNSS) == {
+        "drift_at_consignee",
+        "pass_by_consignee",
+        "risk_zone_entry",
+        "late_arrival_withdrawn",
+        "multipath_city",
+    }
+    assert not set(GNSS) & set(INCIDENTS)
+    assert scenario_names(gnss=True) == [*scenario_names(), *GNSS]
+    assert set(NEEDS_V2_ENGINE) <= set(GNSS)
+
+
+@pytest.mark.parametrize("name", GNSS)
+def test_gnss_scenario_builds_repeatably_with_a_normal_document(name: str) -> None:
+    a = build_scenario(name, seed=5, start_ms=START)
+    b = build_scenario(name, seed=5, start_ms=START)
+    assert a.trip == b.trip and a.expected == b.expected and a.geofences == b.geofences
+    assert [(m.payload, m.at_ms) for m in a.messages] == [(m.payload, m.at_ms) for m in b.messages]
+    doc = trip(name).trip
+    assert doc["corridor_m"] == 500 and doc["rules"] == {}
+    assert all(s["radius_m"] == 200 for s in doc["stops"])
+
+
+@pytest.mark.parametrize(("name", "seed"), list(itertools.product(GNSS, SEEDS)))
+def test_gnss_scenario_expectations_match_the_reference(name: str, seed: int) -> None:
+    t = trip(name, seed)
+    got = outcome(name, seed)
+    assert Counter(a["type"] for a in got.alarms) == Counter(e["type"] for e in t.expected)
+    for exp in t.expected:
+        (match,) = [a for a in got.alarms if a["type"] == exp["type"]]
+        if "device_id" in exp:
+            assert match["device_id"] == exp["device_id"]
+        for key, value in exp["details"].items():
+            assert match["details"].get(key) == value
+    assert got.completed_at == t.marks["unsealed"]
+    # no milestone twice, no `left` before the truck left
+    seen = Counter((m["milestone"], m["stop_id"]) for m in got.milestones)
+    assert max(seen.values()) == 1
+    for m in got.milestones:
+        if m["milestone"] == "left":
+            assert m["ts"] >= t.marks[f"left:{m['stop_id']}"]
+    assert not got.dead_letters
+
+
+@pytest.mark.parametrize(
+    ("name", "noise"), list(itertools.product(scenario_names(gnss=True), NOISE_KINDS))
+)
+def test_every_scenario_keeps_its_expectations_under_every_noise_kind(
+    name: str, noise: str
+) -> None:
+    t = build_scenario(name, seed=7, start_ms=START, noise=noise)
+    got = evaluate(t)
+    assert Counter(a["type"] for a in got.alarms) == Counter(e["type"] for e in t.expected)
+    for exp in t.expected:
+        match = [a for a in got.alarms if a["type"] == exp["type"]]
+        for key, value in exp["details"].items():
+            assert match[0]["details"].get(key) == value, (exp, match)
+    seen = Counter((m["milestone"], m["stop_id"]) for m in got.milestones)
+    assert not seen or max(seen.values()) == 1
+    assert got.completed_at is not None
+    assert abs(got.completed_at - t.marks["unsealed"]) <= 5_000  # a skewed clock
+
+
+def _fixes_in(t: SimTrip, a: int, b: int) -> list[dict]:
+    return sorted(
+        (e for e in payloads(t) if e["_topic"] == "position" and a <= parse_ts(e["ts"]) <= b),
+        key=lambda e: parse_ts(e["ts"]),
+    )
+
+
+def _beyond_m(t: SimTrip, stop: dict, e: dict) -> float:
+    """Metres beyond the stop's circular fence edge (negative inside)."""
+    return GEOD.inv(e["lon"], e["lat"], *stop["geometry"]["coordinates"])[2] - stop["radius_m"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_drift_at_consignee_crosses_the_edge_but_never_leaves(seed: int) -> None:
+    t = trip("drift_at_consignee", seed)
+    s1 = t.trip["stops"][0]
+    a, b = t.marks["arrived:S1"], t.marks["left:S1"]
+    beyond = [_beyond_m(t, s1, e) for e in _fixes_in(t, a + 30_000, b - 1_000)]
+    assert sum(x > 0 for x in beyond) >= 3  # single fixes across the raw edge ...
+    far = [x > 50.0 for x in beyond]  # ... one multipath fix beyond the margin ...
+    assert sum(far) == 1
+    assert not any(x and y for x, y in itertools.pairwise(far))  # ... never two in a row
+    assert max(x for x in beyond if x <= 50.0) > 10.0
+    # the unseal: the lock and the GPS both place it outside the raw fence, within the margin
+    (unseal,) = [
+        e
+        for e in payloads(t)
+        if e["_topic"] == "lock" and e["event"] == "unlocked" and a <= parse_ts(e["ts"]) <= b
+    ]
+    assert 0.0 < _beyond_m(t, s1, unseal) < 50.0
+    before = _fixes_in(t, parse_ts(unseal["ts"]) - 60_000, parse_ts(unseal["ts"]))
+    assert before and 0.0 < _beyond_m(t, s1, before[-1]) < 50.0
+    assert not t.expected and not outcome("drift_at_consignee", seed).alarms
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pass_by_consignee_passes_close_without_entering(seed: int) -> None:
+    t = trip("pass_by_consignee", seed)
+    (fence,) = t.geofences
+    assert fence["properties"]["kind"] == "consignee"
+    site = shapely.geometry.shape(fence["geometry"])
+    coords = np.asarray(t.trip["route"]["coordinates"])
+    tf = utm(*coords[0])
+    route = shapely.LineString(np.column_stack(tf.transform(coords[:, 0], coords[:, 1])))
+    ring = np.asarray(site.exterior.coords)
+    site_m = shapely.Polygon(np.column_stack(tf.transform(ring[:, 0], ring[:, 1])))
+    assert 30.0 <= site_m.distance(route) <= 60.0
+    near = [
+        e
+        for e in payloads(t)
+        if e["_topic"] == "position"
+        and site_m.distance(shapely.Point(*tf.transform(e["lon"], e["lat"]))) < 300
+    ]
+    assert near and all(e["speed_kmh"] > 5 for e in near)  # driving past, not stopping
+    assert not any(site.contains(shapely.Point(e["lon"], e["lat"])) for e in near)
+    assert outcome("pass_by_consignee", seed).geofence_events == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_risk_zone_is_entered_off_route_but_inside_the_corridor(seed: int) -> None:
+    t = trip("risk_zone_entry", seed)
+    (fence,) = t.geofences
+    assert fence["properties"]["kind"] == "risk_zone"
+    zone = shapely.geometry.shape(fence["geometry"])
+    coords = np.asarray(t.trip["route"]["coordinates"])
+    tf = utm(*coords[0])
+    route = shapely.LineString(np.column_stack(tf.transform(coords[:, 0], coords[:, 1])))
+    ring = np.asarray(zone.exterior.coords)
+    assert (
+        shapely.Polygon(np.column_stack(tf.transform(ring[:, 0], ring[:, 1]))).distance(route)
+        > 330.0
+    )
+    fixes = [e for e in payloads(t) if e["_topic"] == "position"]
+    inside = [e for e in fixes if zone.contains(shapely.Point(e["lon"], e["lat"]))]
+    assert len(inside) >= 2
+    dist = shapely.distance(
+        shapely.points(*tf.transform([e["lon"] for e in fixes], [e["lat"] for e in fixes])), route
+    )
+    assert 380.0 < dist.max() < 490.0  # off the road, never out of the 500 m corridor
+    (alarm,) = outcome("risk_zone_entry", seed).alarms
+    assert alarm["details"]["geofence_id"] == fence["properties"]["geofence_id"]
+    assert alarm["details"]["name"] == fence["properties"]["name"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_late_arrival_withdrawn_arrives_in_time_but_is_heard_late(seed: int) -> None:
+    t = trip("late_arrival_withdrawn", seed)
+    s1 = t.trip["stops"][0]
+    deadline = parse_ts(s1["eta"]) + 30 * 60_000
+    assert t.marks["incident"] == deadline
+    fixes = sorted(
+        (e for e in payloads(t) if e["_topic"] == "position"), key=lambda e: parse_ts(e["ts"])
+    )
+    first_in = next(e for e in fixes if _beyond_m(t, s1, e) <= 0)
+    assert parse_ts(first_in["ts"]) < deadline < first_in["_at"]  # in time, heard late
+    ats = sorted({m.at_ms for m in t.messages})
+    assert max(np.diff(ats)) < 570_000  # no SIGNAL_LOST
+    (alarm,) = outcome("late_arrival_withdrawn", seed).alarms
+    assert alarm["details"] == {"stop_id": "S1", "withdrawn": True}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_multipath_city_leaves_the_corridor_for_less_than_two_minutes(seed: int) -> None:
+    t = trip("multipath_city", seed)
+    coords = np.asarray(t.trip["route"]["coordinates"])
+    tf = utm(*coords[0])
+    route = shapely.LineString(np.column_stack(tf.transform(coords[:, 0], coords[:, 1])))
+    fixes = sorted(
+        (e for e in payloads(t) if e["_topic"] == "position"), key=lambda e: parse_ts(e["ts"])
+    )
+    d = shapely.distance(
+        shapely.points(*tf.transform([e["lon"] for e in fixes], [e["lat"] for e in fixes])), route
+    )
+    out = np.flatnonzero(d > 500.0)
+    assert 3 <= out.size <= 4 and out[-1] - out[0] == out.size - 1  # one run of 3-4 fixes
+    span = parse_ts(fixes[out[-1]]["ts"]) - parse_ts(fixes[out[0]]["ts"])
+    assert span < 120_000
+    assert ((d > 45.0) & (d <= 500.0)).sum() >= 1  # and smaller bursts
+    assert not outcome("multipath_city", seed).alarms
+
+
+def test_a_fleet_keeps_its_trucks_out_of_a_fleet_mates_risk_zone() -> None:
+    fleet = build_fleet(120, seed=6, start_ms=START, incidents=["risk_zone_entry"])
+    zones = [shapely.geometry.shape(g["geometry"]) for t in fleet for g in t.geofences]
+    assert len(zones) == 1
+    owner = next(t for t in fleet if t.geofences)
+    for t in fleet:
+        if t is owner or t.script is None:
+            continue
+        p = t.script.plan.path
+        line = shapely.LineString(np.column_stack([p.lon, p.lat]))
+        assert line.distance(zones[0]) > 300.0 / 111_000.0
