@@ -177,3 +177,90 @@ class WorkerThread:
         self._thread.join(30)
         if self.error is not None:
             raise self.error
+
+
+def spawn(args: list[str], log_path: Any, **env_extra: str) -> Any:
+    """``python -m cargowatch ARGS`` in its own process (stdout/stderr to ``log_path``)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOWATCH_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(env_extra)
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the process
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cargowatch", *args],
+            cwd=repo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        log.close()
+
+
+def lease_pids(url: str) -> dict[str, int]:
+    """Partition lease key (``dev.p.N`` / ``trip.p.N``) → pid of the worker holding it (the
+    owner name is ``{host}-{pid}-{random}``, ``telemetry.bus.leases.default_owner``)."""
+    import asyncio
+
+    import nats
+    from nats.js.errors import BucketNotFoundError, NoKeysError
+
+    async def read() -> dict[str, int]:
+        nc = await nats.connect(url)
+        try:
+            try:
+                kv = await nc.jetstream().key_value("cw_leases")
+            except BucketNotFoundError:
+                return {}  # no worker has started yet
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                return {}
+            out = {}
+            for k in keys:
+                if ".p." in k:
+                    try:
+                        entry = await kv.get(k)
+                    except Exception:
+                        continue
+                    if entry.value:
+                        out[k] = int(entry.value.decode().split("-")[-2])
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def consumer_states(url: str) -> dict[str, tuple[int, int, int, int]]:
+    """Every partition consumer's (pending, ack pending, redelivered, ack floor stream seq)
+    (shown when a bus test fails)."""
+    import asyncio
+
+    import nats
+
+    async def read() -> dict[str, tuple[int, int, int, int]]:
+        nc = await nats.connect(url)
+        out = {}
+        try:
+            js = nc.jetstream()
+            for stream in ("DEVICES", "TRIPS"):
+                for info in await js.consumers_info(stream):
+                    out[f"{stream}.{info.name}"] = (
+                        info.num_pending or 0,
+                        info.num_ack_pending or 0,
+                        info.num_redelivered or 0,
+                        info.ack_floor.stream_seq if info.ack_floor else 0,
+                    )
+        finally:
+            await nc.close()
+        return out
+
+    return asyncio.run(read())

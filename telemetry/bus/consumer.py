@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
@@ -163,11 +164,27 @@ class PartitionConsumer:
         self._inbox = ""
         self._buf: list[Msg] = []
         self._pull_left = 0  # messages the open pull request may still deliver; 0: none open
+        # Left delivered and unacknowledged by a previous owner: (last delivered, ack floor).
+        self._unacked_to = 0
+        self._floor = 0
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
         filters = partition_filters(self.prefix, self.partition)
-        await self.js.add_consumer(self.stream, consumer_config(self.durable, filters, self.batch))
+        config = consumer_config(self.durable, filters, self.batch)
+        try:
+            info = await self.js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None and info.config is not None:  # keep where it was made to start
+            config.deliver_policy = info.config.deliver_policy
+            config.opt_start_seq = info.config.opt_start_seq
+        await self.js.add_consumer(self.stream, config)
+        if info is not None:
+            delivered = (info.delivered.stream_seq or 0) if info.delivered else 0
+            floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            if delivered > floor:  # a previous owner left messages unacknowledged
+                self._unacked_to, self._floor = delivered, floor
         nc = self.js._nc  # the client's connection: the JetStream context keeps no public one
         self._inbox = nc.new_inbox()
         self._sub = await nc.subscribe(self._inbox, cb=self._on_msg)
@@ -222,11 +239,45 @@ class PartitionConsumer:
                     self._pull_left = 0  # request lost (reconnect?): send another
                 continue
             msgs, self._buf = self._buf[: self.batch], self._buf[self.batch :]
+            if self._unacked_to:
+                if to_bus_message(msgs[0]).stream_seq > self._unacked_to:
+                    self._buf = msgs + self._buf
+                    await self._restart_after_floor()
+                    continue
+                self._unacked_to = 0  # the previous owner's messages come back first
             if not await self._handle(msgs):
                 self._buf = msgs + self._buf
                 await self._give_back()  # newer messages must not overtake the failed batch
                 await asyncio.sleep(self.retry_delay_s)
         await self._give_back()
+
+    async def _restart_after_floor(self) -> None:
+        """The previous owner died (``kill -9``) holding delivered, unacknowledged messages:
+        the server hands them out again only after AckWait, and our AckAll of the newer
+        messages it delivers meanwhile would acknowledge them unseen (lost). Make the durable
+        again, starting right after what was acknowledged: everything from there is delivered
+        at once and in order (a clean hand-over nak'ed its messages: they come back first and
+        nothing is made again)."""
+        await self._give_back()
+        log.info(
+            "%s.%s: a previous owner left messages after %d unacknowledged: resuming there",
+            self.stream,
+            self.durable,
+            self._floor,
+        )
+        config = consumer_config(
+            self.durable, partition_filters(self.prefix, self.partition), self.batch
+        )
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = self._floor + 1
+        try:
+            await self.js.delete_consumer(self.stream, self.durable)
+            await self.js.add_consumer(self.stream, config)
+        except nats.errors.Error as exc:
+            log.warning("restarting %s.%s failed: %r", self.stream, self.durable, exc)
+            await asyncio.sleep(self.retry_delay_s)
+            return
+        self._unacked_to = 0
 
     async def _handle(self, msgs: list[Msg]) -> bool:
         batch = [to_bus_message(m) for m in msgs]
