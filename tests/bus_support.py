@@ -264,3 +264,72 @@ def consumer_states(url: str) -> dict[str, tuple[int, int, int, int]]:
         return out
 
     return asyncio.run(read())
+
+
+class LiveReader:
+    """Reads ``/v1/live`` (SSE) in a thread and keeps every event (type, data)."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        import threading
+
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._url = f"{base_url}/v1/live"
+        self._key = key
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._key}"}
+        with (
+            httpx.Client(timeout=httpx.Timeout(5.0, read=None)) as http,
+            http.stream("GET", self._url, headers=headers) as response,
+        ):
+            self.connected.set()
+            kind = ""
+            for line in response.iter_lines():
+                if self._stop.is_set():
+                    return
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append((kind, orjson.loads(line[6:])))
+
+    def alarms_raised(self) -> set[str]:
+        return {d["alarm_id"] for k, d in self.events if k == "alarm.raised" and "alarm_id" in d}
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint counting each webhook delivery by event id."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict[str, Any]] = []
+        lock = threading.Lock()
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    bodies.append(orjson.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
