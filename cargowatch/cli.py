@@ -95,6 +95,12 @@ def _broker_config_nats(args: argparse.Namespace, settings: Settings) -> int:
     return brokerconfig_nats.run(args)
 
 
+def _broker_config_mosquitto(args: argparse.Namespace, settings: Settings) -> int:
+    from cargowatch import brokerconfig_mosquitto
+
+    return brokerconfig_mosquitto.run(args)
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from cargowatch.demo import run_demo
 
@@ -238,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     brokerconfig_nats.add_arguments(bn)
     bn.set_defaults(func=_broker_config_nats)
+    bm = brokers.add_parser(
+        "mosquitto",
+        help="Mosquitto 2 with device credentials (dynamic security), optionally TLS",
+        formatter_class=_HelpFormatter,
+    )
+    from cargowatch import brokerconfig_mosquitto
+
+    brokerconfig_mosquitto.add_arguments(bm)
+    bm.set_defaults(func=_broker_config_mosquitto)
 
     d = sub.add_parser(
         "demo",

@@ -31,6 +31,7 @@ from cargowatch.services import (
     ShipperService,
     TripService,
 )
+from cargowatch.services.devices import device_broker
 from cargowatch.settings import Settings, env_name
 from core.clock import Clock, ScaledClock
 from core.errors import Unavailable
@@ -78,9 +79,14 @@ class Runtime:
                 batch_ms=settings.batch_ms,
                 shared_group=settings.shared_group,
                 protocol=settings.mqtt_protocol,
+                ca_file=settings.mqtt_ca,
             )
         self.devices = DeviceService(
-            self.store, self.clock, prefix=settings.topic_prefix, known=self.pipeline.add_device
+            self.store,
+            self.clock,
+            prefix=settings.topic_prefix,
+            known=self.pipeline.add_device,
+            broker=device_broker(settings),
         )
         self.trips = TripService(self.store, self.clock, self.gate, self.devices)
         self.shippers = ShipperService(self.store, self.gate)
@@ -128,6 +134,12 @@ class Runtime:
     # -- the API's calls (api.deps.RuntimeLike), each one service --------------------------
     def register_device(self, doc: dict[str, Any]) -> dict[str, Any]:
         return self.devices.register(doc)
+
+    def device_credentials(self, device_id: str) -> dict[str, Any]:
+        return self.devices.credentials(device_id)
+
+    def revoke_device(self, device_id: str) -> None:
+        self.devices.revoke(device_id)
 
     def create_trip(self, doc: dict[str, Any]) -> dict[str, Any]:
         return self.trips.create(doc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +32,7 @@ FLAGS = {
     "workers": "--workers",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+BROKER_URL_KEYS = {"client_id", "dynsec"}  # the query parameters a broker URL may carry
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"  # what `simulate` publishes to without a setting
 
 
@@ -231,14 +232,16 @@ def broker_address(url: str) -> tuple[str, int]:
     (host, port); ValueError for anything else (telemetry's parser would raise later)."""
     text = url.strip()
     parts = urlsplit(text if "://" in text else f"mqtt://{text}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ValueError("the broker URL must look like mqtt://HOST:PORT")
+    if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+        raise ValueError("the broker URL must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
     try:
-        port = parts.port or 1883
+        port = parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
     except ValueError:
         raise ValueError("the broker URL's port must be a number from 1 to 65535") from None
     host = parts.hostname
-    if not host or parts.path not in ("", "/") or parts.query or parts.fragment:
+    # broker-config mosquitto adds ?client_id=…&dynsec=1 (telemetry.ingest.BrokerAddress)
+    keys = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if not host or parts.path not in ("", "/") or parts.fragment or keys - BROKER_URL_KEYS:
         raise ValueError("the broker URL must look like mqtt://HOST:PORT")
     return host, port
 

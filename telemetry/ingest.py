@@ -45,13 +45,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import paho.mqtt.client as paho
 
 from core.clock import Clock, SystemClock
 from telemetry.errors import BrokerUnavailable, InvalidAddress
-from telemetry.mqtt import SESSION_EXPIRY_S, BrokerRefused, MqttConnection
+from telemetry.mqtt import SESSION_EXPIRY_S, BrokerRefused, MqttConnection, tls_setup
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +89,39 @@ class RawBatch:
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
+    """A parsed ``--mqtt`` URL: ``mqtt://`` or ``mqtts://`` (TLS, port 8883 by default),
+    ``[user:pass@]host[:port]``, and what ``broker-config mosquitto`` adds as query
+    parameters: ``client_id`` (the engine's own, not guessable) and ``dynsec=1`` (device
+    credentials are managed through the broker's dynamic-security plugin)."""
+
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    client_id: str | None = None
+    dynsec: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://[user:pass@]host[:port]`` (also ``tcp://``)."""
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+        if parsed.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parsed.hostname:
             raise InvalidAddress("MQTT URL must look like mqtt://host:port", url=url)
-        return cls(parsed.hostname, parsed.port or 1883, parsed.username, parsed.password)
+        tls = parsed.scheme in ("mqtts", "ssl")
+        query = parse_qs(parsed.query, keep_blank_values=True)
+        unknown = set(query) - {"client_id", "dynsec"}
+        if unknown:
+            raise InvalidAddress(f"unknown MQTT URL parameter(s): {sorted(unknown)}", url=url)
+        client_id = (query.get("client_id") or [None])[0] or None
+        return cls(
+            parsed.hostname,
+            parsed.port or (8883 if tls else 1883),
+            unquote(parsed.username) if parsed.username else None,
+            unquote(parsed.password) if parsed.password else None,
+            tls=tls,
+            client_id=client_id,
+            dynsec=(query.get("dynsec") or ["0"])[0] in ("1", "true", "yes"),
+        )
 
 
 @dataclass(slots=True)
@@ -181,11 +202,14 @@ class MqttIngest:
         max_packet_bytes: int = 1024 * 1024,
         connect_timeout_s: float = 10.0,
         shutdown_ack_s: float = 3.0,
+        ca_file: str | None = None,
     ) -> None:
         self.address = BrokerAddress.parse(url)
+        self._tls = tls_setup(ca_file) if self.address.tls else None
         self.out = out
         self.clock = clock or SystemClock()
-        self.client_id = client_id
+        # broker-config's URL names the engine's own (unguessable) client id
+        self.client_id = self.address.client_id or client_id
         self.prefix = prefix
         self.batch_max = batch_max
         self.batch_ms = batch_ms
@@ -302,6 +326,7 @@ class MqttIngest:
             receive_maximum=min(self.receive_maximum, self.state.capacity),
             max_packet_bytes=self.max_packet_bytes,
             connect_timeout_s=self.connect_timeout_s,
+            tls=self._tls,
         )
 
     async def _shutdown(self, batcher: asyncio.Task[None]) -> None:

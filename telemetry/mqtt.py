@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,7 @@ class MqttConnection:
         receive_maximum: int = 65_535,
         max_packet_bytes: int | None = None,
         connect_timeout_s: float = 10.0,
+        tls: TlsSetup | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.keepalive_s = keepalive_s
@@ -121,6 +123,8 @@ class MqttConnection:
             self._connect_kw = {}
         if username is not None:
             client.username_pw_set(username, password)
+        if tls is not None:
+            tls(client)
         client.connect_timeout = connect_timeout_s
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -295,16 +299,37 @@ class MqttConnection:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self.client.socket() is None:
                 self._lost(f"read failed: {paho.error_string(rc)}")
                 return
-            if self._messages == before:
+            if self._messages == before and not self._tls_pending():
                 # Nothing more buffered, a partial packet, or a control packet (CONNACK,
                 # SUBACK, PINGRESP): the selector calls us again while there is data.
                 return
             connected = True
+        if self._tls_pending():
+            # TLS keeps decrypted bytes the socket will not signal again: read on soon.
+            self.loop.call_soon(self._on_readable)
+
+    def _tls_pending(self) -> bool:
+        sock = self.client.socket()
+        pending = getattr(sock, "pending", None)
+        return bool(pending is not None and self.reading and pending() > 0)
 
     def _on_writable(self) -> None:
         rc = self.client.loop_write()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self.client.socket() is None:
             self._lost(f"write failed: {paho.error_string(rc)}")
+
+
+TlsSetup = Callable[[paho.Client], None]
+
+
+def tls_setup(ca_file: str | None = None) -> TlsSetup:
+    """``mqtts://``: TLS 1.2+ with the broker's certificate checked against ``ca_file``
+    (the system's CAs when None) and its host name."""
+
+    def apply(client: paho.Client) -> None:
+        client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+
+    return apply
 
 
 def _is_failure(reason: ReasonCode | int) -> bool:
@@ -330,4 +355,4 @@ def _tune_socket(sock: Any, keepalive_s: int) -> None:
             )
 
 
-__all__ = ["SESSION_EXPIRY_S", "BrokerRefused", "MqttConnection"]
+__all__ = ["SESSION_EXPIRY_S", "BrokerRefused", "MqttConnection", "TlsSetup", "tls_setup"]

@@ -45,6 +45,16 @@ async def _fresh_trip(w: World, shipper: str) -> dict[str, Any]:
     return {**_objects(w, shipper), "trip": trip_id}
 
 
+async def _fresh_device(w: World, shipper: str) -> dict[str, Any]:
+    device = f"{shipper}-gps-d{next(_ids)}"
+    r = await w.client.post(
+        "/v1/devices", json={"device_id": device, "kind": "gps"}, headers=w.auth("admin")
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["mqtt_password"]  # issued once, with the registration
+    return {**_objects(w, shipper), "device": device}
+
+
 async def _fresh_alarm(w: World, shipper: str) -> dict[str, Any]:
     return {**_objects(w, shipper), "alarm": w.raise_alarm(w.tenants[shipper], AlarmType.SPEEDING)}
 
@@ -94,6 +104,8 @@ CASES = [
     Case("GET", "/v1/devices", STAFF),
     Case("GET", "/v1/devices/{device}", STAFF),
     Case("POST", "/v1/devices", FLEET, 201, body=_unique_device),
+    Case("POST", "/v1/devices/{device}/credentials", FLEET),
+    Case("DELETE", "/v1/devices/{device}", FLEET, 204, setup=_fresh_device),
     Case("GET", "/v1/geofences", STAFF),
     Case("GET", "/v1/geofences/{fence}", STAFF),
     Case("POST", "/v1/geofences", FLEET, 201, body=lambda s: fence_feature(f"gf-{next(_ids)}")),

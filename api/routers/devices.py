@@ -1,4 +1,6 @@
-"""``/v1/devices``: register and list GPS units and e-locks (staff only)."""
+"""``/v1/devices``: register and list GPS units and e-locks (staff only), and their MQTT
+credentials: the password is answered once (on registration and on each new issue) and
+never stored by cargowatch (docs/devices.md)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,18 @@ class DeviceOut(BaseModel):
     name: str | None = None
     created_at: str | None = None
     last_fix: LastFix | None = None
+    mqtt_password: str | None = Field(
+        None, description="only when the device is new: its MQTT password (user = device_id)"
+    )
+    mqtt_credentials_applied: bool | None = Field(
+        None, description="the broker checks it (a broker written by `broker-config`)"
+    )
+
+
+class CredentialsOut(BaseModel):
+    device_id: str
+    mqtt_password: str = Field(description="shown once; the previous password stops working")
+    mqtt_credentials_applied: bool
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceOut)
@@ -56,6 +70,19 @@ def register_device(
     if existed:
         response.status_code = status.HTTP_200_OK
     return render_device(stored)
+
+
+@router.post("/{device_id}/credentials", response_model=CredentialsOut)
+def issue_credentials(device_id: Ident, runtime: RuntimeDep, principal: Fleet) -> dict:
+    """A new MQTT password for the device; sessions with the old one are disconnected."""
+    return runtime.device_credentials(device_id)
+
+
+@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def revoke_device(device_id: Ident, runtime: RuntimeDep, principal: Fleet) -> Response:
+    """Revoke the device: the broker refuses it from now on (it stays in the history)."""
+    runtime.revoke_device(device_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("", response_model=list[DeviceOut])

@@ -1,12 +1,26 @@
-"""Registering devices (``POST /v1/devices``; trips register the devices they name)."""
+"""Registering devices (``POST /v1/devices``; trips register the devices they name) and
+their MQTT credentials (contract §2).
+
+A new device registered through the API gets an MQTT password (user name = device id),
+answered once and never stored by cargowatch: on a broker written by ``cargowatch
+broker-config mosquitto`` (``--mqtt …?dynsec=1``) it is applied at once through the
+broker's dynamic-security plugin, which also binds the device to its own topics.
+``credentials`` issues a new password (old sessions are disconnected), ``revoke`` deletes
+the device's broker client and marks the device revoked. Without such a broker the password
+is still issued, but only a broker configured to check it enforces it
+(``mqtt_credentials_applied`` says which)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from cargowatch.settings import Settings
 from core.clock import Clock
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
+from telemetry.dynsec import Dynsec, new_password
+from telemetry.ingest import BrokerAddress
+from telemetry.mqtt import tls_setup
 from telemetry.parse import parse_topic
 from telemetry.store import Store
 
@@ -17,15 +31,24 @@ class DeviceService:
     """Stores device documents and tells the pipeline which device ids are known."""
 
     def __init__(
-        self, store: Store, clock: Clock, *, prefix: str, known: Callable[[str], None]
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        prefix: str,
+        known: Callable[[str], None],
+        broker: Dynsec | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._prefix = prefix
         self._known = known
+        self._broker = broker
 
-    def register(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Create or update a device; the fields given replace the stored ones."""
+    def register(self, doc: dict[str, Any], *, issue: bool = True) -> dict[str, Any]:
+        """Create or update a device; the fields given replace the stored ones. A new
+        device gets its MQTT password (``issue``; not for devices a trip names, which get
+        theirs from ``credentials``)."""
         device_id = str(doc.get("device_id") or "")
         # The same rule as for the topics the device publishes on.
         if parse_topic(f"{self._prefix}/{device_id}/position", self._prefix) is None:
@@ -36,6 +59,10 @@ class DeviceService:
         if kind not in DEVICE_KINDS:
             raise InvalidInput("kind must be gps, lock or combo", kind=kind)
         existing = self._store.get_device(device_id) or {}
+        password = None
+        if issue and (not existing or existing.get("revoked_at")):
+            # A new device: its password is applied to the broker before it is stored.
+            password = self._apply(device_id, new=True)
         stored = {
             **existing,
             **{k: v for k, v in doc.items() if v is not None},
@@ -43,18 +70,76 @@ class DeviceService:
             "kind": kind,
             "created_at": existing.get("created_at", self._clock.now_ms()),
         }
+        if password is not None:
+            stored.pop("revoked_at", None)
+            stored["credentials_at"] = self._clock.now_ms()
         self._store.put_device(stored)
         self._known(device_id)
+        if password is not None:
+            return {**stored, **self._issued(password)}
         return stored
+
+    def credentials(self, device_id: str) -> dict[str, Any]:
+        """A new MQTT password for a registered device (the old one stops working)."""
+        doc = self._store.get_device(device_id)
+        if doc is None:
+            raise NotFound("no such device", device_id=device_id)
+        fresh = bool(doc.get("revoked_at")) or not doc.get("credentials_at")
+        password = self._apply(device_id, new=fresh)
+        if doc.get("revoked_at"):
+            doc = {k: v for k, v in doc.items() if k != "revoked_at"}
+        self._store.put_device({**doc, "credentials_at": self._clock.now_ms()})
+        return {"device_id": device_id, **self._issued(password)}
+
+    def revoke(self, device_id: str) -> None:
+        """The device may no longer connect (its broker client is deleted)."""
+        doc = self._store.get_device(device_id)
+        if doc is None:
+            raise NotFound("no such device", device_id=device_id)
+        if self._broker is not None:
+            self._broker.delete(device_id)
+        self._store.put_device({**doc, "revoked_at": self._clock.now_ms()})
+
+    def _apply(self, device_id: str, *, new: bool) -> str:
+        password = new_password()
+        if self._broker is not None:
+            if new:
+                self._broker.create(device_id, password)
+            else:
+                self._broker.rotate(device_id, password)
+        return password
+
+    def _issued(self, password: str) -> dict[str, Any]:
+        return {"mqtt_password": password, "mqtt_credentials_applied": self._broker is not None}
 
     def ensure(self, device_id: str, shipper: str | None) -> None:
         """Register a device a trip names unless it is registered already."""
         if self._store.get_device(device_id) is None:
             self.register(
-                {"device_id": device_id, "kind": guess_kind(device_id), "shipper": shipper}
+                {"device_id": device_id, "kind": guess_kind(device_id), "shipper": shipper},
+                issue=False,
             )
         else:
             self._known(device_id)
+
+
+def device_broker(settings: Settings) -> Dynsec | None:
+    """The broker that checks device credentials: the ``--mqtt`` URL that ``broker-config
+    mosquitto`` printed (``dynsec=1``), used with the engine's own credentials."""
+    if not settings.mqtt_url or settings.bus_url:
+        return None
+    address = BrokerAddress.parse(settings.mqtt_url)
+    if not address.dynsec:
+        return None
+    return Dynsec(
+        address.host,
+        address.port,
+        address.username or "",
+        address.password or "",
+        client_id=address.client_id or settings.client_id,
+        prefix=settings.topic_prefix,
+        tls=tls_setup(settings.mqtt_ca) if address.tls else None,
+    )
 
 
 def guess_kind(device_id: str) -> str:
