@@ -233,3 +233,94 @@ async def test_rotated_and_revoked_credentials_stop_working(
     assert await _refused_within(port, "gps-rot-1", new, 10) < 10
     assert (await api.delete("/v1/devices/no-such-device")).status_code == 404
     assert (await api.post("/v1/devices/no-such-device/credentials")).status_code == 404
+
+
+# -- TLS --------------------------------------------------------------------------------------
+def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    ca_key, ca = directory / "ca.key", directory / "ca.pem"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    ext = directory / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run = [
+        [
+            *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=cargowatch test CA", "-keyout", str(ca_key), "-out", str(ca)),
+        ],
+        [
+            *("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"),
+            *("-keyout", str(key), "-out", str(csr)),
+        ],
+        [
+            *("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key)),
+            *("-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)),
+        ],
+    ]
+    for args in run:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+async def test_engine_and_devices_over_tls(tmp_path: Path) -> None:
+    ca, cert, key = _make_certificates(tmp_path)
+    port = free_port()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "cargowatch", "broker-config", "mosquitto"),
+            *(str(tmp_path / "tls"), "--tls-listen", f"127.0.0.1:{port}", "--no-plain"),
+            *("--tls-cert", str(cert), "--tls-key", str(key)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    command, url = done.stdout.strip().splitlines()
+    assert url.startswith("mqtts://")
+    proc = subprocess.Popen(shlex.split(command), stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc)
+        settings = Settings(
+            mqtt_url=url,
+            mqtt_ca=str(ca),
+            db_url=f"sqlite:///{tmp_path / 't.sqlite'}",
+            admin_key=ADMIN,
+        )
+        runtime = Runtime.open(settings)
+        app = create_app(runtime)
+        async with (
+            runtime.running(),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://cw",
+                headers={"Authorization": f"Bearer {ADMIN}"},
+            ) as api,
+        ):
+            deadline = time.monotonic() + 15
+            while runtime.ingest is not None and not runtime.ingest.connected:
+                assert time.monotonic() < deadline, runtime.ingest.state.last_error
+                await _sleep(0.05)
+            r = await api.post("/v1/devices", json={"device_id": "gps-tls-1", "kind": "gps"})
+            assert r.status_code == 201, r.text
+            password = r.json()["mqtt_password"]
+            device = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id="gps-tls-1", protocol=paho.MQTTv5
+            )
+            device.tls_set(ca_certs=str(ca))
+            device.username_pw_set("gps-tls-1", password)
+            device.connect("127.0.0.1", port)
+            device.loop_start()
+            for i in range(20):  # several, so TLS-buffered messages must be read on
+                _publish(device, "devices/gps-tls-1/position", _fix(i))
+            _close(device)
+            deadline = time.monotonic() + 10
+            while len(runtime.store.fixes(["gps-tls-1"])) < 20:
+                assert time.monotonic() < deadline, "fixes over TLS were not stored"
+                await _sleep(0.1)
+            # without the CA the engine's peer check fails: plain TCP is not offered at all
+            plain, rc = _connect(port, "gps-tls-1", password, "gps-plain")
+            assert rc != "Success"
+            _close(plain)
+        runtime.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
