@@ -40,6 +40,8 @@ EVENT_TYPES = (
     "alarm.episode_ended",
     "trip.milestone",
     "trip.status",
+    "geofence.entered",
+    "geofence.exited",
 )
 OVERFLOW = "overflow"
 

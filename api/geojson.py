@@ -6,6 +6,8 @@ Features, each with ``properties.kind`` and its time(s) in RFC 3339:
 - ``flagged_fix``: each fix not valid for rules (``properties.flag``);
 - ``lock_event``: each e-lock event (null geometry when it carried no position);
 - ``milestone`` / ``trip_status``: the trip's events (sealed, departed, arrived, ...);
+- ``geofence``: the trip entered (``change: entered``) or left (``exited``) a global geofence
+  of kind depot, consignee or custom (``geofence_id``, ``name``, ``geofence_kind``);
 - ``alarm``: the trip's alarms at their triggering position.
 Coordinates are ``[lon, lat]`` (RFC 7946).
 """
@@ -106,7 +108,7 @@ def lock_features(events: Sequence[LockEvent]) -> list[Doc]:
 def trip_event_features(
     events: Sequence[Doc], since_ms: int | None, until_ms: int | None
 ) -> list[Doc]:
-    """Milestones and status changes recorded for the trip."""
+    """Milestones, status changes and geofence entries/exits recorded for the trip."""
     out = []
     for event in events:
         if not _in_window(event.get("ts"), since_ms, until_ms):
@@ -119,6 +121,8 @@ def trip_event_features(
             props["milestone"] = event.get("milestone") or event.get("name")
         elif kind == "status":
             props["kind"] = "trip_status"
+        elif kind == "geofence":
+            props.pop("event_id", None)  # the webhook id: receivers' business, not the map's
         for key in ("ts", "at", "recorded_at"):
             if isinstance(props.get(key), int):
                 props[key] = iso(props[key])

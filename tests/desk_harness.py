@@ -461,10 +461,22 @@ FENCES = [
 ]
 
 
+def depot_on_route(st: ScriptedTrip) -> dict[str, Any]:
+    """A depot fence the trip drives through 35-33 minutes before now (geofence.entered and
+    geofence.exited on its replay timeline)."""
+    lat, lon = st.walker.at(_stop_distance(st.walker, 34))
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [lon, lat]},
+        "properties": {"kind": "depot", "name": "Edmonton depot", "radius_m": 250},
+    }
+
+
 def load_fleet(desk: DeskServer, fleet: list[ScriptedTrip], publisher: Publisher) -> None:
-    """Create two geofences and the trips through the API, then publish the histories."""
+    """Create the geofences (two fixed, a depot on the first trip's road) and the trips
+    through the API, then publish the histories."""
     with desk.client("admin") as c:
-        for fence in FENCES:
+        for fence in [*FENCES, depot_on_route(fleet[0])]:
             c.post("/v1/geofences", json=fence).raise_for_status()
         for st in fleet:
             r = c.post("/v1/trips", json=st.trip)

@@ -82,3 +82,28 @@ async def test_bad_replays_are_422(world: World, body: dict) -> None:
     r = await world.client.post("/v1/replay", json=body, headers=world.auth("fleet"))
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "validation_error"
+
+
+async def test_replay_raises_risk_zone_entries_of_stored_geofences(world: World) -> None:
+    """A risk zone over the stored track: the rerun raises RISK_ZONE_ENTRY once (the
+    membership holds while the truck crosses it); nothing live changes."""
+    own = world.tenants[OWN]
+    fleet = world.auth("fleet")
+    gps = own.devices[1]
+    centre = along_route(gps, T0 + 3600_000, 12)
+    zone = {
+        "type": "Feature",
+        "id": "rz-replay",
+        "geometry": {"type": "Point", "coordinates": [centre.lon, centre.lat]},
+        "properties": {"kind": "risk_zone", "name": "Black spot", "radius_m": 300},
+    }
+    r = await world.client.post("/v1/geofences", json=zone, headers=world.auth("admin"))
+    assert r.status_code == 201, r.text
+    before = live_state(world)
+    r = await world.client.post("/v1/replay", json={"trip_id": own.trip_id}, headers=fleet)
+    assert r.status_code == 200, r.text
+    risk = [a for a in r.json()["alarms"] if a["type"] == "RISK_ZONE_ENTRY"]
+    assert len(risk) == 1 and risk[0]["severity"] == "major"
+    assert risk[0]["details"]["geofence_id"] == "rz-replay"
+    assert risk[0]["details"]["name"] == "Black spot"
+    assert live_state(world) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.events import Milestone, MilestoneKind
+from rules.events import GeofenceChange, GeofenceTransition, Milestone, MilestoneKind
 from tests.api_world import OTHER, OWN, T0, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -56,6 +56,37 @@ async def test_track_has_line_locks_milestones_and_alarms(world: World) -> None:
     assert alarm_ids == {own.alarm_id}
     assert all(a["properties"]["ts"].endswith("Z") for a in by_kind["alarm"])
     assert OTHER not in r.text
+
+
+async def test_track_shows_geofence_entries_and_exits(world: World) -> None:
+    own = world.tenants[OWN]
+    base = T0 + 3600_000
+
+    def move(change: GeofenceChange, ts: int) -> GeofenceTransition:
+        return GeofenceTransition(
+            own.trip_id, OWN, change, ts, own.devices[1], "dc-9", "Kunshan DC", "depot",
+            lat=31.45, lon=121.10,
+        )  # fmt: skip
+
+    world.runtime.alarms.handle(
+        [move(GeofenceChange.ENTERED, base + 2_000), move(GeofenceChange.EXITED, base + 25_000)]
+    )
+    r = await world.client.get(f"/v1/trips/{own.trip_id}/track", headers=world.auth("fleet"))
+    assert r.status_code == 200, r.text
+    fences = kinds(r.json())["geofence"]
+    props = [f["properties"] for f in fences]
+    assert [(p["change"], p["ts"]) for p in props] == [
+        ("entered", "2026-11-22T09:00:02.000Z"), ("exited", "2026-11-22T09:00:25.000Z")
+    ]  # fmt: skip
+    assert props[0]["geofence_id"] == "dc-9" and props[0]["name"] == "Kunshan DC"
+    assert props[0]["geofence_kind"] == "depot" and props[0]["device_id"] == own.devices[1]
+    assert fences[0]["geometry"] == {"type": "Point", "coordinates": [121.10, 31.45]}
+    assert "event_id" not in props[0]
+    # another shipper's key does not see the trip at all
+    r = await world.client.get(
+        f"/v1/trips/{own.trip_id}/track", headers=world.auth("other_shipper")
+    )
+    assert r.status_code == 404
 
 
 async def test_window_narrows_everything(world: World) -> None:

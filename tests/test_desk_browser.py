@@ -349,6 +349,22 @@ def test_replay_scrubber_moves_the_truck_and_shows_the_alarm_at_its_time(
     moved = truck.bounding_box()
     assert start and moved and (start["x"], start["y"]) != (moved["x"], moved["y"])
 
+    # The global geofences are drawn, and the depot the truck drove through is on the
+    # timeline: entered, then left.
+    expect(page.locator("#replay-map path.fence-depot")).to_have_count(1)
+    expect(page.locator("#replay-map path.fence-rest_area")).to_have_count(1)
+    fence_marks = page.locator("#replay-marks .mark[data-kind=geofence]")
+    expect(fence_marks).to_have_count(2)
+    events = page.locator("#replay-events li[data-kind=geofence]")
+    expect(events.first).to_contain_text("Entered Depot Edmonton depot")
+    expect(events.last).to_contain_text("Left Depot Edmonton depot")
+    entered_ms = int(fence_marks.first.get_attribute("data-ts") or 0)
+    assert entered_ms < int(fence_marks.last.get_attribute("data-ts") or 0) < alarm_ms
+    page.locator("#replay-scrub").focus()
+    fence_marks.first.click()
+    expect(page.locator("#replay-readout")).to_contain_text("Entered Depot Edmonton depot")
+    mark.click()
+
     # Scrubbing by keyboard moves it again (one minute per arrow press).
     page.locator("#replay-scrub").focus()
     page.keyboard.press("ArrowRight")

@@ -187,3 +187,15 @@ def test_fences_match_postgis(db: psycopg.Connection) -> None:
     edge = np.array([r[3] for r in rows])
     d = fences.distance_to(pair_slot[circ], lon[pair_fix[circ]], lat[pair_fix[circ]])
     np.testing.assert_allclose(d, edge[circ], rtol=1e-3, atol=0.5)
+    # Polygons: distance from outside to the boundary (one call over many polygons, no loop
+    # over fences), and the exit test of fence membership (beyond a 50 m margin).
+    poly = np.array([r[4] is None for r in rows]) & ~expect & clear
+    assert poly.sum() > 100
+    d = fences.distance_to(pair_slot[poly], lon[pair_fix[poly]], lat[pair_fix[poly]])
+    np.testing.assert_allclose(d, edge[poly], rtol=1e-3, atol=0.5)
+    margin = 50.0
+    far = ~expect & (edge > margin)
+    sure = clear & (np.abs(edge - margin) > 5.0)
+    got_far = fences.beyond(pair_slot, lon[pair_fix], lat[pair_fix], margin)
+    np.testing.assert_array_equal(got_far[sure], far[sure])
+    assert far[sure].sum() > 100 and (~far[sure] & ~expect[sure]).sum() > 10

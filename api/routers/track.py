@@ -23,7 +23,8 @@ MAX_FIXES = 100_000
 
 class TrackCollection(BaseModel):
     """GeoJSON FeatureCollection; each feature's ``properties.kind`` is ``track``,
-    ``flagged_fix``, ``lock_event``, ``milestone``, ``trip_status`` or ``alarm``."""
+    ``flagged_fix``, ``lock_event``, ``milestone``, ``trip_status``, ``geofence`` (entered
+    or exited a depot, consignee or custom geofence) or ``alarm``."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -55,8 +56,8 @@ def _default_window(
 
 @router.get("/{trip_id}/track", response_model=TrackCollection)
 def trip_track_view(trip_id: AnyId, runtime: RuntimeDep, principal: AnyKey, window: Window) -> dict:
-    """The trip's track, lock events, milestones and alarms between ``from`` and ``to``
-    (default: planned start or first event to the trip's end)."""
+    """The trip's track, lock events, milestones, geofence entries/exits and alarms between
+    ``from`` and ``to`` (default: planned start or first event to the trip's end)."""
     store = runtime.store
     trip = visible_trip(runtime, principal, trip_id)
     events = store.trip_events(trip_id)

@@ -160,7 +160,13 @@ export function fenceLayer(fences) {
     const l = areaLayer(
       f.geometry,
       props.radius_m ?? f.radius_m,
-      { color: colour, weight: 1.5, dashArray: kind === "risk_zone" ? "4 4" : null, fillOpacity: kind === "risk_zone" ? 0.12 : 0.06 },
+      {
+        color: colour,
+        weight: 1.5,
+        dashArray: kind === "risk_zone" ? "4 4" : null,
+        fillOpacity: kind === "risk_zone" ? 0.12 : 0.06,
+        className: `fence fence-${String(kind).replace(/[^a-z_]/g, "")}`,
+      },
       `<b>${esc(props.name || f.name || f.geofence_id || "fence")}</b><br>${esc(label(kind))}`,
     );
     if (l) group.addLayer(l);

@@ -1,11 +1,12 @@
 // Trip replay for fleet managers: the track on the map with a time scrubber, play/pause and
-// speed; lock events, milestones and alarms as markers on the timeline and the map; stops
+// speed; lock events, milestones, geofence entries/exits and alarms as markers on the
+// timeline and the map (with the trip's places and the global geofences drawn); stops
 // with durations and on-time; trip statistics; and a "what if" rerun with changed thresholds.
 
 import { ApiError, asList, query } from "./api.js";
 import { errorText } from "./actions.js";
 import * as fmt from "./format.js";
-import { createMap, pinIcon, routeLayer, truckIcon, tripPlacesLayer } from "./mapview.js";
+import { createMap, fenceLayer, pinIcon, routeLayer, truckIcon, tripPlacesLayer } from "./mapview.js";
 import { diffAlarms, indexAt, parseTrack, positionAt, tripStats } from "./track.js";
 
 const L = window.L;
@@ -63,9 +64,18 @@ export class ReplayView {
     if (!this.map) {
       this.map = createMap(this.el("replay-map"), this.ctx.config);
       this.loadTripList();
+      this.syncFences();
+      this.ctx.state?.addEventListener?.("fences", () => this.syncFences());
     }
     // The container was hidden until now: Leaflet must measure it before fitting bounds.
     this.map.invalidateSize();
+  }
+
+  /** The global geofences (depots, consignees, risk zones, rest areas) under the track. */
+  syncFences() {
+    if (!this.map) return;
+    this.fenceGroup?.remove();
+    this.fenceGroup = fenceLayer(this.ctx.state?.fences || []).addTo(this.map);
   }
 
   async loadTripList() {
@@ -129,6 +139,7 @@ export class ReplayView {
       ...pts.map((p) => p.ts),
       ...this.track.locks.map((e) => e.ts),
       ...this.track.milestones.map((e) => e.ts),
+      ...this.track.geofences.map((e) => e.ts),
       ...this.track.alarms.map((e) => e.ts),
     ].filter(Number.isFinite);
     if (!times.length) {
@@ -168,6 +179,10 @@ export class ReplayView {
     }
     for (const m of this.track.milestones) {
       ev.push({ kind: "milestone", ts: m.ts, lat: m.lat, lon: m.lon, glyph: "⚑", text: `${fmt.label(m.kind)}${m.stop_id ? ` · ${m.stop_id}` : ""}`, item: m });
+    }
+    for (const f of this.track.geofences) {
+      const what = `${fmt.label(f.kind || "geofence")} ${f.name || f.geofence_id || ""}`.trim();
+      ev.push({ kind: "geofence", ts: f.ts, lat: f.lat, lon: f.lon, glyph: f.change === "exited" ? "◁" : "▷", text: `${f.change === "exited" ? "Left" : "Entered"} ${what}`, item: f });
     }
     for (const a of this.track.alarms) {
       ev.push({ kind: "alarm", ts: a.ts, lat: a.lat, lon: a.lon, glyph: "⚠", sev: a.severity, text: `${fmt.label(a.type)} (${a.severity})`, item: a });

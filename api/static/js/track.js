@@ -22,6 +22,7 @@ const KINDS = {
   lock_event: "lock",
   milestone: "milestone",
   alarm: "alarm",
+  geofence: "geofence", // geofence.entered / geofence.exited of a depot, consignee or custom fence
   trip_status: "skip",
   status: "skip",
 };
@@ -40,13 +41,15 @@ function kindOf(f) {
 
 const timeOf = (p) => toMs(p.ts ?? p.time ?? p.at ?? p.timestamp);
 
-/** {points, locks, milestones, alarms}: each sorted by time; points are the valid fixes. */
+/** {points, locks, milestones, alarms, geofences}: each sorted by time; points are the valid
+ * fixes; geofences are the trip's entries into and exits from global geofences. */
 export function parseTrack(fc) {
   const features = Array.isArray(fc) ? fc : Array.isArray(fc?.features) ? fc.features : [];
   const points = [];
   const locks = [];
   const milestones = [];
   const alarms = [];
+  const geofences = [];
   const lines = [];
   for (const f of features) {
     if (!f || typeof f !== "object") continue;
@@ -74,6 +77,18 @@ export function parseTrack(fc) {
         break;
       case "alarm":
         alarms.push({ ...p, ts: timeOf(p), lat: lat ?? p.lat, lon: lon ?? p.lon });
+        break;
+      case "geofence":
+        geofences.push({
+          ts: timeOf(p),
+          change: p.change === "exited" ? "exited" : "entered",
+          geofence_id: p.geofence_id ?? null,
+          name: p.name ?? null,
+          kind: p.geofence_kind ?? null,
+          device_id: p.device_id ?? null,
+          lat,
+          lon,
+        });
         break;
       default:
         break;
@@ -103,6 +118,7 @@ export function parseTrack(fc) {
     locks: locks.filter((l) => l.ts !== null).sort(byTs),
     milestones: milestones.filter((m) => m.ts !== null).sort(byTs),
     alarms: alarms.filter((a) => a.ts !== null).sort(byTs),
+    geofences: geofences.filter((g) => g.ts !== null).sort(byTs),
   };
 }
 
