@@ -18,10 +18,12 @@ Prints one JSON object: ``false_alarms_per_1000_trip_hours`` (total and by type)
 milestone repeated, a ``left``/``departed`` before the truck really left, an ``arrived``
 more than 10 min before it really arrived), withdrawn alarms, failures, sizes and timings.
 
-    .venv/bin/python -m bench.quality [--quick | --full] [--seed N]
+    .venv/bin/python -m bench.quality [--quick | --full] [--seed N] [--rules JSON]
 
 ``--quick``: 150 normal trips; default: 2,000; ``--full``: normal trips until ≥ 10,000
-trip-hours. The incident worlds are the same in every mode.
+trip-hours. The incident worlds are the same in every mode. ``--rules`` sets thresholds on
+every trip (its ``rules`` object), e.g. ``'{"fence_exit_margin_m": 0}'``, to see what a
+threshold trades.
 """
 
 from __future__ import annotations
@@ -189,12 +191,22 @@ def normal_fleet(mode: str, seed: int) -> list[SimTrip]:
     return trips
 
 
-def measure(mode: str, seed: int, workdir: Path) -> dict[str, Any]:
+def with_rules(trips: list[SimTrip], rules: dict[str, Any]) -> list[SimTrip]:
+    """Set threshold overrides on every trip document (in place)."""
+    for t in trips:
+        t.trip["rules"] = {**t.trip.get("rules", {}), **rules}
+    return trips
+
+
+def measure(
+    mode: str, seed: int, workdir: Path, rules: dict[str, Any] | None = None
+) -> dict[str, Any]:
     started = time.perf_counter()
-    out: dict[str, Any] = {"mode": mode, "seed": seed}
+    rules = rules or {}
+    out: dict[str, Any] = {"mode": mode, "seed": seed, "rules": rules}
     # -- normal trips: false alarms -------------------------------------------------------
     log(f"normal trips ({mode}) ...")
-    normal = normal_fleet(mode, seed)
+    normal = with_rules(normal_fleet(mode, seed), rules)
     hours = sum(trip_hours(t) for t in normal)
     worlds = [(f"normal-{k}", normal[k : k + 1_000]) for k in range(0, len(normal), 1_000)]
     false_by_type: Counter[str] = Counter()
@@ -236,13 +248,16 @@ def measure(mode: str, seed: int, workdir: Path) -> dict[str, Any]:
     unexpected: Counter[str] = Counter()
     for k, kind in enumerate(NOISE_KINDS):
         log(f"incidents under noise '{kind}' ...")
-        trips = build_fleet(
-            len(incidents),
-            seed=seed * 100 + k,
-            start_ms=T0_MS + 60_000,
-            incidents=incidents,
-            noise=kind,
-            device_prefix=f"{kind}-",
+        trips = with_rules(
+            build_fleet(
+                len(incidents),
+                seed=seed * 100 + k,
+                start_ms=T0_MS + 60_000,
+                incidents=incidents,
+                noise=kind,
+                device_prefix=f"{kind}-",
+            ),
+            rules,
         )
         res = run_world(trips, workdir, f"incidents-{kind}")
         msgs += res["messages"]
@@ -299,10 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="150 normal trips")
     size.add_argument("--full", action="store_true", help="normal trips for ≥ 10,000 h")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rules", type=json.loads, default={}, help="threshold overrides (JSON)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
     with tempfile.TemporaryDirectory(prefix="cw-quality-") as tmp:
-        result = measure(mode, args.seed, Path(tmp))
+        result = measure(mode, args.seed, Path(tmp), args.rules)
     print(json.dumps(result, indent=1))
     return 0
 
