@@ -182,10 +182,10 @@ def _payload(rng: random.Random, i: int, kind: str) -> bytes:
         size = rng.choice([64 * KIB - 1, 64 * KIB, 64 * KIB + 1, 256 * KIB, 256 * KIB + 1])
         return _padded(record, size)
     if choice == 7:  # byte flips, invalid UTF-8
-        raw = bytearray(json.dumps(record).encode())
+        flipped = bytearray(json.dumps(record).encode())
         for _ in range(rng.randrange(1, 4)):
-            raw[rng.randrange(len(raw))] = rng.randrange(256)
-        return bytes(raw)
+            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+        return bytes(flipped)
     if choice == 8:  # odd unicode in text fields (escaped or raw)
         record[rng.choice(["method", "event", "note", "device_id"])] = rng.choice(ODD_TEXT)
         if rng.random() < 0.5:

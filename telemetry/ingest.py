@@ -112,7 +112,7 @@ class BrokerAddress:
         unknown = set(query) - {"client_id", "dynsec"}
         if unknown:
             raise InvalidAddress(f"unknown MQTT URL parameter(s): {sorted(unknown)}", url=url)
-        client_id = (query.get("client_id") or [None])[0] or None
+        client_id = (query.get("client_id") or [""])[0] or None
         return cls(
             parsed.hostname,
             parsed.port or (8883 if tls else 1883),
