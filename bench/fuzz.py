@@ -201,8 +201,9 @@ def _payload(rng: random.Random, i: int, kind: str) -> bytes:
     if choice == 11:  # a payload device_id that is not the topic's
         record["device_id"] = rng.choice(DEVICES)
         return json.dumps(record).encode()
-    if choice == 12:  # duplicates of an earlier message
-        return json.dumps(make(random.Random(i % 50), i % 50)).encode()
+    if choice == 12:  # a duplicate of a recent message (a redelivery)
+        j = max(0, i - rng.randrange(1, 50))
+        return json.dumps(make(random.Random(j), j)).encode()
     del record[rng.choice(list(record))]  # a field missing
     return json.dumps(record).encode()
 
