@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ def flapping(trip: SimTrip, events: list[dict[str, Any]]) -> list[dict[str, Any]
     """Milestones a shipper should not have received: repeats, a ``left``/``departed``
     before the truck left, an ``arrived`` long before it stopped there."""
     out = []
-    seen: Counter[tuple[str, str | None]] = Counter()
+    seen: Counter[tuple[Any, Any]] = Counter()
     marks = trip.marks
     for e in events:
         if e.get("kind") != "milestone":
@@ -160,7 +160,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def _brief(a: dict[str, Any]) -> dict[str, Any]:
+def _brief(a: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("stop_id", "geofence_id", "event", "withdrawn", "detected_late", "position_unknown")
     d = a.get("details") or {}
     return {
@@ -277,7 +277,11 @@ def measure(
         for a in verdict.unexpected:
             unexpected[str(a.get("type"))] += 1
             failures.append(
-                {"noise": kind, "unexpected": _brief(a), "scenario": scen.get(a.get("trip_id"))}
+                {
+                    "noise": kind,
+                    "unexpected": _brief(a),
+                    "scenario": scen.get(str(a.get("trip_id"))),
+                }
             )
         by_id = {t.trip_id: t for t in trips}
         for tid, evs in res["events"].items():

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import shapely
+from shapely.geometry.base import BaseGeometry
 
 from simulators.draft import DeviceIds
 from simulators.errors import ScenarioError
@@ -99,7 +100,7 @@ def mixed_noise(n: int, seed: int) -> list[str]:
     return [str(k) for k in rng.choice([*single, "all"], size=n, p=p)]
 
 
-def _risk_zones(trips: Sequence[SimTrip]) -> list[tuple[int, shapely.Polygon]]:
+def _risk_zones(trips: Sequence[SimTrip]) -> list[tuple[int, BaseGeometry]]:
     return [
         (i, shapely.geometry.shape(g["geometry"]))
         for i, t in enumerate(trips)

@@ -479,8 +479,8 @@ def _run_rules(trip: SimTrip, out: Outcome) -> None:
                 extra = {}
                 if p is not None and _metres(p, gp) > LOCK_GPS_DISAGREE_M:
                     extra["lock_gps_disagree_m"] = round(_metres(p, gp))
-                mem = stops_in.get(last_fix.device_id)
-                at = sorted(i for i in (mem.inside if mem else ()) if allowed[i])
+                gps_mem = stops_in.get(last_fix.device_id)
+                at = sorted(i for i in (gps_mem.inside if gps_mem else ()) if allowed[i])
                 if not at:
                     raise_("UNAUTHORIZED_UNLOCK", r, **extra)
                     continue

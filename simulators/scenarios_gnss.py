@@ -29,7 +29,7 @@ from simulators.draft import Draft
 from simulators.elock import LockAction
 from simulators.errors import ScenarioError
 from simulators.gnss import Burst, DriftWindow, Pull
-from simulators.roads import STOP_RADIUS_M, detour_lonlat, make_path
+from simulators.roads import STOP_RADIUS_M, LocalFrame, Path, detour_lonlat, make_path
 from simulators.truck import STANDING_MS, Drive
 
 _Edit = Callable[[Draft], None]
@@ -42,7 +42,7 @@ def _ms(t: float, rng: np.random.Generator) -> int:
     return int(t) // 1000 * 1000 + int(rng.integers(1, 1000))
 
 
-def _polygon(fr, xs: np.ndarray, ys: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+def _polygon(fr: LocalFrame, xs: np.ndarray, ys: np.ndarray) -> dict:
     lon, lat = fr.to_lonlat(xs, ys)
     ring = np.column_stack([lon, lat]).round(6).tolist()
     return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
@@ -151,7 +151,11 @@ def _pass_by_consignee(d: Draft) -> None:
             )
         )
         d.quiet.append((s - 300.0, s + 300.0))
-        d.after.append(lambda d, drv, s=s: d.marks.update(incident=int(drv.time_at(s))))
+
+        def mark(d: Draft, drv: Drive, s: float = s) -> None:
+            d.marks["incident"] = int(drv.time_at(s))
+
+        d.after.append(mark)
         return
     raise ScenarioError("no room beside the road for a consignee", shape_id=d.road.shape_id)
 
@@ -198,7 +202,7 @@ def _risk_zone_entry(d: Draft) -> None:
             continue
         d.path = path
 
-        def to_path(v: int, a: int = a, b: int = b, path=path) -> int:  # type: ignore[no-untyped-def]
+        def to_path(v: int, a: int = a, b: int = b, path: Path = path) -> int:
             if v <= a:
                 return int(path.source_index[v])
             return int(path.source_index[v - b + a + 3]) if v >= b else int(path.source_index[a])
