@@ -273,6 +273,7 @@ class LiveReader:
         import threading
 
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.times: list[float] = []  # time.time() each event arrived
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._url = f"{base_url}/v1/live"
@@ -296,6 +297,7 @@ class LiveReader:
                 if line.startswith("event: "):
                     kind = line[7:]
                 elif line.startswith("data: "):
+                    self.times.append(time.time())
                     self.events.append((kind, orjson.loads(line[6:])))
 
     def alarms_raised(self) -> set[str]:

@@ -144,6 +144,7 @@ class PartitionConsumer:
         fetch_timeout_s: float = 0.5,
         retry_delay_s: float = 1.0,
         grace_s: float = 0.5,
+        linger_s: float = 0.0,
     ) -> None:
         self.js = js
         self.stream = stream
@@ -154,6 +155,10 @@ class PartitionConsumer:
         self.fetch_timeout_s = fetch_timeout_s
         self.retry_delay_s = retry_delay_s
         self.grace_s = grace_s
+        # Wait up to this long after a batch's first message for more: the engine's cost per
+        # batch is mostly fixed, so a light partition should not hand over one fix at a time.
+        self.linger_s = linger_s
+        self._first_at = 0.0
         self.durable = f"p{partition}"
         self.handled = 0  # messages acknowledged
         self.failures = 0
@@ -199,6 +204,8 @@ class PartitionConsumer:
                     log.info("pull %s.%s: %s", self.stream, self.durable, msg.headers)
         else:
             self._pull_left = max(0, self._pull_left - 1)
+            if not self._buf:
+                self._first_at = asyncio.get_running_loop().time()
             self._buf.append(msg)
         self._wake.set()
 
@@ -238,6 +245,11 @@ class PartitionConsumer:
                 except TimeoutError:
                     self._pull_left = 0  # request lost (reconnect?): send another
                 continue
+            if self.linger_s and len(self._buf) < self.batch:
+                wait = self._first_at + self.linger_s - asyncio.get_running_loop().time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # more arrive meanwhile (the pull is open)
+                    continue
             msgs, self._buf = self._buf[: self.batch], self._buf[self.batch :]
             if self._unacked_to:
                 if to_bus_message(msgs[0]).stream_seq > self._unacked_to:

@@ -1,0 +1,353 @@
+"""The live load ladder (issue 16): what one deployment sustains, publish to alarm on the desk.
+
+    python -m bench.live [--quick] [--modes mosquitto,nats_1,nats_2] [--out FILE]
+
+For each mode a fresh database in a private TimescaleDB (fsync on), a private broker, and the
+engine as real processes:
+
+- ``mosquitto``: ``cargowatch serve --mqtt`` (one process: ingest, engine, API);
+- ``nats_1`` / ``nats_2``: ``cargowatch serve --bus --workers 0`` (API, live feed, escalation)
+  plus one / two ``cargowatch worker`` processes (the engine), NATS JetStream with 8 device and
+  8 trip partitions; devices publish over the NATS server's MQTT listener.
+
+A fleet of active trips (full: 1,400 trips with 21,000 GPS units and 1,400 locks; ``--quick``:
+100 / 1,500 / 100) is registered first. Then, step by step at rising fixed rates (full: 60 s a
+step; quick: 10 s), separate publisher processes (``bench._live_pub``, QoS 1) send fixes
+stamped with their send time, plus timed ``tamper`` triggers, each on a lock of its own;
+latency = the alarm's arrival on ``/v1/live`` (an SSE reader in this process) − the trigger's
+``ts``. Between steps the backlog drains. Per step: offered and achieved rates, stored
+rows/s, p50/p99/max latency, peak RSS and CPU time per stored message of the engine
+processes, and the backlog left at the step's end. ``max_sustained_msg_per_s`` = the highest
+step with p99 ≤ 2 s, every trigger alarmed, and at most 2 s of input waiting at its end.
+Prints one JSON object keyed by mode (and writes it to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cargowatch.runtime import Runtime
+from cargowatch.settings import Settings
+from telemetry.store import open_store
+from tests.bus_support import LiveReader, lease_pids, spawn, trip_doc, wait_for
+from tests.nats_service import NatsServer
+from tests.services import MosquittoServer, PostgresServer, free_port
+
+ADMIN = "cw_bench_live_admin_key_000000000001"
+PUB_USER, PUB_PASSWORD = "bench-pub", "bench-pub-secret"
+PARTITIONS = 4
+PER_PUBLISHER = 8000  # msg/s one publisher process is asked for at most
+CLK = os.sysconf("SC_CLK_TCK")
+
+FULL = {
+    "trips": 1400,
+    "gps": 15,
+    "rates": [2000, 4000, 6000, 8000, 10000, 12000],
+    "step_s": 60.0,
+    "triggers": 22,
+}
+QUICK = {"trips": 100, "gps": 15, "rates": [500, 1000, 2000, 4000], "step_s": 10.0, "triggers": 8}
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def seed(db: str, trips: int, gps_per_trip: int) -> tuple[list[str], list[str]]:
+    """Register the fleet (through the services, as the API would); (gps ids, lock ids)."""
+    runtime = Runtime.open(Settings(db_url=db, admin_key=ADMIN))
+    now = int(time.time() * 1000)
+    gps: list[str] = []
+    locks: list[str] = []
+    try:
+        for k in range(trips):
+            units = [f"g{k}.{j}" for j in range(gps_per_trip)]
+            lock = f"lock-{k}"
+            runtime.create_trip(trip_doc(f"LIVE-{k}", "pg", [*units, lock], now))
+            gps += units
+            locks.append(lock)
+    finally:
+        runtime.close()
+    return gps, locks
+
+
+class Mode:
+    """One mode's broker and engine processes."""
+
+    def __init__(self, name: str, workdir: Path, db: str) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.db = db
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.broker: Any = None
+        self.http = f"http://127.0.0.1:{free_port()}"
+        self.mqtt_port = 0
+        self.user: str | None = None
+        self.password: str | None = None
+
+    def start(self) -> None:
+        env = {
+            "CARGOWATCH_DB": self.db,
+            "CARGOWATCH_ADMIN_KEY": ADMIN,
+            "CARGOWATCH_LOG_LEVEL": "warning",
+            "CARGOWATCH_BUS_DEVICES_GIB": "4",
+            "CARGOWATCH_BUS_TRIPS_GIB": "4",
+        }
+        port = self.http.rsplit(":", 1)[1]
+        if self.name == "mosquitto":
+            (self.workdir / "mosquitto").mkdir()
+            self.broker = MosquittoServer(self.workdir / "mosquitto").start()
+            self.mqtt_port = self.broker.port
+            env["CARGOWATCH_MQTT"] = self.broker.url
+            self.procs["serve"] = spawn(
+                ["serve", "--http", f"127.0.0.1:{port}"], self.workdir / "serve.log", **env
+            )
+        else:
+            self.broker = NatsServer(
+                self.workdir / "nats", partitions=PARTITIONS, devices={PUB_USER: PUB_PASSWORD}
+            )
+            users = self.broker.workdir / "users.conf"
+            # the benchmark's publisher speaks for every device (one MQTT connection)
+            users.write_text(
+                users.read_text().replace(f'"part.*.devices.{PUB_USER}.*"', '"part.>"')
+            )
+            self.broker.start()
+            self.mqtt_port = self.broker.mqtt_port
+            self.user, self.password = PUB_USER, PUB_PASSWORD
+            env["CARGOWATCH_BUS"] = self.broker.url
+            env["CARGOWATCH_WORKERS"] = "0"
+            self.procs["serve"] = spawn(
+                ["serve", "--http", f"127.0.0.1:{port}"], self.workdir / "serve.log", **env
+            )
+            for i in range(int(self.name.split("_")[1])):
+                self.procs[f"worker{i}"] = spawn(["worker"], self.workdir / f"worker{i}.log", **env)
+        wait_for(self._healthy, 120, f"{self.name}: serve healthy")
+        if self.name != "mosquitto":
+            wanted = 2 * PARTITIONS
+            wait_for(lambda: len(lease_pids(self.broker.url)) == wanted, 60, "partitions owned")
+            time.sleep(2)  # the shares settle (a second worker takes half)
+
+    def _healthy(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.http}/healthz", timeout=2).status_code == 200
+        return False
+
+    @property
+    def engine_pids(self) -> dict[str, int]:
+        names = ["serve"] if self.name == "mosquitto" else [n for n in self.procs if n != "serve"]
+        return {n: self.procs[n].pid for n in names}
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def run_step(
+    mode: Mode,
+    cfg: dict[str, Any],
+    rate: int,
+    gps: list[str],
+    triggers: list[str],
+    seq: int,
+    store: Any,
+    live: LiveReader,
+) -> dict[str, Any]:
+    step_s = cfg["step_s"]
+    k = max(1, math.ceil(rate / PER_PUBLISHER))
+    at = [1.0 + i * (step_s - 2.0) / max(1, len(triggers)) for i in range(len(triggers))]
+    specs = []
+    for j in range(k):
+        out = mode.workdir / f"pub-{rate}-{j}.json"
+        spec = {
+            "host": "127.0.0.1",
+            "port": mode.mqtt_port,
+            "username": mode.user,
+            "password": mode.password,
+            "gps": gps[j::k],
+            "rate": rate / k,
+            "duration_s": step_s,
+            "first_seq": seq + j * 10_000_000,
+            "triggers": [
+                [a, lock]
+                for i, (a, lock) in enumerate(zip(at, triggers, strict=True))
+                if i % k == j
+            ],
+            "out": str(out),
+        }
+        path = mode.workdir / f"pub-{rate}-{j}.spec.json"
+        path.write_text(json.dumps(spec))
+        specs.append((path, out))
+    pids = mode.engine_pids
+    cpu0 = {n: cpu_s(p) for n, p in pids.items()}
+    stored0 = store.count_telemetry()["fixes"]
+    t0 = time.monotonic()
+    pubs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench._live_pub", str(p)],
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for p, _ in specs
+    ]
+    peak = dict.fromkeys(pids, 0.0)
+    while any(p.poll() is None for p in pubs):
+        for n, p in pids.items():
+            with contextlib.suppress(OSError):
+                peak[n] = max(peak[n], rss_mb(p))
+        time.sleep(0.5)
+    elapsed = time.monotonic() - t0
+    stored1 = store.count_telemetry()["fixes"]
+    results = [json.loads(out.read_text()) for _, out in specs]
+    fixes = sum(r["fixes"] for r in results)
+    fired = {lock: ts for r in results for lock, ts in r["triggers"]}
+
+    def arrivals() -> dict[str, float]:
+        got: dict[str, float] = {}
+        for (kind, data), t in zip(list(live.events), list(live.times), strict=False):
+            if kind == "alarm.raised" and data.get("type") == "LOCK_TAMPER":
+                got.setdefault(str(data.get("device_id")), t)
+        return got
+
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: set(fired) <= set(arrivals()), 20, "trigger alarms")
+    seen = arrivals()
+    latencies = [seen[lock] - ts / 1000 for lock, ts in fired.items() if lock in seen]
+    backlog = max(0, stored0 + fixes - stored1)
+    # drain before the next step, and measure the CPU the step's messages cost
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: store.count_telemetry()["fixes"] >= stored0 + fixes, 120, "drain")
+    drained = store.count_telemetry()["fixes"] - stored0
+    cpu = {n: cpu_s(p) - cpu0[n] for n, p in pids.items()}
+    p99 = percentile(latencies, 0.99)
+    return {
+        "offered_msg_per_s": rate,
+        "achieved_msg_per_s": round(fixes / elapsed, 1),
+        "stored_rows_per_s": round((stored1 - stored0) / elapsed, 1),
+        "published": fixes,
+        "stored_after_drain": drained,
+        "backlog_at_end": backlog,
+        "triggers": len(fired),
+        "alarmed": len(latencies),
+        "latency_s": {
+            "p50": percentile(latencies, 0.5),
+            "p99": p99,
+            "max": max(latencies) if latencies else None,
+        },
+        "peak_rss_mb": {n: round(v, 1) for n, v in peak.items()},
+        "cpu_s": {n: round(v, 2) for n, v in cpu.items()},
+        "engine_cpu_us_per_msg": round(1e6 * sum(cpu.values()) / max(1, drained), 1),
+        "sustained": bool(
+            p99 is not None and p99 <= 2.0 and len(latencies) == len(fired) and backlog <= 2 * rate
+        ),
+    }
+
+
+def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> dict[str, Any]:
+    workdir = root / name
+    workdir.mkdir()
+    db = pg.create_database()
+    t = time.monotonic()
+    gps, locks = seed(db, cfg["trips"], cfg["gps"])
+    seeded_s = time.monotonic() - t
+    mode = Mode(name, workdir, db)
+    store = open_store(db)
+    steps: list[dict[str, Any]] = []
+    try:
+        mode.start()
+        live = LiveReader(mode.http, ADMIN)
+        live.connected.wait(10)
+        pool = iter(locks)
+        seq = 0
+        for rate in cfg["rates"]:
+            triggers = [next(pool) for _ in range(cfg["triggers"])]
+            step = run_step(mode, cfg, rate, gps, triggers, seq, store, live)
+            seq += 100_000_000
+            steps.append(step)
+            print(json.dumps({name: step}), file=sys.stderr)
+            p99 = step["latency_s"]["p99"]
+            if p99 is None or p99 > 30 or step["backlog_at_end"] > 10 * rate:
+                break  # far past the knee: higher steps only pile up backlog
+        live.close()
+    finally:
+        mode.stop()
+        store.close()
+    sustained = [s["offered_msg_per_s"] for s in steps if s["sustained"]]
+    return {
+        "fleet": {
+            "trips": cfg["trips"],
+            "gps": cfg["trips"] * cfg["gps"],
+            "locks": cfg["trips"],
+            "seed_s": round(seeded_s, 1),
+        },
+        "steps": steps,
+        "max_sustained_msg_per_s": max(sustained, default=0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small fleet, 10 s steps")
+    parser.add_argument("--modes", default="mosquitto,nats_1,nats_2")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    root = Path(tempfile.mkdtemp(prefix="cw-live-"))
+    root.chmod(0o755)  # the cluster runs as the postgres user
+    (root / "pg").mkdir()
+    pg = PostgresServer(root / "pg").start()
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench.live" + (" --quick" if args.quick else ""),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        for name in args.modes.split(","):
+            report[name] = run_mode(name, cfg, pg, root)
+    finally:
+        pg.stop()
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
