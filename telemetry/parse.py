@@ -1,5 +1,8 @@
-"""Validation of device messages (contract §2): MQTT topic + payload bytes -> fixes, lock events
-and dead letters.
+"""Validation of device messages (docs/devices.md): MQTT topic + payload bytes -> fixes, lock
+events and dead letters.
+
+One module of ~600 lines on purpose: it is the whole wire format, and the hot loop and the
+checks it inlines are read (and measured) together.
 
 The parser is on the ingest hot path and must never raise: every message ends up as records,
 dead letters, or (for an empty backlog array) nothing at all. Each element of a backlog array

@@ -1,5 +1,8 @@
 """The store methods both databases share, each written once over a ``Session``.
 
+Just over 500 lines on purpose: every document method of the ``Store`` interface in one place,
+so that no method is written twice for the two databases.
+
 A store subclass supplies ``dialect`` (``sql.Dialect``), ``_session`` (a connection in one
 of three modes) and the telemetry writes; everything here is the same SQL on both, so the
 two stores cannot drift apart. Modes of ``_session``:
