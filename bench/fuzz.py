@@ -33,7 +33,9 @@ from telemetry.parse import parse_message
 
 T0 = 1_795_334_400_000
 PREFIX = "devices"
-DEVICES = ("fz-gps-1", "fz-lock-1", "fz-combo-1")
+# 40 trips of a GPS unit and an e-lock each: the rules' work per trip stays that of a truck
+TRIPS = 40
+DEVICES = tuple(f"fz-{kind}-{n}" for n in range(TRIPS) for kind in ("gps", "lock"))
 KIB = 1024
 QUICK = 5_000
 FULL = 1_000_000
@@ -213,7 +215,9 @@ def messages(seed: int, count: int) -> Iterator[RawMessage]:
     rng = random.Random(seed)
     for i in range(count):
         device = rng.choice(DEVICES)
-        kind = "position" if rng.random() < 0.6 else "lock"
+        kind = "position" if "gps" in device else "lock"
+        if rng.random() < 0.1:
+            kind = "lock" if kind == "position" else "position"
         # received just after the time its (unmutated) record carries
         yield RawMessage(_topic(rng, device, kind), _payload(rng, i, kind), T0 + i * 10_000 + 500)
 
@@ -256,8 +260,10 @@ def run(count: int, *, seed: int = 15, batch: int = 2_000, workdir: Path | None 
         runtime = Runtime.open(Settings(db_url=f"sqlite:///{db}", mqtt_url=None))
         try:
             for device in DEVICES:
-                runtime.register_device({"device_id": device, "kind": "combo"})
-            runtime.create_trip(_trip())
+                kind = "gps" if "gps" in device else "lock"
+                runtime.register_device({"device_id": device, "kind": kind})
+            for n in range(TRIPS):
+                runtime.create_trip(_trip(n))
             pipeline = runtime.pipeline
             rule_errors = pipeline.metrics.rule_errors
             pending: list[RawMessage] = []
@@ -279,11 +285,11 @@ def run(count: int, *, seed: int = 15, batch: int = 2_000, workdir: Path | None 
     return report
 
 
-def _trip() -> dict[str, Any]:
+def _trip(n: int) -> dict[str, Any]:
     return {
-        "trip_id": "FUZZ-1",
+        "trip_id": f"FUZZ-{n}",
         "shipper": "fuzz",
-        "devices": list(DEVICES),
+        "devices": [f"fz-gps-{n}", f"fz-lock-{n}"],
         "origin": {"geometry": {"type": "Point", "coordinates": [121.10, 31.45]}},
         "route": {"type": "LineString", "coordinates": [[121.10, 31.45], [121.47, 31.23]]},
         "stops": [{"stop_id": "S1", "geometry": {"type": "Point", "coordinates": [121.47, 31.23]}}],
