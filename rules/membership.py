@@ -104,7 +104,8 @@ def in_geofence_kind(ctx: Ctx, S: F64, code: int) -> B:
     """Whether each row's trip is inside a global geofence of kind ``code`` (membership)."""
     gs = S[:, GF_SLOT].astype(np.int64)
     kinds = ctx.geometry.gf_kind[np.maximum(gs, 0)]
-    return ((gs >= 0) & (kinds == code)).any(axis=1)
+    held: B = ((gs >= 0) & (kinds == code)).any(axis=1)
+    return held
 
 
 def apply_geofences(
