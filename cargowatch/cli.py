@@ -158,7 +158,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 def _scenarios() -> list[str]:
     from simulators import scenario_names
 
-    return ["mixed", *scenario_names()]
+    return ["mixed", *scenario_names(gnss=True)]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
