@@ -4,7 +4,9 @@ test broker (the full run is ``python -m bench.faults --quick``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from pathlib import Path
 
 import httpx
 import orjson
@@ -13,8 +15,9 @@ from bench import _fault_count as count
 from bench._fault_pub import NO_SEQ, AckingPublisher, message_key
 from bench._fault_run import START_MS, plan_tampers
 from bench._fault_world import HookReceiver
+from bench.faults import QUICK, run_fault
 from simulators import build_fleet
-from tests.services import MosquittoServer
+from tests.services import MosquittoServer, PostgresServer
 
 
 def test_fixes_lost_are_acknowledged_and_not_stored() -> None:
@@ -132,3 +135,18 @@ def test_table_has_a_row_per_fault() -> None:
     assert cells[:4] == ["kill9", "12,000", "—", "0"] and cells[-1] == "1.5"
     assert "error: TimeoutError: x" in lines[3]
     assert lines[3].count("|") == lines[2].count("|")
+
+
+def test_kill9_at_random_points_of_batches_loses_and_repeats_nothing(
+    mosquitto: MosquittoServer, pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    """``cargowatch serve`` killed with ``kill -9`` three times at random points of its
+    batches while a fleet publishes (real Mosquitto and TimescaleDB): every acknowledged
+    message stored once, every tamper trigger alarmed once, no milestone or delivery twice."""
+    cfg = dataclasses.replace(QUICK, trucks=24, warm_s=6.0, after_s=4.0, seed=5)
+    result = run_fault("kill9", 0, cfg, mosquitto, pg_server, tmp_path)
+    assert "error" not in result, result
+    assert result["kills"] == 3 and result["drained"], result
+    assert result["triggers"] > 0 and result["fixes_acknowledged"] > 0, result
+    zero = {k: v for k, v in result.items() if k.endswith(("_lost", "_missing", "_duplicated"))}
+    assert zero and not any(zero.values()), zero
