@@ -8,7 +8,7 @@ live events of one alarm are enqueued in the order of its transitions.
 Everything the service decides later (deadlines, escalations) is derived from stored
 documents, so a restarted service carries on where the previous one stopped.
 
-About 530 lines on purpose: every alarm transition and the lock that orders them in one class;
+About 630 lines on purpose: every alarm transition and the lock that orders them in one class;
 the rules of a transition live in ``alerts.lifecycle``, deadlines in ``alerts.deadlines``.
 """
 

@@ -4,6 +4,10 @@ Pure (no I/O, no clock, no asyncio): the same calls give the same events live, a
 restart and in replay. ``process`` applies one ingest batch, ``tick`` the wall-clock rules.
 State lives in numpy tables (rules/state.py); a batch is applied in rounds with array
 operations (rules/fixrules.py); late data rewinds the affected trips (rules/rewind.py).
+
+About 700 lines on purpose: this is the engine's whole public face (configuration, trips,
+messages, ticks, checkpoints, queries) over slot bookkeeping that must stay consistent in one
+place; every rule lives in its own module (fixrules, lockrules, timers, membership, lifecycle).
 """
 
 from __future__ import annotations
