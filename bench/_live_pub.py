@@ -115,7 +115,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(max(0, min(due, 2000))):
             device = gps[i % len(gps)]
             k = i // len(gps)
-            body = {
+            body: dict[str, Any] = {
                 "ts": now_ms,
                 "lat": 31.45 - 0.0001 * (k % 7),
                 "lon": 121.10 + 0.0001 * (k % 5),
@@ -127,8 +127,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         while triggers and triggers[0][0] <= elapsed:
             _, lock = triggers.pop(0)
             ts = int(time.time() * 1000)
-            body = {"ts": ts, "event": "tamper", "seq": seq + i}
-            items.append((f"devices/{lock}/lock", orjson.dumps(body)))
+            trigger = {"ts": ts, "event": "tamper", "seq": seq + i}
+            items.append((f"devices/{lock}/lock", orjson.dumps(trigger)))
             fired.append((lock, ts))
         if items:
             pub.publish(items)
