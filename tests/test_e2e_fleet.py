@@ -35,7 +35,7 @@ from tests.services import MosquittoServer, PostgresServer, free_port
 SPEED = float(os.environ.get("CW_E2E_SPEED", "150"))  # simulated seconds per real second
 N_NORMAL = 200
 START = 1_795_334_400_000  # 2026-11-22T08:00:00Z, simulated
-LEAD_S = 12.0  # real seconds for the server to start and the fleet to be registered
+LEAD_S = 20.0  # real seconds for the server to start and the fleet to be registered
 ADMIN_KEY = "e2e-admin-key-0123456789"
 SECRETS = {"pg": "pg-webhook-secret-0123456789", "unilever": "ul-webhook-secret-0123456789"}
 DETECTION_DEADLINE_S = 2.0  # contract §4, real seconds from publish to stored alarm
