@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,83 @@ class BatchReport:
     duplicates: int
     dead_letters: int
     alarms: int
+
+
+@dataclass(slots=True)
+class Committed:
+    """What one committed batch stored and raised (``marks``: perf_counter times)."""
+
+    fixes: list[Fix]
+    events: list[LockEvent]
+    result: EngineResult
+    created: list[dict[str, Any]]
+    marks: dict[str, float]
+
+
+def commit_batch(
+    gate: EngineGate,
+    metrics: Metrics,
+    fixes: list[Fix],
+    events: list[LockEvent],
+    dead: list[DeadLetter],
+    now: int,
+    *,
+    covers: int | None,
+    prepare: Callable[[Engine], None] | None = None,
+) -> Committed:
+    """Store, evaluate and record one batch in one transaction (``EngineGate.commit``):
+    dead letters and telemetry first, then the rules on what was new (``prepare`` runs on
+    the engine before them), fix flags, alarms and, when due, checkpoints. Store errors
+    propagate (nothing kept: the caller leaves the batch unacknowledged); a rule bug keeps
+    the telemetry, counts the bug and rebuilds the engine from the store."""
+    store = gate.store
+    out = Committed(fixes, events, EngineResult([]), [], {})
+
+    def store_batch() -> None:
+        # Telemetry joins the transaction of the rules and alarms it leads to: either
+        # all of it is kept, or none and the broker redelivers the batch.
+        if dead:
+            store.insert_dead_letters(dead)
+        if fixes:
+            mask = store.insert_fixes(fixes)
+            out.fixes = [f for f, new in zip(fixes, mask, strict=True) if new]
+        if events:
+            mask = store.insert_lock_events(events)
+            out.events = [e for e, new in zip(events, mask, strict=True) if new]
+        out.marks["store"] = time.perf_counter()
+
+    def evaluate(engine: Engine) -> EngineResult:
+        if prepare is not None:
+            prepare(engine)
+        try:
+            return engine.process(out.fixes, out.events, now)
+        except StoreError:
+            raise  # the store failed under the history read: retry the whole batch
+        except Exception:
+            # A rule bug must not stall ingest: keep the telemetry (replayable), keep no
+            # half-applied state (nothing is checkpointed; the engine is reloaded).
+            log.exception("rule engine failed on a batch of %d messages", len(fixes) + len(events))
+            metrics.rule_errors.inc()
+            engine.take_dirty()
+            out.marks["rule_bug"] = 1.0
+            return EngineResult([])
+
+    def flag(result: EngineResult) -> None:
+        by_flag: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
+        for key, name in result.flagged:
+            by_flag[name].append(key)
+        for name, keys in by_flag.items():
+            store.flag_fixes(keys, name)
+        out.marks["rules"] = time.perf_counter()
+
+    out.result, out.created = gate.commit(
+        evaluate, lambda r: r.events, before=store_batch, after=flag, covers=covers
+    )
+    if "rule_bug" in out.marks:
+        gate.reload()
+    for d in dead:
+        metrics.dead_letters.labels(str(d.reason)).inc()
+    return out
 
 
 class Pipeline:
@@ -94,57 +171,18 @@ class Pipeline:
             dead.extend(parsed.dead_letters)
         t_parse = time.perf_counter()
 
-        stored: dict[str, Any] = {"fixes": fixes, "events": events}
-        marks: dict[str, float] = {}
-
-        def store_batch() -> None:
-            # Telemetry joins the transaction of the rules and alarms it leads to: either
-            # all of it is kept, or none and the broker redelivers the batch.
-            if dead:
-                self.store.insert_dead_letters(dead)
-            if fixes:
-                mask = self.store.insert_fixes(fixes)
-                stored["fixes"] = [f for f, new in zip(fixes, mask, strict=True) if new]
-            if events:
-                mask = self.store.insert_lock_events(events)
-                stored["events"] = [e for e, new in zip(events, mask, strict=True) if new]
-            marks["store"] = time.perf_counter()
-
-        def evaluate(engine: Engine) -> EngineResult:
-            try:
-                return engine.process(stored["fixes"], stored["events"], now)
-            except StoreError:
-                raise  # the store failed under the history read: retry the whole batch
-            except Exception:
-                # A rule bug must not stall ingest: keep the telemetry (replayable), keep no
-                # half-applied state (nothing is checkpointed; the engine is reloaded).
-                log.exception("rule engine failed on a batch of %d messages", len(messages))
-                self.metrics.rule_errors.inc()
-                engine.take_dirty()
-                marks["rule_bug"] = 1.0
-                return EngineResult([])
-
-        def flag(result: EngineResult) -> None:
-            by_flag: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
-            for key, flag in result.flagged:
-                by_flag[flag].append(key)
-            for flag, keys in by_flag.items():
-                self.store.flag_fixes(keys, flag)
-            marks["rules"] = time.perf_counter()
-
         now = self.clock.now_ms()
-        result, created = self.gate.commit(
-            evaluate,
-            lambda r: r.events,
-            before=store_batch,
-            after=flag,
+        done = commit_batch(
+            self.gate,
+            self.metrics,
+            fixes,
+            events,
+            dead,
+            now,
             covers=max((m.received_at for m in messages), default=None),
         )
-        if "rule_bug" in marks:
-            self.gate.reload()
-        new_fixes, new_events = stored["fixes"], stored["events"]
-        for d in dead:
-            self.metrics.dead_letters.labels(str(d.reason)).inc()
+        result, created, marks = done.result, done.created, done.marks
+        new_fixes, new_events = done.fixes, done.events
         duplicates = len(fixes) - len(new_fixes) + len(events) - len(new_events)
         t_store = marks.get("store", t_parse)
         t_rules = marks.get("rules", t_store)

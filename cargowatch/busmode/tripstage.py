@@ -23,21 +23,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 import rules
 from alerts import AlarmService, LiveHub
 from cargowatch.busmode.codec import decode
 from cargowatch.metrics import Metrics
+from cargowatch.pipeline import commit_batch
 from cargowatch.services.engine import EngineGate
 from core.clock import Clock
-from rules import HISTORY_LOOKBACK_MS, Engine, EngineResult
+from rules import HISTORY_LOOKBACK_MS, Engine
 from telemetry.bus.consumer import BusMessage
 from telemetry.bus.partitions import trip_partition
 from telemetry.bus.rekey import TRIP_HEADER
-from telemetry.errors import StoreError
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent
 from telemetry.store import Store
 
@@ -167,59 +165,30 @@ class TripPartition:
             trip = (m.headers or {}).get(TRIP_HEADER)
             if trip and trip not in self._checked:
                 named.add(trip)
-        stored: dict[str, Any] = {"fixes": fixes, "events": events}
-        marks: dict[str, float] = {}
-
-        def store_batch() -> None:
-            if dead:
-                self.store.insert_dead_letters(dead)
-            if fixes:
-                mask = self.store.insert_fixes(fixes)
-                stored["fixes"] = [f for f, new in zip(fixes, mask, strict=True) if new]
-            if events:
-                mask = self.store.insert_lock_events(events)
-                stored["events"] = [e for e, new in zip(events, mask, strict=True) if new]
-            marks["store"] = time.perf_counter()
-
         now = self.clock.now_ms()
         received = [f.received_at for f in fixes] + [e.received_at for e in events]
 
-        def evaluate(engine: Engine) -> EngineResult:
+        def refresh(engine: Engine) -> None:
             for trip_id in named:
                 if self.holds(trip_id):
                     refresh_trip(self.store, engine, trip_id, now)
-            try:
-                return engine.process(stored["fixes"], stored["events"], now)
-            except StoreError:
-                raise
-            except Exception:
-                log.exception("rule engine failed on a batch of %d messages", len(batch))
-                self.metrics.rule_errors.inc()
-                engine.take_dirty()
-                marks["rule_bug"] = 1.0
-                return EngineResult([])
-
-        def flag(result: EngineResult) -> None:
-            by_flag: dict[str, list[tuple[str, int, int | None]]] = defaultdict(list)
-            for key, name in result.flagged:
-                by_flag[name].append(key)
-            for name, keys in by_flag.items():
-                self.store.flag_fixes(keys, name)
 
         with self.gate.lock:
             if self.closed:
                 raise RuntimeError(f"trip partition {self.n} was lost")
-            _, created = self.gate.commit(
-                evaluate,
-                lambda r: r.events,
-                before=store_batch,
-                after=flag,
+            done = commit_batch(
+                self.gate,
+                self.metrics,
+                fixes,
+                events,
+                dead,
+                now,
                 covers=max(received, default=None),
+                prepare=refresh,
             )
-            if "rule_bug" in marks:
-                self.gate.reload()
+        created, marks = done.created, done.marks
         self._checked |= named
-        new_f, new_e = stored["fixes"], stored["events"]
+        new_f, new_e = done.fixes, done.events
         metrics = self.metrics
         metrics.fixes_stored.inc(len(new_f))
         metrics.lock_events_stored.inc(len(new_e))
