@@ -21,20 +21,9 @@ from typing import Any
 
 import orjson
 
+from tests.services import _str, _varlen  # the MQTT framing of the fast test publisher
+
 WINDOW = 20_000  # unacknowledged messages at most (packet ids are 16-bit)
-
-
-def _varlen(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        out.append(b | (128 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: bytes) -> bytes:
-    return len(s).to_bytes(2, "big") + s
 
 
 class Publisher:
