@@ -51,7 +51,8 @@ class CountingStore:
 
 def make_runtime(tmp_path: Path, clock: ManualClock, store: Any = None) -> Runtime:
     """The real runtime on SQLite in ``tmp_path`` (through ``store`` when given)."""
-    settings = Settings(db_url=sqlite_url(tmp_path), mqtt_url=None)
+    # the test's webhook receiver listens on 127.0.0.1
+    settings = Settings(db_url=sqlite_url(tmp_path), mqtt_url=None, allow_private_targets=True)
     return Runtime.open(settings, clock=clock, store=store)
 
 
