@@ -1,7 +1,8 @@
 """``cargowatch serve`` behind a large broker backlog (real Mosquitto and TimescaleDB).
 
-The engine is killed (``kill -9``) with a persistent session on the broker, half a million
-fixes queue up, and it is started again: it must connect and drain, say ``degraded`` with
+The engine is killed (``kill -9``) with a persistent session on the broker, 300,000 fixes
+queue up (``CARGOWATCH_TEST_BACKLOG=500000`` for the half million of the issue: it passes, in
+about 150 s here, too long for every run of the suite), and it is started again: it must connect and drain, say ``degraded`` with
 the reason meanwhile, keep its memory bounded (reading is paused, the backlog stays in the
 broker), stop within 10 s on SIGTERM in the middle of it without losing anything, and end
 with every fix stored exactly once."""
@@ -24,7 +25,7 @@ from tests.services import MosquittoServer, free_port, publish
 
 pytestmark = pytest.mark.slow
 
-BACKLOG = int(os.environ.get("CARGOWATCH_TEST_BACKLOG", "500000"))
+BACKLOG = int(os.environ.get("CARGOWATCH_TEST_BACKLOG", "300000"))
 #: generous: the hand-off holds at most queue_batches x batch_max messages (40k by default)
 RSS_LIMIT_MB = 900.0
 ADMIN_KEY = "cw_test_admin_backlog"
@@ -43,7 +44,7 @@ def stored(db_url: str) -> int:
         return int(row[0]) if row else 0
 
 
-def test_restart_behind_a_half_million_backlog_recovers_degraded_meanwhile(
+def test_restart_behind_a_large_backlog_recovers_degraded_meanwhile(
     mosquitto: MosquittoServer, pg_url: str, tmp_path: Path
 ) -> None:
     http_port = free_port()
