@@ -1,11 +1,11 @@
 """``cargowatch serve`` behind a large broker backlog (real Mosquitto and TimescaleDB).
 
 The engine is killed (``kill -9``) with a persistent session on the broker, 300,000 fixes
-queue up (``CARGOWATCH_TEST_BACKLOG=500000`` for the half million of the issue: it passes, in
-about 150 s here, too long for every run of the suite), and it is started again: it must connect and drain, say ``degraded`` with
-the reason meanwhile, keep its memory bounded (reading is paused, the backlog stays in the
-broker), stop within 10 s on SIGTERM in the middle of it without losing anything, and end
-with every fix stored exactly once."""
+queue up (``CARGOWATCH_TEST_BACKLOG=500000`` for half a million: it passes, in about 150 s
+here, too long for every run of the suite), and it is started again. It must connect and
+drain, say ``degraded`` with the reason meanwhile, keep its memory bounded (reading is
+paused, the backlog stays in the broker), stop within 10 s on SIGTERM in the middle of it
+without losing anything, and end with every fix stored exactly once."""
 
 from __future__ import annotations
 
