@@ -348,7 +348,7 @@ class MqttIngest:
         finally:
             batcher.cancel()
             if conn is not None:
-                conn.close(disconnect=True)
+                await conn.disconnect()
             self._conn = None
             self.state.connected = False
             self.state.set_paused(False)

@@ -47,6 +47,7 @@ PAUSED_PING_S = 1.0
 """While reading is paused, PINGREQ this often (it is how a closed connection shows)."""
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # a persistent session outlives a week-end of downtime
+DISCONNECT_PACKET = b"\xe0\x00"  # normal disconnection, in MQTT 3.1.1 and 5 alike
 
 
 class BrokerRefused(BrokerUnavailable):
@@ -178,14 +179,44 @@ class MqttConnection:
         # paho writes CONNECT itself here (no write callbacks registered yet).
         self.client.connect(self.host, self.port, keepalive=self.keepalive_s, **self._connect_kw)
 
-    def close(self, *, disconnect: bool = False) -> None:
-        """Close now; with ``disconnect`` send DISCONNECT first (the session stays)."""
-        if disconnect and self.is_open:
-            with contextlib.suppress(Exception):
-                self.client.disconnect()
-                self.client.loop_write()  # paho closes the socket once DISCONNECT is out
+    def close(self) -> None:
+        """Close now, without DISCONNECT (the session stays; see ``disconnect``)."""
         self._drop_socket()
         self._lost("closed by us")
+
+    async def disconnect(self, linger_s: float = 2.0) -> None:
+        """Write what paho still holds and DISCONNECT, then close once the broker closed.
+
+        Closing a socket that has unread input (paused reading leaves some) sends RST, and a
+        broker that gets RST before it read our last PUBACKs drops them and redelivers those
+        messages: so half-close, discard input until the broker's FIN, then close.
+        """
+        sock = self.client.socket()
+        if not self.is_open or not isinstance(sock, socket.socket):  # ssl.SSLSocket is one
+            self.close()
+            return
+        self.pause_reading()
+        deadline = time.monotonic() + linger_s
+        try:
+            while self.client.want_write() and time.monotonic() < deadline:
+                if self.client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                if self.client.want_write():
+                    await asyncio.sleep(0.005)
+            if self._fd >= 0:
+                self.loop.remove_writer(self._fd)
+            sock.sendall(DISCONNECT_PACKET)
+            sock.shutdown(socket.SHUT_WR)
+            while time.monotonic() < deadline:
+                try:
+                    if not sock.recv(65536):
+                        break  # the broker read our DISCONNECT and closed
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    await asyncio.sleep(0.01)
+        except OSError:
+            pass  # the connection is gone anyway; the broker redelivers what it did not get
+        finally:
+            self.close()
 
     def _drop_socket(self) -> None:
         self.pause_reading()
