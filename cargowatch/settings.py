@@ -34,6 +34,9 @@ FLAGS = {
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 BROKER_URL_KEYS = {"client_id", "dynsec"}  # the query parameters a broker URL may carry
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"  # what `simulate` publishes to without a setting
+# OpenStreetMap's standard tiles; their usage policy asks for the attribution the page shows
+# and a real referrer, which browsers send.
+OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 
 class SettingsError(InvalidInput):
@@ -102,7 +105,24 @@ class Settings(BaseSettings):
     tick_s: float = Field(
         1.0, gt=0, description="period of the wall-clock rules (signal loss, late)"
     )
-    tiles: str | None = Field(None, description="XYZ tile URL template for the desk's base map")
+    tiles: str | None = Field(
+        OSM_TILES,
+        description="XYZ tile URL template for the desk's base map (default OpenStreetMap's "
+        "standard tiles; `off`: no tiles, a plain grid)",
+    )
+    smtp: str | None = Field(
+        None,
+        description="e-mail notifications go through this SMTP server, "
+        "smtp://[user:pass@]HOST:PORT (STARTTLS when offered); unset: no e-mail",
+    )
+    smtp_from: str = Field(
+        "cargowatch@localhost", description="the From address of notification e-mails"
+    )
+    public_url: str | None = Field(
+        None,
+        description="the desk page's address as people reach it, for links in e-mails "
+        "(default http://HTTP/)",
+    )
     clock_speed: float = Field(
         1.0, gt=0, description="accelerated time for simulations (1.0 = real time)"
     )
@@ -128,11 +148,31 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "mqtt_url", "bus_url", "admin_key", "shared_group", "tiles", "mqtt_ca", mode="before"
+        "mqtt_url",
+        "bus_url",
+        "admin_key",
+        "shared_group",
+        "tiles",
+        "mqtt_ca",
+        "smtp",
+        "public_url",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("tiles", mode="before")
+    @classmethod
+    def _tiles_off(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("off", "none") else v
+
+    @field_validator("smtp")
+    @classmethod
+    def _check_smtp(cls, v: str | None) -> str | None:
+        if v is not None:
+            smtp_address(v)
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -275,3 +315,17 @@ def check_db_url(url: str) -> None:
             raise ValueError("a PostgreSQL URL is postgresql://USER@HOST:PORT/DB") from None
         return
     raise ValueError("the database URL must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+
+
+def smtp_address(url: str) -> tuple[str, int]:
+    """``smtp://[user:pass@]host[:port]`` -> (host, port); ValueError for anything else."""
+    parts = urlsplit(url.strip())
+    if parts.scheme != "smtp":
+        raise ValueError("the SMTP server must look like smtp://[USER:PASS@]HOST:PORT")
+    try:
+        port = parts.port or 25
+    except ValueError:
+        raise ValueError("the SMTP server's port must be a number from 1 to 65535") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("the SMTP server must look like smtp://[USER:PASS@]HOST:PORT")
+    return parts.hostname, port
