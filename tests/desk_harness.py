@@ -368,9 +368,7 @@ def serve_desk_page(app: FastAPI, runtime: Runtime) -> None:
     """Mount the page at ``/`` (and ``/config.json``) unless the app already does."""
     paths = {getattr(r, "path", None) for r in app.routes}
     if "/config.json" not in paths:
-        app.add_api_route(
-            "/config.json", lambda: {"tiles": runtime.settings.tiles}, include_in_schema=False
-        )
+        app.add_api_route("/config.json", lambda: {"tiles": runtime.tiles}, include_in_schema=False)
     if not any(isinstance(r, Mount) and r.path in ("", "/") for r in app.routes):
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="desk")
 
@@ -398,13 +396,19 @@ class DeskServer:
         self.runtime.close()
 
 
-def start_desk(mqtt_url: str, db_url: str, prefix: str) -> DeskServer:
+DESK_OPERATOR = "desk-07"  # the desk key's name: recorded as `by` on what it does
+
+
+def start_desk(mqtt_url: str, db_url: str, prefix: str, tiles: str = "off") -> DeskServer:
+    """A running cargowatch. ``tiles`` is off by default: a browser test never reaches the
+    internet for a base map (tests serving tiles locally pass their own template)."""
     settings = Settings(
         mqtt_url=mqtt_url,
         db_url=db_url,
         admin_key=ADMIN_KEY,
         topic_prefix=prefix,
         client_id=f"cw-desk-{uuid.uuid4().hex[:8]}",
+        tiles=tiles,
     )
     runtime = Runtime.open(settings)
     app = api.create_app(runtime, heartbeat_s=5.0)
@@ -422,13 +426,14 @@ def start_desk(mqtt_url: str, db_url: str, prefix: str) -> DeskServer:
             raise RuntimeError("the desk server did not start")
         time.sleep(0.05)
     desk.keys["admin"] = ADMIN_KEY
-    for name, role, shipper in (
-        ("desk", "desk", None),
-        ("fleet", "fleet", None),
-        ("pg", "shipper", "pg"),
-        ("acme", "shipper", "acme"),
+    for name, role, shipper, label in (
+        ("desk", "desk", None, DESK_OPERATOR),
+        ("desk2", "desk", None, "desk-12"),
+        ("fleet", "fleet", None, "fleet-test"),
+        ("pg", "shipper", "pg", "pg-portal"),
+        ("acme", "shipper", "acme", "acme-portal"),
     ):
-        desk.keys[name] = runtime.create_api_key(role, shipper, f"desk test {name}")["key"]
+        desk.keys[name] = runtime.create_api_key(role, shipper, label)["key"]
     while runtime.ingest is not None and not runtime.ingest.connected:
         if time.monotonic() > deadline:
             raise RuntimeError("the runtime did not connect to the broker")

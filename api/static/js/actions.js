@@ -203,19 +203,39 @@ export function errorText(e) {
   return `${e.message} (${e.status})`;
 }
 
-/** The <li> items of an alarm's history (who, when, what), oldest first. */
+/** The <li> items of an alarm's history (who, when, what), oldest first: transitions,
+ * assignments, the call log (contact, what was said, outcome), feedback, e-mails. */
 export function historyItems(alarm, now) {
   const history = Array.isArray(alarm.history) ? alarm.history : [];
   if (!history.length) return [h("li", { class: "muted" }, "No history recorded.")];
   return history.map((e) => {
     const res = e.resolution || null;
+    const action = e.action || e.to || e.type || "change";
+    const what =
+      action === "assigned" || action === "assign"
+        ? `Assigned to ${e.to ?? e.assigned_to ?? "–"}`
+        : action === "note" || action === "noted" || action === "notes"
+          ? `Call log · ${fmt.label(e.contact || "other")}`
+          : action === "feedback"
+            ? `Shipper feedback: ${e.verdict ?? "–"}`
+            : fmt.label(action);
+    const text = e.text ?? e.note ?? e.comment ?? null;
     return h(
       "li",
-      {},
-      h("span", { class: "what" }, fmt.label(e.action || e.to || e.type || "change")),
-      e.from && e.to && e.from !== e.to ? h("span", { class: "muted" }, `  ${e.from} → ${e.to}`) : null,
-      h("div", { class: "meta" }, fmt.timeEl(e.at ?? e.ts, now), " · by ", e.by ?? "–", e.level !== undefined ? ` · level ${e.level}` : ""),
-      e.note ? h("div", {}, e.note) : null,
+      { dataset: { action } },
+      h("span", { class: "what" }, what),
+      e.from && e.to && e.from !== e.to && !String(action).startsWith("assign") ? h("span", { class: "muted" }, `  ${e.from} → ${e.to}`) : null,
+      h(
+        "div",
+        { class: "meta" },
+        fmt.timeEl(e.at ?? e.ts, now),
+        " · by ",
+        e.by ?? "–",
+        e.key_id ? h("span", { class: "muted", title: "API key id" }, ` (${e.key_id})`) : null,
+        e.level !== undefined ? ` · level ${e.level}` : "",
+      ),
+      text ? h("div", { class: "note-text" }, text) : null,
+      e.outcome ? h("div", { class: "small" }, `Outcome: ${e.outcome}`) : null,
       res
         ? h(
             "div",

@@ -77,8 +77,41 @@ export function createApi({ getKey, onUnauthorized = () => {} }) {
     }
     return data;
   }
+  /** A CSV answer (Accept: text/csv) saved as a file: fetched with the key, never a link. */
+  async function download(path, filename) {
+    const headers = { Accept: "text/csv" };
+    const key = getKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    let res;
+    try {
+      res = await fetch(path, { headers, cache: "no-store" });
+    } catch {
+      throw new ApiError(0, "network", "The server cannot be reached.");
+    }
+    if (!res.ok) {
+      let err = {};
+      try {
+        err = (await res.json())?.error || {};
+      } catch {
+        /* not JSON */
+      }
+      throw new ApiError(res.status, err.code || String(res.status), err.message || `HTTP ${res.status}`);
+    }
+    const blob = await res.blob();
+    const url = URL.createObjectURL(blob);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = filename;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    return blob;
+  }
   return {
     request,
+    download,
+    put: (path, body = {}, opts) => request("PUT", path, body, opts),
     get: (path, opts) => request("GET", path, undefined, opts),
     post: (path, body = {}, opts) => request("POST", path, body, opts),
   };

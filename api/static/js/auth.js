@@ -5,18 +5,13 @@
 import { ApiError } from "./api.js";
 
 const KEY = "cw.key";
-const OPERATOR = "cw.operator";
 
 export const session = {
   get key() {
     return sessionStorage.getItem(KEY);
   },
-  get operator() {
-    return sessionStorage.getItem(OPERATOR) || "desk";
-  },
-  save(key, operator) {
+  save(key) {
     sessionStorage.setItem(KEY, key);
-    sessionStorage.setItem(OPERATOR, operator || "desk");
   },
   clear() {
     sessionStorage.removeItem(KEY);
@@ -36,41 +31,25 @@ export function rightsFor(role) {
 }
 
 /**
- * Check the key and find its role: GET /v1/keys/me when the API has it, else probe the
- * two actions with requests that cannot change anything (an alarm and a trip that do not
- * exist): 403 means no right, 404/409/422 means the right exists.
+ * Check the key and find out who it is: GET /v1/keys/me -> {key_id, name, role, shipper}.
+ * The key's name is the operator recorded in every history entry (contract §5). A server
+ * without that route still checks the key (401) and the page then finds rights by trying.
  */
 export async function identify(api) {
   try {
     const me = await api.get("/v1/keys/me");
-    const role = me?.role ?? me?.key?.role ?? null;
+    const role = me?.role ?? null;
     if (role) {
-      return { role, shipper: me.shipper ?? me?.key?.shipper ?? null, label: me.label ?? null, ...rightsFor(role) };
+      return { role, shipper: me.shipper ?? null, name: me.name ?? null, keyId: me.key_id ?? null, ...rightsFor(role) };
     }
   } catch (e) {
     if (!(e instanceof ApiError)) throw e;
     if (e.status === 401 || e.status === 0) throw e;
-    // 404/405: no such endpoint on this server; fall through to probing.
+    if (e.status !== 404 && e.status !== 405) throw e;
   }
-  // An invalid key must fail here with 401, whatever the role.
-  try {
-    await api.get("/v1/trips?limit=1");
-  } catch (e) {
+  // An old server: an invalid key must still fail here with 401.
+  await api.get("/v1/trips?limit=1").catch((e) => {
     if (e.status === 401 || e.status === 0) throw e;
-  }
-  const probe = async (path, body) => {
-    try {
-      await api.post(path, body);
-      return true;
-    } catch (e) {
-      if (e.status === 401 || e.status === 0) throw e;
-      return e.status !== 403;
-    }
-  };
-  const ack = await probe("/v1/alarms/__rights_probe__/ack", { by: "rights-probe", note: null });
-  const whatif = await probe("/v1/replay", { trip_ids: ["__rights_probe__"] });
-  // The two rights tell the role apart (contract §7): admin both, desk ack, fleet replay,
-  // shipper neither. The shipper's name is not needed: the API filters every answer.
-  const role = ack && whatif ? "admin" : ack ? "desk" : whatif ? "fleet" : "shipper";
-  return { role, shipper: null, label: null, inferred: true, ...rightsFor(role), ack, whatif };
+  });
+  return { role: null, shipper: null, name: null, keyId: null, inferred: true, ...rightsFor(null) };
 }

@@ -59,7 +59,10 @@ export function duration(ms) {
   return `${s} s`;
 }
 
-/** A deadline countdown: "09:41" under an hour, "3 h 59 min" above; `overdue` when past. */
+/**
+ * A deadline countdown in words: "in 14 min 21 s", "in 3 h 59 min", "overdue 5 min".
+ * Seconds show only while they matter (under an hour ahead, under a minute overdue).
+ */
 export function countdown(msLeft) {
   if (msLeft === null || msLeft === undefined || !Number.isFinite(msLeft)) {
     return { text: "–", overdue: false, urgent: false };
@@ -67,10 +70,11 @@ export function countdown(msLeft) {
   const overdue = msLeft < 0;
   const s = Math.floor(Math.abs(msLeft) / 1000);
   let text;
-  if (s < 3600) text = `${pad(Math.floor(s / 60))}:${pad(s % 60)}`;
+  if (overdue) text = s < 60 ? `${s} s` : duration(Math.floor(s / 60) * 60000).replace(/ \d+ s$/, "").replace(/ 00 s$/, "");
+  else if (s < 3600) text = s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
   else text = duration(s * 1000).replace(/ \d+ s$/, "");
   return {
-    text: overdue ? `overdue ${text}` : text,
+    text: overdue ? `overdue ${text}` : `in ${text}`,
     overdue,
     urgent: !overdue && msLeft < 3 * 60 * 1000,
   };

@@ -55,6 +55,7 @@ export class LiveView {
   activate() {
     if (!this.map) {
       this.map = createMap(document.getElementById("live-map"), this.ctx.config);
+      this.map.on("zoomend", () => this.declutter());
       this.syncFences();
       this.syncTrips();
     }
@@ -197,7 +198,8 @@ export class LiveView {
   render() {
     if (!this.map) return;
     const { state } = this.ctx;
-    const counts = Object.fromEntries(STATES.map(([k]) => [k, 0]));
+    // Every truck is in exactly one chip, so the chips add up to the truck list.
+    const counts = Object.fromEntries([...STATES, ["idle"]].map(([k]) => [k, 0]));
     const rows = [];
     const manyTrucks = state.trucks.size > 40;
     for (const truck of state.trucks.values()) {
@@ -213,6 +215,7 @@ export class LiveView {
       }
     }
     if (!this.visible) return;
+    this.declutter();
     this.renderLegend(counts);
     this.renderMiniAlarms();
     this.renderList(rows);
@@ -221,7 +224,7 @@ export class LiveView {
 
   drawMarker(truck, ds, manyTrucks) {
     const trip = this.ctx.state.trips.get(truck.trip_id);
-    const name = trip?.vehicle || truck.trip_id || truck.device_id;
+    const name = plateOf(truck, trip);
     let m = this.markers.get(truck.key);
     const selected = this.selected === truck.key;
     const nOpen = truck.trip_id ? this.ctx.state.openAlarmsOfTrip(truck.trip_id).length : 0;
@@ -256,15 +259,42 @@ export class LiveView {
     const wantLabel = !manyTrucks || selected;
     if (wantLabel && !m.getTooltip()) {
       m.bindTooltip(fmt.esc(name), { permanent: true, direction: "right", offset: [12, 0], className: "truck-label" });
+      m._priority = 0;
     } else if (!wantLabel && m.getTooltip()) {
       m.unbindTooltip();
     }
   }
 
+  /**
+   * One label per truck (its plate), and none that covers another: labels are kept in order
+   * of urgency (alarm, selected, then the rest) and one that would overlap a kept one is hidden.
+   */
+  declutter() {
+    if (!this.map) return;
+    const order = { alarm: 0, signal_lost: 1, off_route: 2, stopped: 3, on_route: 4, idle: 5 };
+    const withLabel = [...this.markers.entries()]
+      .map(([key, m]) => [key, m, m.getTooltip()?.getElement()])
+      .filter(([, , el]) => el);
+    withLabel.sort(([ka, a], [kb, b]) => {
+      const pa = ka === this.selected ? -1 : order[(a._look || "").split("|")[0]] ?? 9;
+      const pb = kb === this.selected ? -1 : order[(b._look || "").split("|")[0]] ?? 9;
+      return pa - pb;
+    });
+    const kept = [];
+    for (const [, , el] of withLabel) {
+      el.classList.remove("label-hidden");
+      const r = el.getBoundingClientRect();
+      const clash = kept.some((k) => r.left < k.right + 2 && r.right + 2 > k.left && r.top < k.bottom && r.bottom > k.top);
+      if (clash) el.classList.add("label-hidden");
+      else kept.push(r);
+    }
+  }
+
   renderLegend(counts) {
     const el = document.getElementById("live-legend");
+    const chips = counts.idle ? [...STATES, ["idle", STATE_LABEL.idle]] : STATES;
     fill(el,
-      ...STATES.map(([key, text]) =>
+      ...chips.map(([key, text]) =>
         h(
           "button",
           {
@@ -473,6 +503,11 @@ export class LiveView {
       ),
     );
   }
+}
+
+/** The one identifier a truck is known by on the map: its plate (else its trip). */
+function plateOf(truck, trip) {
+  return trip?.vehicle || truck.trip_id || truck.device_id;
 }
 
 function group_bounds(layer, bounds) {

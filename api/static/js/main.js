@@ -9,13 +9,14 @@ import * as fmt from "./format.js";
 import { LiveView, lockFromEvent } from "./live.js";
 import { QueueView } from "./queue.js";
 import { ReplayView } from "./replay.js";
+import { ReportsView } from "./reports.js";
 import { CriticalSignal } from "./signal.js";
 import { LiveFeed } from "./sse.js";
 import { DeskState } from "./state.js";
 
 const { fill } = fmt;
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["live", "queue", "replay"];
+const VIEWS = ["live", "queue", "replay", "reports"];
 const ALARM_EVENTS = new Set(["alarm.raised", "alarm.acknowledged", "alarm.resolved", "alarm.escalated", "alarm.episode_ended"]);
 
 const clock = new ServerClock();
@@ -43,8 +44,12 @@ async function loadConfig() {
   return { tiles: null };
 }
 
+// The server time read with config.json is applied once, at boot: applied again later it
+// would pull the clock back by however long the page has been open.
+let configApplied = false;
 async function syncClock(config) {
-  if (config && (config.now || config.clock_speed)) {
+  if (!configApplied && config && (config.now || config.clock_speed)) {
+    configApplied = true;
     clock.observe(fmt.toMs(config.now) ?? clock.now(), { speed: Number(config.clock_speed) || null });
   }
   try {
@@ -67,7 +72,6 @@ function showSignin(message = "") {
   const err = $("signin-error");
   err.hidden = !message;
   err.textContent = message;
-  $("signin-operator").value = session.operator;
   $("signin-key").focus();
 }
 
@@ -81,10 +85,9 @@ function signOut(message) {
 
 async function onSignin(e, config) {
   const key = $("signin-key").value.trim();
-  const operator = $("signin-operator").value.trim() || "desk";
   const btn = e.target.querySelector("button[type=submit]");
   btn.disabled = true;
-  session.save(key, operator);
+  session.save(key);
   signal.unlockAudio();
   try {
     const who = await identify(api);
@@ -129,7 +132,7 @@ async function enterDesk(who, config) {
     state,
     toast,
     setHash,
-    operator: () => session.operator,
+    operator: () => who.name || who.role || "desk",
     showAlarm: (id) => setHash(`queue/${encodeURIComponent(id)}`),
     showOnMap: (tripId) => {
       setHash("live");
@@ -143,13 +146,14 @@ async function enterDesk(who, config) {
   const live = new LiveView(ctx);
   const queue = new QueueView(ctx);
   const replay = new ReplayView(ctx);
+  const reports = new ReportsView(ctx);
   const feed = new LiveFeed({
     url: "/v1/live",
     getKey: () => session.key,
     onEvent: (type, env) => onLiveEvent(type, env),
     onStatus: (st, info) => onFeedStatus(st, info),
   });
-  desk = { who, state, ctx, live, queue, replay, feed, signal };
+  desk = { who, state, ctx, live, queue, replay, reports, feed, signal };
   window.cwDesk = desk;
   state.addEventListener("alarms", () => signal.sync(state.alarms));
 
@@ -157,8 +161,9 @@ async function enterDesk(who, config) {
   document.querySelector(".tabs").hidden = false;
   document.querySelector(".status").hidden = false;
   $("tab-replay").hidden = who.replay === false;
+  $("tab-reports").hidden = who.role === "fleet";
   const role = who.role ? `${who.role}${who.shipper ? ` · ${who.shipper}` : ""}` : "key";
-  fill($("who"), fmt.h("b", {}, session.operator), ` · ${role}`);
+  fill($("who"), fmt.h("b", {}, who.name || "—"), ` · ${role}`);
   $("who").title = who.role ? `Signed in with a ${who.role} key` : "Role not reported by the server; rights are found by trying.";
   $("clock-zone").textContent = fmt.zoneName();
 
@@ -267,6 +272,7 @@ function showView(name) {
   if (name === "live") desk.live.activate();
   if (name === "queue") desk.queue.render();
   if (name === "replay") desk.replay.activate();
+  if (name === "reports") desk.reports.activate();
 }
 
 // -- keyboard -------------------------------------------------------------------------------
@@ -292,7 +298,7 @@ function onKey(e) {
   const key = e.key;
   const handled = () => e.preventDefault();
   if (key === "?") return handled(), $("dlg-help").showModal();
-  if (key === "1" || key === "2" || key === "3") return handled(), setHash(VIEWS[Number(key) - 1]);
+  if (["1", "2", "3", "4"].includes(key)) return handled(), setHash(VIEWS[Number(key) - 1]);
   if (key === "m") return handled(), toggleMute();
   if (view === "queue") {
     const inTable = t?.closest?.("#queue-table");

@@ -1,5 +1,5 @@
-// Leaflet helpers shared by the live and replay maps: base map (tiles only when configured),
-// a graticule so a tile-less map still reads, and the vector layers of a trip (route with
+// Leaflet helpers shared by the live and replay maps: base map (OpenStreetMap's tiles by
+// default, with their attribution), a graticule so a map without tiles still reads, and the vector layers of a trip (route with
 // its corridor at true width, origin, stops) and of fences.
 
 import { esc, label } from "./format.js";
@@ -14,18 +14,67 @@ export const FENCE_COLOURS = {
   custom: "#7048e8",
 };
 
-/** A map in `el`; tiles from config.tiles (an XYZ URL template) or a plain background. */
+const OSM_ATTRIBUTION = '© <a href="https://www.openstreetmap.org/copyright" target="_blank" rel="noopener">OpenStreetMap</a> contributors';
+
+/** OpenStreetMap's own tile servers (their usage policy asks for the attribution). */
+export function isOsm(template) {
+  try {
+    const host = new URL(template.replace(/\{[^}]*\}/g, "0")).hostname;
+    return host === "openstreetmap.org" || host.endsWith(".openstreetmap.org");
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A map in `el`. With config.tiles (an XYZ URL template) the tiles are drawn over the grid;
+ * when they cannot be loaded the grid stays and one line says so: the map stays usable.
+ */
 export function createMap(el, config) {
-  const map = L.map(el, { zoomControl: true, attributionControl: Boolean(config?.tiles), worldCopyJump: true });
-  if (config?.tiles) {
-    L.tileLayer(config.tiles, { maxZoom: 19, attribution: config.attribution || "" }).addTo(map);
-  } else {
-    el.classList.add("no-tiles");
-    graticule().addTo(map);
+  const tiles = config?.tiles || null;
+  const map = L.map(el, { zoomControl: true, attributionControl: Boolean(tiles), worldCopyJump: true });
+  el.classList.add("no-tiles");
+  const grid = graticule().addTo(map);
+  if (tiles) {
+    const attribution = config.attribution || (isOsm(tiles) ? OSM_ATTRIBUTION : "");
+    const layer = L.tileLayer(tiles, { maxZoom: 19, attribution, crossOrigin: false });
+    let loaded = 0;
+    let failed = 0;
+    layer.on("tileload", () => {
+      loaded += 1;
+      if (loaded === 1) grid.remove(); // the grid would be drawn over the tiles
+      el.classList.remove("no-tiles");
+      el.dataset.tiles = "loaded";
+      tileNotice(el, null);
+    });
+    layer.on("tileerror", () => {
+      failed += 1;
+      if (!loaded && failed >= 2) {
+        el.dataset.tiles = "failed";
+        tileNotice(el, "The base map cannot be reached: showing a plain grid.");
+      }
+    });
+    layer.addTo(map);
+    if (map.attributionControl) map.attributionControl.setPrefix(false);
   }
   L.control.scale({ imperial: false, position: "bottomleft" }).addTo(map);
   map.setView([0, 0], 2);
   return map;
+}
+
+function tileNotice(el, text) {
+  let n = el.querySelector(".tile-notice");
+  if (!text) {
+    n?.remove();
+    return;
+  }
+  if (!n) {
+    n = document.createElement("div");
+    n.className = "tile-notice";
+    n.setAttribute("role", "status");
+    el.append(n);
+  }
+  n.textContent = text;
 }
 
 /** Latitude/longitude lines with a spacing that suits the zoom: orientation without tiles. */

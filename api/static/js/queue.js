@@ -3,8 +3,9 @@
 // Keyboard: the table is one tab stop (roving tabindex); j/k move, a/r/h act on the selection.
 
 import { asList, query } from "./api.js";
-import { historyItems } from "./actions.js";
+import { errorText, historyItems } from "./actions.js";
 import * as fmt from "./format.js";
+import { knownPlaces, nearestPlaceText } from "./places.js";
 import { ACTIVE, compareByDeadline, nextDeadline } from "./state.js";
 
 const { h, fill } = fmt;
@@ -20,7 +21,9 @@ const TYPES = [
   "SPEEDING",
   "LATE_ARRIVAL",
   "LOW_BATTERY",
+  "RISK_ZONE_ENTRY",
 ];
+const CONTACTS = ["carrier", "driver", "shipper", "consignee", "police", "other"];
 
 export class QueueView {
   constructor(ctx) {
@@ -28,8 +31,9 @@ export class QueueView {
     this.body = document.getElementById("queue-body");
     this.detail = document.getElementById("queue-detail");
     this.rows = new Map();
+    this.carriers = new Map(); // trip_id -> carrier {name, contacts}, from full alarm reads
     this.selectedId = null;
-    this.filters = { status: "active", type: "", shipper: "", severity: "" };
+    this.filters = { status: "active", type: "", shipper: "", severity: "", mine: false };
     this.resolved = []; // the "resolved (24 h)" list, loaded on demand
     this.fresh = new Set();
     this.order = [];
@@ -38,8 +42,9 @@ export class QueueView {
     const typeSel = document.getElementById("f-type");
     typeSel.append(...TYPES.map((t) => h("option", { value: t }, fmt.label(t))));
     if (ctx.who.allShippers === false || ctx.who.shipper) document.getElementById("f-shipper-wrap").hidden = true;
+    if (ctx.who.ack === false || !ctx.who.name) document.getElementById("f-mine-wrap").hidden = true;
     document.getElementById("queue-filters").addEventListener("change", (e) => {
-      this.filters[e.target.name] = e.target.value;
+      this.filters[e.target.name] = e.target.type === "checkbox" ? e.target.checked : e.target.value;
       if (e.target.name === "status" && e.target.value === "resolved") this.loadResolved();
       this.render();
     });
@@ -65,6 +70,8 @@ export class QueueView {
         this.fresh.add(a.alarm_id);
         setTimeout(() => this.fresh.delete(a.alarm_id), 3000);
       }
+      if (a?.carrier && a.trip_id) this.carriers.set(a.trip_id, a.carrier);
+      if (a && e.detail.isNew && a.severity === "critical" && a.status === "open") this.followUrgent(a);
       this.render();
     });
   }
@@ -97,7 +104,8 @@ export class QueueView {
       (a) =>
         (!f.type || a.type === f.type) &&
         (!f.shipper || a.shipper === f.shipper) &&
-        (!f.severity || a.severity === f.severity),
+        (!f.severity || a.severity === f.severity) &&
+        (!f.mine || (a.assigned_to && a.assigned_to === this.ctx.who.name)),
     );
   }
 
@@ -119,11 +127,8 @@ export class QueueView {
     document.getElementById("queue-empty").hidden = list.length > 0;
 
     if (this.selectedId && !list.some((a) => a.alarm_id === this.selectedId)) {
-      // The selected alarm left the list (resolved elsewhere, filtered): keep the selection
-      // in place by moving to its neighbour.
-      const idx = this.order.indexOf(this.selectedId);
-      const next = list[Math.min(Math.max(idx, 0), list.length - 1)];
-      this.selectedId = next ? next.alarm_id : null;
+      // The selected alarm left the list (resolved, filtered): the most urgent one is next.
+      this.selectedId = list.length ? list[0].alarm_id : null;
     }
     if (!this.selectedId && list.length) this.selectedId = list[0].alarm_id;
 
@@ -186,7 +191,7 @@ export class QueueView {
         "aria-label": `${a.severity} ${fmt.label(a.type)}, trip ${a.trip_id}, ${a.status}`,
       },
       h("td", {}, h("span", { class: `sev sev-${a.severity}` }, a.severity)),
-      h("td", { class: "alarm-type" }, fmt.label(a.type), h("span", { class: "sub" }, summarize(a))),
+      h("td", { class: "alarm-type" }, fmt.label(a.type), h("span", { class: "sub" }, summarize(a, trip, state.fences))),
       h("td", { class: "nowrap" }, a.trip_id ?? "–", h("span", { class: "sub" }, trip?.vehicle || a.device_id || "")),
       h("td", {}, a.shipper ?? "–"),
       h("td", { class: "nowrap" }, fmt.timeEl(a.raised_at ?? a.ts, clock.now()), h("span", { class: "sub", dataset: { ago: fmt.toMs(a.raised_at ?? a.ts) } }, "")),
@@ -194,7 +199,11 @@ export class QueueView {
         "td",
         {},
         h("span", { class: `status-pill status-${a.status}` }, a.status),
-        a.acknowledged_by && a.status !== "open" ? h("span", { class: "sub" }, `by ${a.acknowledged_by}`) : null,
+        a.assigned_to
+          ? h("span", { class: "sub owner", title: "Assigned to" }, a.assigned_to === who.name ? `▸ ${a.assigned_to} (me)` : `▸ ${a.assigned_to}`)
+          : a.acknowledged_by && a.status !== "open"
+            ? h("span", { class: "sub" }, `by ${a.acknowledged_by}`)
+            : null,
       ),
       h(
         "td",
@@ -269,13 +278,28 @@ export class QueueView {
   show(id) {
     const a = this.ctx.state.alarms.get(id);
     if (a && !this.list().some((x) => x.alarm_id === id)) {
-      this.filters = { status: ACTIVE.has(a.status) ? "active" : "resolved", type: "", shipper: "", severity: "" };
+      this.filters = { status: ACTIVE.has(a.status) ? "active" : "resolved", type: "", shipper: "", severity: "", mine: false };
       for (const [k, v] of Object.entries(this.filters)) {
         const el = document.getElementById(`f-${k}`);
-        if (el) el.value = v;
+        if (el && el.type === "checkbox") el.checked = v;
+        else if (el) el.value = v;
       }
     }
     this.select(id, { focus: true });
+  }
+
+  /**
+   * A new critical alarm takes the detail pane, unless the operator is in the middle of
+   * something: a dialog open, or typing in the pane (call log, assignment, feedback).
+   */
+  followUrgent(a) {
+    if (document.querySelector("dialog[open]")) return;
+    const active = document.activeElement;
+    if (active && this.detail.contains(active) && ["INPUT", "TEXTAREA", "SELECT"].includes(active.tagName)) return;
+    if ([...this.detail.querySelectorAll("[data-keep]")].some((el) => el.value && el.tagName !== "SELECT")) return;
+    const cur = this.selected;
+    if (cur && cur.severity === "critical" && cur.status === "open") return; // already on one
+    this.selectedId = a.alarm_id;
   }
 
   move(delta) {
@@ -298,10 +322,16 @@ export class QueueView {
 
   renderDetail() {
     const a = this.selected;
-    const key = a ? `${a.alarm_id}|${a.status}|${a.version ?? ""}|${a.escalation_level}|${(a.history || []).length}|${this.ctx.who.ack}` : "";
+    const carrier = a ? (a.carrier ?? this.carriers.get(a.trip_id) ?? null) : null;
+    const key = a
+      ? [a.alarm_id, a.status, a.version ?? "", a.escalation_level, (a.history || []).length, a.assigned_to, JSON.stringify(a.feedback ?? null), carrier?.name, this.ctx.who.ack].join("|")
+      : "";
     if (key === this.detailKey) return;
+    const sameAlarm = a && this.detailKey?.startsWith(`${a.alarm_id}|`);
     this.detailKey = key;
-    const hadFocus = this.detail.contains(document.activeElement) ? document.activeElement.dataset.act : null;
+    const hadFocus = this.detail.contains(document.activeElement) ? document.activeElement.dataset.act || document.activeElement.id : null;
+    // What the operator was typing survives a redraw of the same alarm (a note by someone else).
+    const kept = sameAlarm ? Object.fromEntries([...this.detail.querySelectorAll("[data-keep]")].map((el) => [el.id, el.value])) : {};
     if (!a) {
       fill(this.detail, h("p", { class: "muted" }, "Select an alarm to see its details, deadlines and history."));
       return;
@@ -312,6 +342,7 @@ export class QueueView {
     const canAct = who.ack !== false;
     const ackDue = fmt.toMs(a.ack_due);
     const resolveDue = fmt.toMs(a.resolve_due);
+    const place = nearestPlaceText(a.lat, a.lon, knownPlaces(trip, state.fences));
     fill(this.detail,
       h(
         "div",
@@ -321,7 +352,7 @@ export class QueueView {
         a.escalation_level ? h("span", { class: "esc" }, `escalated ×${a.escalation_level}`) : null,
       ),
       h("h3", {}, fmt.label(a.type)),
-      h("p", { class: "muted small" }, summarize(a)),
+      h("p", { class: "muted small" }, summarize(a, trip, state.fences)),
       h(
         "div",
         { class: "deadline-box" },
@@ -350,8 +381,13 @@ export class QueueView {
         h("button", { type: "button", class: "ghost small", dataset: { act: "history" }, onclick: () => this.act("history") }, "History (h)"),
         a.trip_id ? h("button", { type: "button", class: "ghost small", dataset: { act: "map" }, onclick: () => this.act("map") }, "Map (g)") : null,
         a.trip_id && who.replay !== false ? h("button", { type: "button", class: "ghost small", dataset: { act: "replay" }, onclick: () => this.ctx.replayTrip(a.trip_id, fmt.toMs(a.ts)) }, "Replay") : null,
+        a.trip_id && who.role !== "fleet" && this.ctx.exceptionForm
+          ? h("button", { type: "button", class: "ghost small", dataset: { act: "exception" }, onclick: () => this.ctx.exceptionForm.open(a.trip_id) }, "Report exception")
+          : null,
       ),
       !canAct ? h("p", { class: "notice notice-info" }, "This key can read alarms but not acknowledge or resolve them.") : null,
+      this.assignBox(a),
+      carrierCard(carrier),
       h(
         "dl",
         { class: "kv" },
@@ -366,7 +402,12 @@ export class QueueView {
         h("dt", {}, "Raised"),
         h("dd", {}, fmt.timeEl(a.raised_at, now)),
         h("dt", {}, "Position"),
-        h("dd", {}, Number.isFinite(a.lat) ? `${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}` : "unknown"),
+        h(
+          "dd",
+          {},
+          place ? h("span", { class: "place" }, place) : null,
+          Number.isFinite(a.lat) ? h("span", { class: place ? "sub" : "" }, `${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`) : place ? null : "unknown",
+        ),
         ...detailRows(a.details),
       ),
       a.resolution
@@ -379,21 +420,187 @@ export class QueueView {
             a.resolution.feedback ? h("div", {}, `Customer feedback: ${a.resolution.feedback}`) : null,
           )
         : null,
+      this.feedbackBox(a),
+      canAct && ACTIVE.has(a.status) ? this.callLogForm(a) : null,
       h("h2", { class: "panel-title" }, "History"),
-      h("ol", { class: "history" }, ...historyItems(a, now)),
+      h("ol", { class: "history", id: "detail-history" }, ...historyItems(a, now)),
     );
-    if (hadFocus) this.detail.querySelector(`[data-act="${hadFocus}"]`)?.focus();
+    for (const [id, value] of Object.entries(kept)) {
+      const el = this.detail.querySelector(`#${CSS.escape(id)}`);
+      if (el) el.value = value;
+    }
+    if (hadFocus) (this.detail.querySelector(`[data-act="${hadFocus}"]`) || this.detail.querySelector(`#${CSS.escape(hadFocus)}`))?.focus();
     this.tick();
-    // The list view may not carry history: fetch it once for the selected alarm.
-    if (!(a.history || []).length && !a._historyTried) {
-      a._historyTried = true;
+    // The list does not carry history or the trip's carrier: read the alarm once when selected.
+    if (!a._fullTried) {
+      a._fullTried = true;
       this.ctx.actions.reload(a.alarm_id).catch(() => {});
+    }
+  }
+
+  /** Whose alarm it is; desk and admin keys may take it or hand it to a name. */
+  assignBox(a) {
+    const { who } = this.ctx;
+    const mine = a.assigned_to && a.assigned_to === who.name;
+    const canAssign = who.ack !== false && ACTIVE.has(a.status);
+    if (!canAssign && !a.assigned_to) return null;
+    return h(
+      "form",
+      {
+        class: "assign",
+        id: "assign-form",
+        onsubmit: (e) => {
+          e.preventDefault();
+          const to = this.detail.querySelector("#assign-to").value.trim();
+          if (to) this.post(a, "assign", { to }, `Assigned to ${to}`);
+        },
+      },
+      h("span", { class: "muted small" }, "Owner "),
+      h("b", { class: "owner", id: "detail-owner" }, a.assigned_to ? (mine ? `${a.assigned_to} (me)` : a.assigned_to) : "nobody"),
+      canAssign && !mine && who.name
+        ? h("button", { type: "button", class: "small", id: "assign-me", onclick: () => this.post(a, "assign", { to: who.name }, "Assigned to you") }, "Assign to me")
+        : null,
+      canAssign
+        ? h(
+            "span",
+            { class: "assign-other" },
+            h("input", { id: "assign-to", "data-keep": "1", size: "10", maxlength: "128", placeholder: "name", "aria-label": "Assign to (name)", spellcheck: "false" }),
+            h("button", { type: "submit", class: "small ghost" }, "Assign"),
+          )
+        : null,
+    );
+  }
+
+  /** The call log between acknowledge and resolve: whom, what was said, what came of it. */
+  callLogForm(a) {
+    const submit = async (e) => {
+      e.preventDefault();
+      const f = e.target;
+      const text = f.querySelector("#note-text").value.trim();
+      const err = f.querySelector(".error");
+      if (!text) {
+        err.textContent = "Write what was said.";
+        err.hidden = false;
+        return;
+      }
+      const body = { contact: f.querySelector("#note-contact").value, text, outcome: f.querySelector("#note-outcome").value.trim() || null };
+      f.querySelector("button[type=submit]").disabled = true;
+      const ok = await this.post(a, "notes", body, "Call logged", err);
+      if (ok) {
+        // The redraw restores kept fields: clear them first.
+        this.detail.querySelectorAll("#note-text, #note-outcome").forEach((el) => (el.value = ""));
+        this.detailKey = null;
+        this.renderDetail();
+      } else f.querySelector("button[type=submit]").disabled = false;
+    };
+    return h(
+      "form",
+      { class: "call-log", id: "call-log", onsubmit: submit },
+      h("h2", { class: "panel-title" }, "Call log"),
+      h(
+        "label",
+        {},
+        "Contact ",
+        h("select", { id: "note-contact", "data-keep": "1" }, CONTACTS.map((c) => h("option", { value: c }, fmt.label(c)))),
+      ),
+      h("label", { for: "note-text" }, "What was said"),
+      h("textarea", { id: "note-text", "data-keep": "1", rows: "2", maxlength: "4000", placeholder: "driver: stopped by police check, 20 min" }),
+      h("label", { for: "note-outcome" }, "Outcome"),
+      h("input", { id: "note-outcome", "data-keep": "1", maxlength: "1000", placeholder: "call back at 14:30" }),
+      h("p", { class: "error", role: "alert", hidden: true }),
+      h("div", { class: "dlg-actions" }, h("button", { type: "submit", class: "small primary" }, "Log call")),
+    );
+  }
+
+  /** The shipper's verdict on a resolved alarm: shown to the desk, given by the shipper. */
+  feedbackBox(a) {
+    const fb = a.feedback;
+    if (fb) {
+      return h(
+        "div",
+        { class: `notice feedback feedback-${fb.verdict}`, id: "detail-feedback" },
+        h("b", {}, "Shipper feedback: "),
+        fb.verdict === "disputed" ? "✗ disputed" : "✓ accepted",
+        fb.comment ? h("div", {}, fb.comment) : null,
+        fb.by || fb.at ? h("div", { class: "muted small" }, fb.by ? `by ${fb.by} ` : "", fb.at ? fmt.timeEl(fb.at, this.ctx.clock.now()) : "") : null,
+      );
+    }
+    if (this.ctx.who.role !== "shipper" || a.status !== "resolved") return null;
+    return h(
+      "form",
+      {
+        class: "feedback-form",
+        id: "feedback-form",
+        onsubmit: (e) => {
+          e.preventDefault();
+          const f = e.target;
+          const verdict = f.querySelector("input[name=verdict]:checked")?.value;
+          const err = f.querySelector(".error");
+          if (!verdict) {
+            err.textContent = "Accept or dispute the handling.";
+            err.hidden = false;
+            return;
+          }
+          this.post(a, "feedback", { verdict, comment: f.querySelector("#feedback-comment").value.trim() || null }, "Feedback sent", err);
+        },
+      },
+      h("h2", { class: "panel-title" }, "Your feedback on the handling"),
+      h("label", { class: "check" }, h("input", { type: "radio", name: "verdict", value: "accepted" }), " Accepted"),
+      h("label", { class: "check" }, h("input", { type: "radio", name: "verdict", value: "disputed" }), " Disputed"),
+      h("textarea", { id: "feedback-comment", "data-keep": "1", rows: "2", maxlength: "4000", placeholder: "comment (optional)", "aria-label": "Comment" }),
+      h("p", { class: "error", role: "alert", hidden: true }),
+      h("div", { class: "dlg-actions" }, h("button", { type: "submit", class: "small primary" }, "Send feedback")),
+    );
+  }
+
+  /** POST /v1/alarms/{id}/{verb}; the alarm is read again; a refusal is one line. */
+  async post(a, verb, body, doneText, errEl = null) {
+    try {
+      const answer = await this.ctx.api.post(`/v1/alarms/${encodeURIComponent(a.alarm_id)}/${verb}`, body);
+      const updated = answer?.alarm ?? answer;
+      if (updated?.alarm_id && updated.history) this.ctx.state.upsertAlarm(updated);
+      else await this.ctx.actions.reload(a.alarm_id);
+      this.ctx.toast(doneText);
+      return true;
+    } catch (e) {
+      const text = e.status === 404 && !e.code?.includes("not_found") ? `This server does not offer ${verb} yet (404).` : errorText(e);
+      if (errEl) {
+        errEl.textContent = text;
+        errEl.hidden = false;
+      } else this.ctx.toast(text, "err");
+      return false;
     }
   }
 }
 
+/** Whom to call: the trip's carrier and its contacts, each with tel: and mailto: links. */
+function carrierCard(carrier) {
+  if (!carrier) return null;
+  const contacts = Array.isArray(carrier.contacts) ? carrier.contacts : [];
+  return h(
+    "section",
+    { class: "carrier-card", id: "carrier-card", "aria-label": "Carrier contacts" },
+    h("h2", { class: "panel-title" }, "Carrier ", h("b", {}, carrier.name || carrier.carrier_id || "")),
+    contacts.length
+      ? h(
+          "ul",
+          { class: "contacts" },
+          contacts.map((c) =>
+            h(
+              "li",
+              {},
+              h("span", { class: "contact-name" }, c.name || "–", c.role ? h("span", { class: "muted small" }, ` · ${c.role}`) : null),
+              c.phone ? h("a", { href: `tel:${String(c.phone).replace(/[^\d+]/g, "")}`, class: "tel" }, `☎ ${c.phone}`) : null,
+              c.email ? h("a", { href: `mailto:${c.email}`, class: "mail" }, `✉ ${c.email}`) : null,
+            ),
+          ),
+        )
+      : h("p", { class: "muted small" }, "No contact recorded for this carrier."),
+  );
+}
+
 function rowKey(a, who, trip) {
-  return [a.status, a.escalation_level, a.ack_due, a.resolve_due, a.acknowledged_by, who.ack, trip?.vehicle].join("|");
+  return [a.status, a.escalation_level, a.ack_due, a.resolve_due, a.acknowledged_by, a.assigned_to, who.ack, trip?.vehicle].join("|");
 }
 
 function dueWhat(a, now) {
@@ -402,8 +609,9 @@ function dueWhat(a, now) {
   return a.resolution?.cause ? fmt.label(a.resolution.cause) : "resolved";
 }
 
-/** A one-line reading of an alarm's details: "1.2 km off route", "stopped 42 min", … */
-export function summarize(a) {
+/** A one-line reading of an alarm's details: "1.2 km off route", "stopped 42 min", … and
+ * where: the nearest stop or place the desk knows, else the coordinates. */
+export function summarize(a, trip = null, fences = []) {
   const d = a.details || {};
   const parts = [];
   if (d.distance_m !== undefined) parts.push(`${fmt.distance(d.distance_m)} from route`);
@@ -417,6 +625,8 @@ export function summarize(a) {
   if (d.detected_late) parts.push("detected late (backlog)");
   if (d.episode_ended_at) parts.push(`ended ${fmt.localText(fmt.toMs(d.episode_ended_at))}`);
   if (d.geofence || d.geofence_id) parts.push(`fence ${d.geofence || d.geofence_id}`);
+  const place = nearestPlaceText(a.lat, a.lon, knownPlaces(trip, fences));
+  if (place) parts.push(place);
   return parts.join(" · ") || (Number.isFinite(a.lat) ? `at ${a.lat.toFixed(4)}, ${a.lon.toFixed(4)}` : "");
 }
 
