@@ -5,8 +5,9 @@ One module of ~600 lines on purpose: it is the whole wire format, and the hot lo
 checks it inlines are read (and measured) together.
 
 The parser is on the ingest hot path and must never raise: every message ends up as records,
-dead letters, or (for an empty backlog array) nothing at all. Each element of a backlog array
-is validated on its own, so one bad fix does not cost its neighbours.
+dead letters. Each element of a backlog array is validated on its own, so one bad fix does
+not cost its neighbours; an empty array is one ``schema`` dead letter (a device that sends
+``[]`` is misbehaving, and dropping it silently would hide that).
 
 Check order for one element (the first failure decides the reason): payload ``device_id``
 (``topic_mismatch``), ``ts`` (``schema`` / ``out_of_range`` / ``future_ts``), then the fields in
@@ -247,6 +248,18 @@ def _parse_into(
                 received_at,
                 _REASON.SCHEMA,
                 f"payload is a JSON {_json_type(doc)}, expected an object or an array of objects",
+                device_id,
+            )
+        )
+        return
+    if not doc:
+        out.dead_letters.append(
+            DeadLetter(
+                topic,
+                bytes(payload[:MAX_DEAD_PAYLOAD_BYTES]),
+                received_at,
+                _REASON.SCHEMA,
+                "payload is an empty JSON array, expected an object or a backlog of objects",
                 device_id,
             )
         )

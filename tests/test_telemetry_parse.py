@@ -637,9 +637,15 @@ def test_never_raises_on_nonsense_arguments() -> None:
 # -- backlogs --------------------------------------------------------------------------------
 
 
-def test_empty_backlog_is_nothing() -> None:
-    assert count(parse([])) == 0
-    assert count(parse([], LOCK)) == 0
+@pytest.mark.parametrize("topic", [POS, LOCK])
+@pytest.mark.parametrize("payload", [b"[]", b" [ ]\n"])
+def test_empty_backlog_is_a_dead_letter(topic: str, payload: bytes) -> None:
+    out = parse_message(topic, payload, NOW)
+    assert out.fixes == [] and out.lock_events == []
+    [dead] = out.dead_letters
+    assert dead.reason is R.SCHEMA and "empty JSON array" in dead.detail
+    assert dead.payload == payload and dead.topic == topic and dead.received_at == NOW
+    assert dead.device_id == topic.split("/")[1]
 
 
 def test_backlog_mixed_good_and_bad() -> None:
@@ -769,7 +775,8 @@ MESSAGE_LIKE = st.dictionaries(FIELD_NAMES, FIELD_VALUES, max_size=10)
 
 
 def check_accounting(topic: str, payload: bytes, out: ParsedMessage) -> None:
-    """Every input is accounted for: one outcome per element, or one for the whole message."""
+    """Every input is accounted for: one outcome per element of a non-empty backlog, else one
+    for the whole message."""
     assert isinstance(out, ParsedMessage)
     for d in out.dead_letters:
         assert isinstance(d.reason, DeadLetterReason) and d.detail
@@ -779,7 +786,7 @@ def check_accounting(topic: str, payload: bytes, out: ParsedMessage) -> None:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
         doc = None
-    if parse_topic(topic) is not None and type(doc) is list:
+    if parse_topic(topic) is not None and type(doc) is list and doc:
         assert count(out) == len(doc)
     else:
         assert count(out) == 1
