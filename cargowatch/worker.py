@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from nats.js.errors import NotFoundError
 from alerts import LiveHub
 from cargowatch.busmode.control import CONTROL_SUBJECT
 from cargowatch.busmode.devicestage import DeviceStage
+from cargowatch.busmode.lag import device_horizon
 from cargowatch.busmode.live import LiveRelay
 from cargowatch.busmode.rekeyer import PipelinedRekeyer
 from cargowatch.busmode.tripstage import TripPartition
@@ -65,6 +67,8 @@ LINGER_S = 0.1
 """A partition's batch waits this long for more messages (each stage): the cost of a batch
 (a store transaction, an engine call) is mostly fixed, so batches must not stay tiny when
 the load is spread over many partitions. Adds at most 0.2 s to the detection latency."""
+DEVICE_LAG_PERIOD_S = 0.2
+"""How often a worker reads stage 1's lag for the wall-clock rules (``_device_horizon``)."""
 
 
 async def connect(url: str, name: str) -> Client:
@@ -124,6 +128,9 @@ class BusWorker:
         self.devices = DeviceStage(store, clock, self.metrics)
         self.trips: dict[int, TripPartition] = {}
         self.trip_partitions = 0
+        self.device_partitions = 0
+        self._horizon: int | None = None  # stage 1 re-keyed everything received before it
+        self._horizon_read = 0.0
         self.device_reader: PartitionedReader | None = None
         self.trip_reader: PartitionedReader | None = None
         self.nc: Client | None = None
@@ -180,6 +187,7 @@ class BusWorker:
             js = nc.jetstream()
             layout = await discover_layout(nc)
             self.trip_partitions = layout.trip_partitions
+            self.device_partitions = layout.partitions
             await ensure_streams(js, *stream_limits(self.settings))
             kv = await lease_bucket(js)
             ttl = (await kv.status()).ttl or 10.0
@@ -257,14 +265,32 @@ class BusWorker:
     async def _tick_loop(self, js: Any) -> None:
         while True:
             now = self.clock.now_ms()
+            horizon = await self._device_horizon(js, now)
+            # stage 1 unreadable (horizon None): judge nothing until it can be read again
             for n, part in list(self.trips.items()):
+                if horizon is None:
+                    break
                 backlog = await self._backlog(js, n)
                 try:
-                    await asyncio.to_thread(part.tick, now, backlog)
+                    await asyncio.to_thread(part.tick, horizon, backlog)
                 except Exception:
                     log.exception("tick of trip partition %d failed", n)
                     self.metrics.tick_errors.inc()
             await asyncio.sleep(self.tick_period_s)
+
+    async def _device_horizon(self, js: Any, now: int) -> int | None:
+        """Up to when every device message received has been re-keyed (stage 1 lag counts as
+        backlog, ``busmode.lag``): any device partition may hold a message of any trip. Read
+        at most every ``DEVICE_LAG_PERIOD_S``; a horizon read earlier stays true (it is a
+        past time), so in between the last one is used."""
+        t = time.monotonic()
+        if self._horizon is None or t - self._horizon_read >= DEVICE_LAG_PERIOD_S:
+            try:
+                self._horizon = await device_horizon(js, self.device_partitions, self.clock)
+                self._horizon_read = t
+            except (LookupError, TimeoutError, nats.errors.Error) as exc:
+                log.warning("device partitions' lag unreadable (%s): wall-clock rules wait", exc)
+        return None if self._horizon is None else min(now, self._horizon)
 
     async def _backlog(self, js: Any, n: int) -> bool:
         """Messages of trip partition n wait (in the stream, or delivered and not yet

@@ -14,22 +14,29 @@ message leaves it to the TTL); messages re-keyed before stay with the old trip. 
 trip is keyed by its own id, so its fixes are still stored (by the trip partition that owns
 that key), in order.
 
-Dead letters are not de-duplicated: a batch redelivered after a failed re-key stores its dead
-letters again (rare, and dead letters are a diagnostic, not telemetry).
+**Dead letters once per message.** A batch is redelivered when its re-key failed or its worker
+died between storing the dead letters and the acknowledgement. Each dead letter's ``detail``
+ends with the message's place in the stream (``[DEVICES #seq]``, unique and the same on every
+delivery, and it lets an operator find the message in the stream); for a redelivered message
+the ones already stored under that mark are not stored again (``_new_only``). One worker owns
+a device partition at a time, so nothing else stores that message's dead letters meanwhile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cargowatch.busmode.codec import encode, kind_of
+from cargowatch.busmode.lag import to_clock_ms
 from cargowatch.metrics import Metrics
 from core.clock import Clock, SystemClock
 from telemetry.bus.consumer import BusMessage
 from telemetry.bus.rekey import Rekeyed
+from telemetry.bus.streams import DEVICE_STREAM
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent
 from telemetry.parse import MAX_DEAD_PAYLOAD_BYTES, parse_message, parse_topic
 from telemetry.store import Store
@@ -37,6 +44,12 @@ from telemetry.store import Store
 PREFIX = "devices"  # the NATS server's mapping takes devices.*.* (telemetry.bus.config)
 TRIP_TTL_S = 5.0
 DEVICE_TTL_S = 5.0  # an unknown device is asked for again after this long
+REDELIVERY_LOOKUP = 10_000  # stored dead letters read per device to recognise a redelivery
+
+
+def stream_mark(seq: int) -> str:
+    """The end of a dead letter's ``detail``: where its message sits in the device stream."""
+    return f"[{DEVICE_STREAM} #{seq}]"
 
 
 class DeviceStage:
@@ -110,37 +123,74 @@ class DeviceStage:
         """Records to re-key; dead letters are stored before this returns."""
         out: list[Rekeyed] = []
         dead: list[DeadLetter] = []
+        again: list[tuple[BusMessage, DeadLetter]] = []  # of redelivered messages
         for m in batch:
-            topic = m.topic
-            received_at = self.received_at(m)
-            parsed_topic = parse_topic(topic, PREFIX)
-            if parsed_topic is not None and not self.known(parsed_topic[0]):
-                dead.append(
-                    DeadLetter(
-                        topic,
-                        m.data[:MAX_DEAD_PAYLOAD_BYTES],
-                        received_at,
-                        DeadLetterReason.UNKNOWN_DEVICE,
-                        f"device {parsed_topic[0]!r} is not registered",
-                        parsed_topic[0],
-                    )
-                )
-                continue
-            parsed = parse_message(topic, m.data, received_at, PREFIX)
-            dead.extend(parsed.dead_letters)
-            records: list[Fix | LockEvent] = [*parsed.fixes, *parsed.lock_events]
-            if not records:
-                continue
-            assert parsed_topic is not None  # records only come from a well-formed topic
-            trip = self.trip_of(parsed_topic[0])
-            for r in records:
-                out.append(Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, trip, encode(r)))
+            mark = stream_mark(m.stream_seq)
+            rejected = self._check(m, out)
+            for d in rejected:
+                marked = dataclasses.replace(d, detail=f"{d.detail or ''} {mark}".lstrip())
+                if m.delivered > 1:
+                    again.append((m, marked))
+                else:
+                    dead.append(marked)
+        if again:
+            dead.extend(self._new_only(again))
         if dead:
             self.store.insert_dead_letters(dead)
             for d in dead:
                 self.metrics.dead_letters.labels(str(d.reason)).inc()
         self.metrics.messages_in.inc(len(batch))
         return out
+
+    def _check(self, m: BusMessage, out: list[Rekeyed]) -> list[DeadLetter]:
+        """Validate one message: its records appended to ``out``; returns its dead letters."""
+        dead: list[DeadLetter] = []
+        topic = m.topic
+        received_at = self.received_at(m)
+        parsed_topic = parse_topic(topic, PREFIX)
+        if parsed_topic is not None and not self.known(parsed_topic[0]):
+            dead.append(
+                DeadLetter(
+                    topic,
+                    m.data[:MAX_DEAD_PAYLOAD_BYTES],
+                    received_at,
+                    DeadLetterReason.UNKNOWN_DEVICE,
+                    f"device {parsed_topic[0]!r} is not registered",
+                    parsed_topic[0],
+                )
+            )
+            return dead
+        parsed = parse_message(topic, m.data, received_at, PREFIX)
+        dead.extend(parsed.dead_letters)
+        records: list[Fix | LockEvent] = [*parsed.fixes, *parsed.lock_events]
+        if not records:
+            return dead
+        assert parsed_topic is not None  # records only come from a well-formed topic
+        trip = self.trip_of(parsed_topic[0])
+        for r in records:
+            out.append(Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, trip, encode(r)))
+        return dead
+
+    def _new_only(self, again: Sequence[tuple[BusMessage, DeadLetter]]) -> list[DeadLetter]:
+        """The dead letters of redelivered messages that an earlier delivery did not store. A
+        batch's dead letters are stored in one transaction, so one stored row with a message's
+        stream mark means all of them were. Looked up among the rows received no earlier than
+        the message reached the stream (an accelerated clock: up to a second of rounding)."""
+        since = min(to_clock_ms(m.timestamp_ns // 1_000_000, self.clock) for m, _ in again)
+        stored: set[str] = set()
+        for device_id, reason in {(d.device_id, str(d.reason)) for _, d in again}:
+            rows = self.store.dead_letters(
+                reason=reason, device_id=device_id, since_ms=since - 1000, limit=REDELIVERY_LOOKUP
+            )
+            stored |= {mark_of(r["detail"]) for r in rows if r["device_id"] == device_id}
+        return [d for m, d in again if stream_mark(m.stream_seq) not in stored]
+
+
+def mark_of(detail: str | None) -> str:
+    """The stream mark a stored dead letter's ``detail`` ends with ("" if none)."""
+    text = detail or ""
+    at = text.rfind(f"[{DEVICE_STREAM} #")
+    return text[at:] if at >= 0 else ""
 
 
 def current_trip(trips: Sequence[dict[str, Any]]) -> str | None:

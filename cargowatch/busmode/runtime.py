@@ -9,7 +9,10 @@ The differences from ``serve --mqtt`` (``cargowatch.runtime.Runtime``):
   store and tell the workers after the commit (``control``);
 - its live hub is relayed over NATS (``live``), so ``/v1/live`` shows every process's events;
 - escalations and webhook deliveries are claimed with leases in the store, so several serve
-  processes share them without doing anything twice.
+  processes share them without doing anything twice;
+- both stages' lag (``lag``) — device messages not yet re-keyed, re-keyed ones not yet
+  evaluated — is read every second for ``/healthz`` (``reasons``) and the metrics
+  (``cargowatch_bus_pending_messages``, ``cargowatch_bus_partitions_behind``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 
 from cargowatch.busmode.apigate import ApiGate
 from cargowatch.busmode.control import ControlPublisher
+from cargowatch.busmode.lag import LagMonitor
 from cargowatch.busmode.live import LiveRelay
 from cargowatch.runtime import Runtime
 from cargowatch.services import EngineGate
 from cargowatch.settings import Settings
 from cargowatch.worker import BusWorker, connect
 from core.clock import Clock
+from telemetry.bus.streams import discover_layout
 from telemetry.store import Store
 
 
@@ -35,7 +40,9 @@ class BusRuntime(Runtime):
         self.control = ControlPublisher()
         self.workers: list[BusWorker] = []
         self.relay: LiveRelay | None = None
+        self.lag = LagMonitor()
         super().__init__(settings, store=store, clock=clock)
+        self.lag.bind(self.metrics.registry)
 
     def _make_gate(self) -> EngineGate:
         return ApiGate(self.store, self.alarms, self.clock, notify=self.control)
@@ -58,10 +65,15 @@ class BusRuntime(Runtime):
             for _ in range(self.settings.workers)
         ]
         try:
+            layout = await discover_layout(nc)
             async with asyncio.TaskGroup() as tg:
                 loops = [
                     tg.create_task(self.alarms.run(), name="escalation"),
                     tg.create_task(self.webhooks.run(), name="webhooks"),
+                    tg.create_task(
+                        self.lag.run(nc.jetstream(), layout.partitions, layout.trip_partitions),
+                        name="bus-lag",
+                    ),
                 ]
                 workers = [
                     tg.create_task(w.run(), name=f"worker-{i}") for i, w in enumerate(self.workers)
@@ -87,6 +99,10 @@ class BusRuntime(Runtime):
 
     def health(self) -> dict[str, Any]:
         doc = super().health()
+        reasons = self.lag.reasons()
+        if reasons:
+            doc["reasons"] = [*doc["reasons"], *reasons]
+            doc["status"] = "degraded"
         doc["bus"] = {
             "workers": [
                 {
@@ -97,5 +113,9 @@ class BusRuntime(Runtime):
                 for w in self.workers
             ],
             "live_relay": self.relay is not None,
+            "pending": {
+                stage: {"waiting": self.lag.waiting(stage), "in_flight": self.lag.in_flight(stage)}
+                for stage in ("devices", "trips")
+            },
         }
         return doc

@@ -1,0 +1,92 @@
+"""Stage 1 (``busmode.devicestage``) against the real store: a device batch redelivered after
+its dead letters were stored (a crash, or a failed re-key, before the acknowledgement) stores
+each dead letter once; a redelivered message whose dead letters never were stored gets them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cargowatch.busmode.devicestage import DeviceStage, mark_of, stream_mark
+from cargowatch.metrics import Metrics
+from core.clock import SystemClock
+from telemetry.bus.consumer import BusMessage
+from telemetry.bus.partitions import partition_of
+from telemetry.store import Store, open_store
+
+P = 4
+NOW_MS = 1_795_334_400_000
+
+
+def message(device: str, kind: str, data: bytes, seq: int, delivered: int = 1) -> BusMessage:
+    return BusMessage(
+        subject=f"part.{partition_of(device, P)}.devices.{device}.{kind}",
+        device_id=device,
+        kind=kind,
+        data=data,
+        stream_seq=seq,
+        timestamp_ns=(NOW_MS + seq) * 1_000_000,  # when the server stored it: every delivery
+        delivered=delivered,
+    )
+
+
+def batch(delivered: int) -> list[BusMessage]:
+    good = orjson.dumps({"ts": NOW_MS - 5000, "lat": 31.4, "lon": 121.2, "seq": 1})
+    backlog = orjson.dumps(  # one message, two bad elements: two dead letters of one message
+        [{"ts": NOW_MS - 9000, "lat": 95.0, "lon": 121.0}, {"ts": NOW_MS - 8000, "lat": 31.0}]
+    )
+    return [
+        message("gps-1", "position", good, 10, delivered),
+        message("gps-1", "position", b"{not json", 11, delivered),
+        message("gps-1", "position", backlog, 12, delivered),
+        message("ghost", "position", good, 13, delivered),  # not registered
+    ]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'stage.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    s = open_store(url)
+    s.put_device({"device_id": "gps-1", "kind": "gps", "shipper": "pg"})
+    return s
+
+
+def rows(store: Store) -> list[tuple[str | None, str, str]]:
+    return sorted(
+        (d["device_id"], d["reason"], mark_of(d["detail"])) for d in store.dead_letters(limit=1000)
+    )
+
+
+def test_a_redelivered_batch_stores_each_dead_letter_once(store: Store) -> None:
+    stage = DeviceStage(store, SystemClock(), Metrics())
+    first = stage.validate(batch(delivered=1))
+    stored = rows(store)
+    assert [r[1] for r in stored].count("bad_json") == 1
+    assert ("ghost", "unknown_device", stream_mark(13)) in stored
+    assert len([r for r in stored if r[2] == stream_mark(12)]) == 2  # both bad elements
+    assert len(stored) == 4 and all(r[2] for r in stored)
+    # the worker died before the acknowledgement: the stream delivers the batch again
+    again = stage.validate(batch(delivered=2))
+    assert rows(store) == stored
+    assert again == first  # the records are re-keyed again (the trip stream drops duplicates)
+    # a third delivery by a fresh worker (no cache) changes nothing either
+    DeviceStage(store, SystemClock(), Metrics()).validate(batch(delivered=3))
+    assert rows(store) == stored
+
+
+def test_a_redelivered_message_whose_dead_letters_were_never_stored_gets_them(
+    store: Store,
+) -> None:
+    stage = DeviceStage(store, SystemClock(), Metrics())
+    stage.validate(batch(delivered=1)[:1])  # the first delivery failed before its dead letters
+    assert rows(store) == []
+    stage.validate(batch(delivered=2))
+    assert len(rows(store)) == 4
+    # another bad message of the same device later: a new stream sequence, a new row
+    stage.validate([message("gps-1", "position", b"{not json", 14)])
+    assert [r[2] for r in rows(store) if r[1] == "bad_json"] == [stream_mark(11), stream_mark(14)]
