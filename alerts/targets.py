@@ -14,6 +14,8 @@ resolver turns those into the address they mean; the embedded IPv4 address is ch
   name that changes its answer after the check (DNS rebinding) cannot slip through; the
   request goes to that address with the original ``Host`` and TLS server name.
   Redirects are never followed (a 3xx is a failed attempt).
+- at each e-mail: ``host_addresses`` checks the SMTP relay the same way; the mail goes to
+  the first checked address (``alerts.mail_smtp``).
 
 The operator allows private targets with ``CARGOWATCH_ALLOW_PRIVATE_TARGETS=1`` (tests,
 receivers on premises).
@@ -106,6 +108,11 @@ class TargetGuard:
         """The addresses of ``url``'s host, all checked; ``RefusedTarget`` if any is
         forbidden, ``UnresolvedTarget`` if the name does not resolve."""
         _, host, port = _parts(url)
+        return self.host_addresses(host, port)
+
+    def host_addresses(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host`` (a server of another protocol: the SMTP relay), all
+        checked as for a URL's host; the first is the one to connect to."""
         try:
             found = list(self.resolve(host, port))
         except (OSError, UnicodeError) as exc:

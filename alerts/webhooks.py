@@ -20,6 +20,13 @@ flight, every request has a hard total timeout, and a receiver that keeps failin
 (a circuit breaker): while paused its due deliveries are moved to the end of the pause
 without an attempt, so they stop crowding the due list and cannot hold the shared request
 slots that healthy receivers need.
+
+E-mail notifications (contract §5) are outbox rows too (``kind: "email"``, one per event
+and address): this loop claims them with the rest and hands them to the ``mailer``
+(``alerts.mail_smtp``), with the same leases, retries, breaker and at-least-once record.
+Each mail sent, or given up, is written to the alarm's history in the same transaction as
+the delivery's outcome. Without a mailer (no ``CARGOWATCH_SMTP``) they wait, unattempted,
+until one is configured or they are too old.
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ from types import TracebackType
 
 import httpx
 
+from alerts.mail_notify import KIND as EMAIL_KIND
+from alerts.mail_smtp import Mailer
 from alerts.metrics import AlertMetrics, NullAlertMetrics
 from alerts.signing import HEADER, sign
 from alerts.targets import REFUSED, RefusedTarget, TargetGuard
 from core.clock import Clock
+from core.errors import NotFound
 from telemetry.store.base import Doc, Store
 
 logger = logging.getLogger(__name__)
@@ -53,6 +63,9 @@ _MAX_ERROR_LEN = 500
 _STORE_RETRY_CAP_S = 30.0
 # Margin of a lease over the request timeout: the outcome must be recorded before it expires.
 LEASE_MARGIN_S = 5.0
+# How long an e-mail waits before it is looked at again while no SMTP server is configured.
+UNCONFIGURED_WAIT_S = 600.0
+UNCONFIGURED = "e-mail is not configured"
 
 
 def backoff_s(
@@ -104,18 +117,22 @@ class WebhookSender:
         owner: str | None = None,
         lease_s: float = 60.0,
         targets: TargetGuard | None = None,
+        mailer: Mailer | None = None,
     ) -> None:
         if max_age_s < MIN_MAX_AGE_S:
             raise ValueError("webhooks are retried for at least 24 h (contract §6)")
         if concurrency < 1 or per_receiver < 1:
             raise ValueError("concurrency and per_receiver must be at least 1")
-        if lease_s < timeout_s + LEASE_MARGIN_S:
+        longest = max(timeout_s, mailer.timeout_s if mailer is not None else 0.0)
+        if lease_s < longest + LEASE_MARGIN_S:
             raise ValueError(
                 f"lease_s must cover one attempt: at least timeout_s + {LEASE_MARGIN_S:g}"
             )
         self.owner = owner or default_owner()
         # The SSRF guard, checked at every attempt (None: any target; tests' receivers).
         self._targets = targets
+        # Sends the e-mail deliveries (None: no SMTP server; they wait).
+        self._mailer = mailer
         self._lease_ms = int(lease_s * 1000)
         self._store = store
         self._clock = clock
@@ -218,10 +235,16 @@ class WebhookSender:
                 # Re-claimed by us after our own lease ran out (a clock jump): the attempt
                 # in flight records the outcome and clears the lease.
                 continue
-            hook = hooks.get(delivery["webhook_id"])
-            if hook is None or hook.get("shipper") != delivery.get("shipper"):
-                await self._finish(delivery, ok=False, error="webhook deleted", final=True)
-                continue
+            hook: Doc | None = None
+            if delivery.get("kind") == EMAIL_KIND:
+                if self._mailer is None:
+                    await self._unconfigured(delivery, now)
+                    continue
+            else:
+                hook = hooks.get(delivery["webhook_id"])
+                if hook is None or hook.get("shipper") != delivery.get("shipper"):
+                    await self._finish(delivery, ok=False, error="webhook deleted", final=True)
+                    continue
             receiver = self._receivers[delivery["webhook_id"]]
             if receiver.paused_until > now:
                 await self._defer(delivery, receiver.paused_until)
@@ -240,9 +263,15 @@ class WebhookSender:
             await asyncio.to_thread(self._store.release_deliveries, unsent, self.owner)
         return started
 
-    async def _attempt(self, delivery: Doc, hook: Doc, receiver: _Receiver) -> None:
+    async def _attempt(self, delivery: Doc, hook: Doc | None, receiver: _Receiver) -> None:
         try:
-            ok, error = await self._post(delivery, hook)
+            if hook is None:  # an e-mail (the mailer is set: _dispatch checked)
+                assert self._mailer is not None
+                outcome = await self._mailer.send(delivery)
+                ok, error, give_up = outcome.ok, outcome.error, outcome.final
+            else:
+                ok, error = await self._post(delivery, hook)
+                give_up = False
             now = self._clock.now_ms()
             if ok:
                 receiver.failures = 0
@@ -252,7 +281,7 @@ class WebhookSender:
                 if receiver.failures >= BREAKER_THRESHOLD:
                     pause = backoff_s(receiver.failures - BREAKER_THRESHOLD + 1, self._rng)
                     receiver.paused_until = now + int(pause * 1000)
-            final = not ok and now >= int(delivery["created_at"]) + self._max_age_ms
+            final = not ok and (give_up or now >= int(delivery["created_at"]) + self._max_age_ms)
             await self._finish(delivery, ok=ok, error=error, final=final, attempted=True)
         except Exception:
             # The outcome could not be stored: the row is sent again once the lease
@@ -323,13 +352,13 @@ class WebhookSender:
             updated["next_attempt_at"] = now + int(delay * 1000)
             updated["last_error"] = error
             result = "failed"
-        if not await self._complete(updated):
+        if not await self._complete(updated, _history_entry(updated, now, ok=ok, final=final)):
             return
         self.metrics.webhook_result(result)
         if not ok:
             log = logger.warning if final else logger.info
             log(
-                "webhook delivery %s to %s %s: %s (attempt %s)",
+                "delivery %s to %s %s: %s (attempt %s)",
                 delivery["delivery_id"],
                 delivery["webhook_id"],
                 result,
@@ -344,9 +373,31 @@ class WebhookSender:
         if await self._complete(updated):
             self.metrics.webhook_result("deferred")
 
-    async def _complete(self, updated: Doc) -> bool:
-        """Record the outcome if this sender still holds the lease (compare-and-set)."""
-        if await asyncio.to_thread(self._store.complete_delivery, updated, self.owner):
+    async def _unconfigured(self, delivery: Doc, now: int) -> None:
+        """An e-mail while no SMTP server is configured: looked at again later, unattempted;
+        given up (and said so in the alarm's history) once it is too old."""
+        if now >= int(delivery["created_at"]) + self._max_age_ms:
+            await self._finish(delivery, ok=False, error=UNCONFIGURED, final=True)
+            return
+        updated = dict(delivery)
+        updated["next_attempt_at"] = now + int(UNCONFIGURED_WAIT_S * 1000)
+        updated["last_error"] = UNCONFIGURED
+        if await self._complete(updated):
+            self.metrics.webhook_result("deferred")
+
+    async def _complete(self, updated: Doc, history: Doc | None = None) -> bool:
+        """Record the outcome if this sender still holds the lease (compare-and-set), and
+        with it, in the same transaction, the alarm history entry of an e-mail."""
+
+        def write() -> bool:
+            with self._store.unit_of_work():
+                if not self._store.complete_delivery(updated, self.owner):
+                    return False
+                if history is not None:
+                    self._add_history(str(updated.get("alarm_id")), history)
+                return True
+
+        if await asyncio.to_thread(write):
             return True
         # Our lease ran out and another sender claimed the delivery: its record stands.
         logger.warning(
@@ -354,6 +405,13 @@ class WebhookSender:
             updated["delivery_id"],
         )
         return False
+
+    def _add_history(self, alarm_id: str, entry: Doc) -> None:
+        try:
+            with self._store.unit_of_work():  # a savepoint: a missing alarm spoils nothing
+                self._store.add_alarm_history(alarm_id, entry)
+        except NotFound:
+            logger.info("e-mail sent for %s, which has no alarm history to record it", alarm_id)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -386,3 +444,18 @@ class WebhookSender:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         return held
+
+
+def _history_entry(delivery: Doc, now: int, *, ok: bool, final: bool) -> Doc | None:
+    """The alarm history entry of an e-mail sent or given up (None: nothing to record)."""
+    if delivery.get("kind") != EMAIL_KIND or not delivery.get("alarm_id") or not (ok or final):
+        return None
+    what = f"to {delivery.get('to')}: {delivery.get('event_type')}"
+    return {
+        "at": now,
+        "by": "email",
+        "action": "notified" if ok else "notify_failed",
+        "from": None,
+        "to": None,
+        "note": what if ok else f"{what}: not sent ({delivery.get('last_error')})",
+    }

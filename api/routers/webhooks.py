@@ -27,6 +27,7 @@ WebhookEvent = Literal[
     "trip.milestone",
     "geofence.entered",
     "geofence.exited",
+    "exception.created",
 ]
 # The API spells the events out for its schema; they are the alert service's, in its order.
 assert get_args(WebhookEvent) == tuple(WEBHOOK_EVENTS)

@@ -1,11 +1,13 @@
-"""A shipper's contract (``PUT /v1/shippers/{shipper}``): alarm deadlines and default
-thresholds, checked by the engine's own validators before anything is stored."""
+"""A shipper's contract (``PUT /v1/shippers/{shipper}``): alarm deadlines, default
+thresholds and whom to e-mail about what (``notify``), checked by the engine's and the
+notifier's own validators before anything is stored."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from alerts import validate_sla
+from alerts.mail_notify import validate_notify
 from cargowatch.services.engine import EngineGate
 from core.errors import InvalidInput
 from rules import validate_rules
@@ -27,7 +29,8 @@ class ShipperService:
             raise InvalidInput("shipper is required")
         sla = validate_sla(doc.get("sla") or {})
         rule_values = validate_rules(doc.get("rules") or {}, "rules")
-        stored = {"shipper": shipper, "sla": sla, "rules": rule_values}
+        notify = validate_notify(doc.get("notify"))
+        stored = {"shipper": shipper, "sla": sla, "rules": rule_values, "notify": notify}
         # Live trips take the new thresholds at once; their checkpoints follow in the same
         # transaction as the stored contract.
         self._gate.commit(
