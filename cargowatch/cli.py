@@ -195,7 +195,7 @@ def _setting(field: str, what: str | None = None, default: str | None = None) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cargowatch.demo import DEMO_INCIDENTS
+    from cargowatch.demo import DEMO_INCIDENTS, DEMO_SPEED
 
     p = argparse.ArgumentParser(
         prog="cargowatch", description=__doc__, formatter_class=_HelpFormatter
@@ -258,12 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="embedded broker + SQLite + simulated fleet + engine + API",
         formatter_class=_HelpFormatter,
-        description="Everything on embedded defaults; the fleet shows these incidents: "
-        + ", ".join(DEMO_INCIDENTS),
+        description="Everything on embedded defaults; the fleet is kept going (new trips as "
+        "trips complete) and shows these incidents: "
+        + ", ".join(DEMO_INCIDENTS)
+        + f". It runs at x{DEMO_SPEED:g}: a critical alarm's 10-minute acknowledge deadline "
+        "lasts minutes of real time, so a person can act on it.",
     )
     d.add_argument(FLAGS["http"], **_setting("http"))
-    d.add_argument("--trucks", type=int, default=24, help="simulated trucks")
-    d.add_argument("--speed", type=float, default=30.0, help="simulated seconds per real second")
+    d.add_argument("--trucks", type=int, default=24, help="simulated trucks kept on the road")
+    d.add_argument(
+        "--speed",
+        type=float,
+        default=DEMO_SPEED,
+        help="simulated seconds per real second (higher: deadlines pass faster than people act)",
+    )
     d.add_argument("--db-path", default="cargowatch-demo.sqlite", help="SQLite file (replaced)")
     d.add_argument("--duration", type=float, default=None, help="stop after N real seconds")
     d.add_argument("--seed", type=int, default=7, help="random seed of the fleet")

@@ -23,9 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cargowatch.demo import DEMO_INCIDENTS, DEMO_SPEED, FleetKeeper, pace_text
 from tests.services import free_port
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30.0
@@ -144,6 +143,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_prints_the_desk_url_and_an_admin_key(demo: DemoRun) -> None:
     out = demo.output_before_stop
     assert f"cargowatch demo: desk at {demo.url}" in out, out
@@ -152,6 +152,7 @@ def test_prints_the_desk_url_and_an_admin_key(demo: DemoRun) -> None:
     assert demo.anonymous_alarms is not None and demo.anonymous_alarms.status_code == 401
 
 
+@pytest.mark.slow
 def test_serves_the_desk_page(demo: DemoRun) -> None:
     assert demo.desk is not None
     assert demo.desk.status_code == 200, demo.desk.text[:500]
@@ -159,6 +160,7 @@ def test_serves_the_desk_page(demo: DemoRun) -> None:
     assert "<html" in demo.desk.text.lower(), demo.desk.text[:500]
 
 
+@pytest.mark.slow
 def test_raises_an_alarm_of_a_contract_type_within_a_minute(
     demo: DemoRun, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -176,12 +178,14 @@ def test_raises_an_alarm_of_a_contract_type_within_a_minute(
         assert alarm["trip_id"], alarm
 
 
+@pytest.mark.slow
 def test_prints_a_live_summary_while_running(demo: DemoRun) -> None:
     lines = [ln for ln in demo.output_before_stop.splitlines() if ln.startswith("[demo] sim time")]
     assert lines, demo.output_before_stop
     assert all("open alarms" in ln for ln in lines), lines
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_0_without_a_traceback(demo: DemoRun) -> None:
     out = demo.output()
     assert demo.exit_code is not None, f"still running {STOP_TIMEOUT_S} s after SIGINT:\n{out}"
@@ -189,7 +193,94 @@ def test_ctrl_c_exits_0_without_a_traceback(demo: DemoRun) -> None:
     assert "Traceback" not in out, out
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_stopped_cleanly(demo: DemoRun) -> None:
     out = demo.output()
     assert demo.exit_code == 0, out
     assert "[demo] stopped cleanly" in out, out
+
+
+@pytest.mark.slow
+def test_prints_its_pace_one_a_person_can_act_at(demo: DemoRun) -> None:
+    out = demo.output_before_stop
+    assert f"pace x{DEMO_SPEED:g}" in out, out
+    # A critical alarm's 10-minute acknowledge deadline lasts minutes of real time.
+    assert 10 * 60 / DEMO_SPEED >= 120
+    assert "acknowledge deadline lasts 3 min 20 s" in out, out
+
+
+# -- the fleet keeper, on a simulated clock (no broker, no engine: fast) ----------------------
+def _run_keeper(keeper: FleetKeeper, start: int, hours: float) -> list[tuple[int, int, int]]:
+    """Drive ``keeper`` like the demo does, every 5 simulated minutes for ``hours``, with the
+    engine's view of active trips derived from each trip's plan (active from its planned
+    start until its devices power off). Returns (time, active, in play) samples."""
+    ends: dict[str, tuple[int, int]] = {}
+    samples = []
+    now = start
+    while now <= start + int(hours * 3600_000):
+        active = {t for t, (s, e) in ends.items() if s <= now < e}
+        for sim in keeper.top_up(active, now):
+            assert sim.trip_id not in ends, f"trip id reused: {sim.trip_id}"
+            ends[sim.trip_id] = (sim.marks["planned_start"], sim.marks["power_off"])
+        active = {t for t, (s, e) in ends.items() if s <= now < e}
+        samples.append((now, len(active), keeper.in_play(active, now)))
+        now += 5 * 60_000
+    return samples
+
+
+def test_the_first_wave_is_the_whole_fleet_with_every_incident_already_under_way() -> None:
+    now = 1_800_000_000_000
+    keeper = FleetKeeper(target=12, seed=7, incidents=DEMO_INCIDENTS)
+    wave = keeper.top_up((), now)
+    assert len(wave) == 12
+    assert {s.scenario for s in wave} - {"normal"} == set(DEMO_INCIDENTS)
+    # Incident trips started WARMUP_MS early, so the first incidents come within a minute.
+    firsts = [s.marks["planned_start"] for s in wave if s.scenario != "normal"]
+    assert min(firsts) <= now
+    assert keeper.top_up((), now) == []  # planned trips count as on the road
+
+
+def test_the_fleet_is_kept_going_as_trips_complete() -> None:
+    target = 16
+    keeper = FleetKeeper(target=target, seed=3, incidents=DEMO_INCIDENTS)
+    samples = _run_keeper(keeper, 1_800_000_000_000, hours=8)
+    # Without new trips the fleet runs dry within about two hours (the issue: 23 -> 0).
+    assert keeper.waves >= 4, keeper.waves
+    late = [active for t, active, _ in samples if t >= samples[0][0] + 2 * 3600_000]
+    assert min(late) >= target // 2, late
+    assert max(in_play for _, _, in_play in samples) <= target
+    # Device ids are unique across waves (a device serves one trip at a time).
+    ids = [d["device_id"] for sim in keeper_trips(keeper) for d in sim.devices]
+    assert len(ids) == len(set(ids))
+
+
+def keeper_trips(keeper: FleetKeeper) -> list[Any]:
+    """Every trip of a fresh keeper with the same parameters, wave by wave, rebuilt."""
+    again = FleetKeeper(target=keeper.target, seed=keeper.seed, incidents=keeper.incidents)
+    trips: list[Any] = []
+    now = 1_800_000_000_000
+    for _ in range(keeper.waves):
+        wave = again.top_up(set(), now)
+        trips += wave
+        now += 24 * 3600_000  # everything before has completed
+    return trips
+
+
+def test_each_later_wave_brings_one_incident_in_turn() -> None:
+    keeper = FleetKeeper(target=10, seed=5, incidents=DEMO_INCIDENTS)
+    now = 1_800_000_000_000
+    keeper.top_up((), now)
+    seen = []
+    for _ in range(3):
+        now += 24 * 3600_000  # the previous waves completed
+        wave = keeper.top_up(set(), now)
+        assert len(wave) == 10
+        assert all(s.marks["planned_start"] >= now for s in wave)  # later waves start ahead
+        seen.append(sorted({s.scenario for s in wave} - {"normal"}))
+    assert seen == [[DEMO_INCIDENTS[0]], [DEMO_INCIDENTS[1]], [DEMO_INCIDENTS[2]]]
+
+
+def test_pace_text_says_what_a_critical_deadline_lasts() -> None:
+    assert pace_text(3.0).startswith("pace x3:")
+    assert "lasts 3 min 20 s" in pace_text(3.0)
+    assert "lasts 20 s" in pace_text(30.0)
