@@ -2,7 +2,8 @@
 uvicorn on a free port, a key per role, and a small scripted fleet on real Cairns roads
 whose messages go through the real MQTT broker.
 
-Not a test module (it holds no tests); ``test_desk_browser`` imports it.
+Not a test module (it holds no tests): the desk's browser test modules import it, and its
+browser fixtures (``world``, ``browser``, ``page``) at the bottom.
 
 The fleet (every ``acme`` id contains "ACME" so leak checks can look for it):
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -33,14 +35,17 @@ from urllib.parse import urlparse
 
 import httpx
 import paho.mqtt.client as paho
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from starlette.routing import Mount
 
 import api
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
+from tests.services import MosquittoServer
 
 ADMIN_KEY = "admin-secret"
 STATIC_DIR = Path(api.__file__).parent / "static"
@@ -209,7 +214,7 @@ def _history(
     until: int,
     detour: tuple[int, int] | None = None,
     stop_from: int | None = None,
-    speeding: tuple[int, int] | None = None,
+    speeding: tuple[float, float] | None = None,
     off_from: float | None = None,
     visit: tuple[float, float] | None = None,
     battery: int = 88,
@@ -234,7 +239,7 @@ def _history(
             },
         )
     )
-    fixes = []
+    fixes: list[dict[str, Any]] = []
     s = 0.0
     t = start
     seq = 0
@@ -513,3 +518,171 @@ def wait_for_alarms(
 def alarms_of(desk: DeskServer, trip_id: str) -> Iterator[dict[str, Any]]:
     with desk.client("admin") as c:
         yield from c.get("/v1/alarms", params={"trip_id": trip_id}).json()
+
+
+# -- browser fixtures (shared by the desk's browser test modules) ----------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+OPERATOR = DESK_OPERATOR
+
+
+class World:
+    """The running system, its fleet and a publisher, shared by the tests of this module."""
+
+    def __init__(self, desk: DeskServer, fleet: list[ScriptedTrip], publisher: Publisher) -> None:
+        self.desk = desk
+        self.fleet = {st.trip_id.split("-", 1)[0] + st.trip_id[-2:]: st for st in fleet}
+        self.publisher = publisher
+
+    def trip(self, name: str) -> ScriptedTrip:
+        """PG-1, PG-2, PG-3, ACME-1, ACME-2."""
+        return self.fleet[name]
+
+    def alarm(self, trip_id: str, kind: str) -> dict[str, Any]:
+        with self.desk.client("admin") as c:
+            found = [
+                a
+                for a in c.get("/v1/alarms", params={"trip_id": trip_id}).json()
+                if a["type"] == kind
+            ]
+        assert found, f"no {kind} alarm for {trip_id}"
+        return found[0]
+
+
+@pytest.fixture(scope="module")
+def world(mosquitto: MosquittoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    mqtt_url = os.environ.get("CARGOWATCH_TEST_MQTT") or mosquitto.url
+    db = tmp_path_factory.mktemp("desk") / "desk.sqlite"
+    prefix = f"desk{os.getpid()}"
+    desk = start_desk(mqtt_url, f"sqlite:///{db}", prefix)
+    publisher = Publisher(mqtt_url, prefix)
+    try:
+        fleet = build_fleet(int(time.time() * 1000))
+        load_fleet(desk, fleet, publisher)
+        w = World(desk, fleet, publisher)
+        wait_for_alarms(
+            desk,
+            {
+                w.trip("PG-1").trip_id: "ROUTE_DEVIATION",
+                w.trip("PG-2").trip_id: "LOW_BATTERY",
+                w.trip("ACME-1").trip_id: "SPEEDING",
+            },
+        )
+        yield w
+    finally:
+        publisher.close()
+        desk.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, timezone_id="UTC")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # the page's Content-Security-Policy (api/security.py) must never block the page itself
+    pg.on("console", lambda m: errors.append(m.text) if "Security Policy" in m.text else None)
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors or CSP violations on the page: {errors}"
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    target = os.environ.get("CARGOWATCH_DESK_SCREENSHOTS")
+    path = Path(target) if target else tmp_path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sign_in(page: Page, world: World, role: str, hash_: str = "") -> None:
+    page.goto(world.desk.url + "/" + hash_)
+    page.fill("#signin-key", world.desk.keys[role])
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("body")).to_have_attribute("data-ready", "1")
+    expect(page.locator("#feed-status")).to_have_attribute("data-state", "live")
+
+
+def row(page: Page, trip_id: str, kind: str) -> Locator:
+    return page.locator(f"#queue-body tr[data-type='{kind}']", has_text=trip_id)
+
+
+# -- a local tile server ----------------------------------------------------------------------
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A plain-colour PNG (no imaging library needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+class TileServer:
+    """XYZ tiles on 127.0.0.1 for the browser tests (they never reach the internet): every
+    ``/{z}/{x}/{y}.png`` is a light-green square; ``requests`` lists the paths served."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        tile = _png(256, 256, (214, 232, 200))
+        served = self.requests = []  # type: list[str]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 3 and parts[2].endswith(".png"):
+                    served.append(self.path)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(tile)))
+                    self.end_headers()
+                    self.wfile.write(tile)
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def template(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{{z}}/{{x}}/{{y}}.png"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -10,7 +10,6 @@ the documentation's pictures (desk-live.png, desk-queue.png, desk-replay.png).
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -18,129 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
+from tests import desk_harness
 from tests.desk_harness import (
-    DESK_OPERATOR,
-    DeskServer,
-    Publisher,
-    ScriptedTrip,
-    build_fleet,
-    load_fleet,
-    start_desk,
+    OPERATOR,
+    TileServer,
+    World,
+    row,
+    shots_dir,
+    sign_in,
     tamper_message,
     wait_for_alarms,
 )
-from tests.services import MosquittoServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-OPERATOR = DESK_OPERATOR
+# The shared fixtures, one world per module.
+world, browser, page = desk_harness.world, desk_harness.browser, desk_harness.page
 DETECTION_DEADLINE_S = 2.0  # contract §4: stored and on the live feed within 2 s
-
-
-class World:
-    """The running system, its fleet and a publisher, shared by the tests of this module."""
-
-    def __init__(self, desk: DeskServer, fleet: list[ScriptedTrip], publisher: Publisher) -> None:
-        self.desk = desk
-        self.fleet = {st.trip_id.split("-", 1)[0] + st.trip_id[-2:]: st for st in fleet}
-        self.publisher = publisher
-
-    def trip(self, name: str) -> ScriptedTrip:
-        """PG-1, PG-2, PG-3, ACME-1, ACME-2."""
-        return self.fleet[name]
-
-    def alarm(self, trip_id: str, kind: str) -> dict[str, Any]:
-        with self.desk.client("admin") as c:
-            found = [
-                a
-                for a in c.get("/v1/alarms", params={"trip_id": trip_id}).json()
-                if a["type"] == kind
-            ]
-        assert found, f"no {kind} alarm for {trip_id}"
-        return found[0]
-
-
-@pytest.fixture(scope="module")
-def world(mosquitto: MosquittoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    mqtt_url = os.environ.get("CARGOWATCH_TEST_MQTT") or mosquitto.url
-    db = tmp_path_factory.mktemp("desk") / "desk.sqlite"
-    prefix = f"desk{os.getpid()}"
-    desk = start_desk(mqtt_url, f"sqlite:///{db}", prefix)
-    publisher = Publisher(mqtt_url, prefix)
-    try:
-        fleet = build_fleet(int(time.time() * 1000))
-        load_fleet(desk, fleet, publisher)
-        w = World(desk, fleet, publisher)
-        wait_for_alarms(
-            desk,
-            {
-                w.trip("PG-1").trip_id: "ROUTE_DEVIATION",
-                w.trip("PG-2").trip_id: "LOW_BATTERY",
-                w.trip("ACME-1").trip_id: "SPEEDING",
-            },
-        )
-        yield w
-    finally:
-        publisher.close()
-        desk.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, timezone_id="UTC")
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    # the page's Content-Security-Policy (api/security.py) must never block the page itself
-    pg.on("console", lambda m: errors.append(m.text) if "Security Policy" in m.text else None)
-    try:
-        yield pg
-    finally:
-        context.close()
-    assert not errors, f"JavaScript errors or CSP violations on the page: {errors}"
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    target = os.environ.get("CARGOWATCH_DESK_SCREENSHOTS")
-    path = Path(target) if target else tmp_path
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sign_in(page: Page, world: World, role: str, hash_: str = "") -> None:
-    page.goto(world.desk.url + "/" + hash_)
-    page.fill("#signin-key", world.desk.keys[role])
-    page.click("#signin-form button[type=submit]")
-    expect(page.locator("body")).to_have_attribute("data-ready", "1")
-    expect(page.locator("#feed-status")).to_have_attribute("data-state", "live")
-
-
-def row(page: Page, trip_id: str, kind: str) -> Locator:
-    return page.locator(f"#queue-body tr[data-type='{kind}']", has_text=trip_id)
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -442,3 +337,65 @@ def test_the_page_modules_parse_event_streams_and_tracks(page: Page, world: Worl
     assert parsed["milestones"][:2] == ["sealed", "departed"]
     assert {"arrived", "unsealed", "left"} <= set(parsed["milestones"])
     assert "ROUTE_DEVIATION" in parsed["alarms"]
+
+
+# -- the base map -----------------------------------------------------------------------------
+@pytest.fixture
+def tiles(world: World) -> Iterator[TileServer]:
+    """The runtime's base map switched to a local tile server for one test (config.json and
+    the page's CSP read it on every request), and back to off afterwards."""
+    server = TileServer()
+    world.desk.runtime.tiles = server.template
+    try:
+        yield server
+    finally:
+        world.desk.runtime.tiles = None
+        server.close()
+
+
+def test_the_live_map_draws_the_configured_base_map(
+    page: Page, world: World, tiles: TileServer
+) -> None:
+    sign_in(page, world, "desk", "#/live")
+    expect(page.locator("#live-map")).to_have_attribute("data-tiles", "loaded")
+    loaded = page.locator("#live-map img.leaflet-tile-loaded")
+    expect(loaded.first).to_be_visible()
+    assert tiles.requests, "no tile was requested from the tile server"
+    # The images really decoded (the CSP lets the tile host through).
+    sizes = loaded.evaluate_all("els => els.map((e) => e.complete && e.naturalWidth)")
+    assert sizes and all(w == 256 for w in sizes), sizes
+    expect(page.locator("#live-map .tile-notice")).to_have_count(0)
+    expect(page.locator("#live-map")).not_to_have_class(re.compile("no-tiles"))
+
+
+def test_unreachable_tiles_leave_the_grid_a_notice_and_a_usable_page(
+    page: Page, world: World
+) -> None:
+    # OpenStreetMap's template (the default), with every tile request failing in the browser:
+    # nothing leaves this machine.
+    world.desk.runtime.tiles = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    asked: list[str] = []
+
+    def refuse(route: Any) -> None:
+        asked.append(route.request.url)
+        route.abort()
+
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1)"), refuse)
+    try:
+        sign_in(page, world, "desk", "#/live")
+        notice = page.locator("#live-map .tile-notice")
+        expect(notice).to_contain_text("base map cannot be reached")
+        expect(page.locator("#live-map")).to_have_attribute("data-tiles", "failed")
+        assert asked and all("tile.openstreetmap.org" in u for u in asked), asked
+        # OpenStreetMap's attribution, linked to its copyright page.
+        link = page.locator("#live-map .leaflet-control-attribution a", has_text="OpenStreetMap")
+        expect(link).to_have_attribute("href", "https://www.openstreetmap.org/copyright")
+        expect(page.locator("#live-map .leaflet-control-attribution")).to_contain_text(
+            "© OpenStreetMap contributors"
+        )
+        # Still usable: the trucks are there and a click selects one.
+        expect(page.locator(".leaflet-marker-icon .truck-icon")).to_have_count(5)
+        page.locator("#live-trucks button").first.click()
+        expect(page.locator("#live-detail h3")).to_be_visible()
+    finally:
+        world.desk.runtime.tiles = None
