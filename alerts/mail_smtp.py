@@ -79,6 +79,10 @@ class _PinnedSMTP(smtplib.SMTP):
         self._address = address
         super().__init__(timeout=timeout, local_hostname=local_hostname)
 
+    def connect(self, host: str = "localhost", port: int = 0, source_address: Any = None) -> Any:
+        self._host = host  # STARTTLS verifies the relay's certificate against this name
+        return super().connect(host, port, source_address)
+
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         return socket.create_connection((self._address, port), timeout)
 
