@@ -78,6 +78,12 @@ def test_live_map_shows_every_truck_in_the_colour_of_its_state(
         "ACME-1": "off_route",
         "ACME-2": "signal_lost",  # last fix 15 min ago
     }
+    # The state chips add up to the truck list.
+    chips = page.locator("#live-legend .chip b").all_inner_texts()
+    assert sum(int(n) for n in chips) == 5, chips
+    # One label per truck on the map: its plate.
+    labels = page.locator("#live-map .truck-label").all_inner_texts()
+    assert sorted(labels) == sorted(st.trip["vehicle"] for st in world.fleet.values()), labels
     for name, state in expect_state.items():
         expect(
             page.locator("#live-trucks button", has_text=world.trip(name).trip_id).locator(".dot")
@@ -180,6 +186,8 @@ def test_tamper_alarm_reaches_the_queue_in_time_and_is_handled_from_the_page(
     page.click("#form-resolve button[type=submit]")
     expect(page.locator("#dlg-resolve")).to_be_hidden()
     expect(tamper).to_have_count(0)
+    # After resolving, the selection goes to the top of the queue (most urgent first).
+    expect(page.locator("#queue-body tr").first).to_have_attribute("aria-selected", "true")
     alarm = world.alarm(pg1.trip_id, "LOCK_TAMPER")
     assert alarm["status"] == "resolved"
     assert alarm["resolved_by"] == OPERATOR
@@ -291,10 +299,16 @@ def test_the_feed_reconnects_by_itself_after_a_drop(page: Page, world: World) ->
     expect(page.locator("#feed-status")).to_have_attribute("data-state", "reconnecting")
     expect(page.locator("#feed-status")).to_have_attribute("data-state", "live", timeout=10_000)
     assert page.evaluate("window.cwDesk.feed.connects") == 2
-    # And the reconnected feed delivers: a new alarm shows up.
+    # And the reconnected feed delivers: a new alarm shows up, and being critical it takes
+    # the detail pane from the minor alarm the operator was looking at.
+    minor = page.locator("#queue-body tr[data-severity=minor]").first
+    minor.click()
+    expect(page.locator("#queue-detail .sev")).to_have_text("minor")
     pg3 = world.trip("PG-3")
     world.publisher.publish([tamper_message(pg3, int(time.time() * 1000))])
     expect(row(page, pg3.trip_id, "LOCK_TAMPER")).to_have_count(1)
+    expect(page.locator("#queue-detail h3")).to_have_text("Lock tamper")
+    expect(row(page, pg3.trip_id, "LOCK_TAMPER")).to_have_attribute("aria-selected", "true")
 
 
 def test_the_page_modules_parse_event_streams_and_tracks(page: Page, world: World) -> None:

@@ -276,6 +276,14 @@ export class QueueView {
 
   /** Select an alarm from elsewhere (live view, banner); widens filters that would hide it. */
   show(id) {
+    if (!this.ctx.state.alarms.has(id) && !this.resolved.some((x) => x.alarm_id === id)) {
+      // A link to an alarm the queue does not hold (resolved, or not loaded yet): read it.
+      this.ctx.actions
+        .reload(id)
+        .then((a) => a && this.show(id))
+        .catch((e) => this.ctx.toast(`Alarm ${id}: ${errorText(e)}`, "err"));
+      return;
+    }
     const a = this.ctx.state.alarms.get(id);
     if (a && !this.list().some((x) => x.alarm_id === id)) {
       this.filters = { status: ACTIVE.has(a.status) ? "active" : "resolved", type: "", shipper: "", severity: "", mine: false };
