@@ -81,3 +81,44 @@ def test_a_shipper_never_gets_rows_for_another_shippers_hooks(tmp_path: Path) ->
         hooks=store.list_webhooks(),
     )  # fmt: skip
     assert [r["webhook_id"] for r in store.list_deliveries()] == ["wh-acme"]
+
+
+def test_email_rows_one_per_wanting_address_with_a_stable_id(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    hooks(store)
+    store.put_shipper({"shipper": "pg", "sla": {}, "rules": {}, "notify": [
+        {"email": "ops@pg.example", "severities": ["critical"], "events": ["alarm.raised"]},
+        {"email": "all@pg.example", "severities": ["critical", "major", "minor"],
+         "events": ["alarm.raised", "alarm.escalated"]},
+        {"email": "minor@pg.example", "severities": ["minor"], "events": ["alarm.raised"]},
+    ]})  # fmt: skip
+    clock = ManualClock()
+    data = {"alarm_id": "alm_1", "severity": "critical"}
+    eid = stable_event_id("alm_1", "alarm.raised")
+    for _ in range(2):  # the same event twice (a re-delivered engine event): rows once
+        enqueue_event(store, clock, shipper="pg", type="alarm.raised", data=data,
+                      order_key="alarm:alm_1", event_id=eid)  # fmt: skip
+    rows = store.list_deliveries(limit=100)
+    mails = sorted((r for r in rows if r.get("kind") == "email"), key=lambda r: r["to"])
+    assert [r["to"] for r in mails] == ["all@pg.example", "ops@pg.example"]
+    assert [r["webhook_id"] for r in mails] == ["email:all@pg.example", "email:ops@pg.example"]
+    assert {r["alarm_id"] for r in mails} == {"alm_1"}
+    assert len({r["delivery_id"] for r in rows}) == len(rows) == 3  # and the webhook's row
+    webhook_row = next(r for r in rows if r.get("kind") is None)
+    assert all(r["body"] == webhook_row["body"] for r in mails)  # the same event
+    # a milestone is not e-mailed, and a shipper without a notify list gets no mail rows
+    enqueue_event(store, clock, shipper="pg", type="trip.milestone", data={"trip_id": "T1"},
+                  order_key="trip:T1")  # fmt: skip
+    enqueue_event(store, clock, shipper="acme", type="alarm.raised", data=data, order_key="k")
+    assert len([r for r in store.list_deliveries(limit=100) if r.get("kind") == "email"]) == 2
+
+
+def test_exception_created_is_a_webhook_event(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.put_webhook({"webhook_id": "wh", "shipper": "pg", "url": "http://a/", "secret": "s",
+                       "events": ["exception.created"]})  # fmt: skip
+    enqueue_event(store, ManualClock(), shipper="pg", type="exception.created",
+                  data={"exception_id": "exc_1", "severity": "major"},
+                  order_key="exception:exc_1")  # fmt: skip
+    (row,) = store.list_deliveries()
+    assert row["webhook_id"] == "wh" and row["event_type"] == "exception.created"

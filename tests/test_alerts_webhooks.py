@@ -529,3 +529,11 @@ async def test_a_sender_closed_mid_request_gives_its_lease_back(store) -> None:
         assert len(rx.requests) == 2 and [e["id"] for e in rx.events] == [row["event_id"]]
     finally:
         await rx.stop()
+
+
+def test_the_subscribable_events_include_geofences_and_exceptions() -> None:
+    from alerts import WEBHOOK_EVENTS
+
+    for event in ("geofence.entered", "geofence.exited", "exception.created"):
+        assert event in WEBHOOK_EVENTS
+    assert "alarm.feedback" not in WEBHOOK_EVENTS  # comes from shippers, not sent to them

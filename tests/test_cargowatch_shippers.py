@@ -121,3 +121,65 @@ async def test_a_trip_sla_goes_through_the_same_check(tmp_path: Path) -> None:
         assert runtime.store.get_trip("T-good")["sla"] == {"critical": {"ack_min": 5}}
     finally:
         runtime.close()
+
+
+NOTIFY = [
+    {"email": "ops@pg.example", "severities": ["critical"],
+     "events": ["alarm.raised", "alarm.escalated"]},
+    {"email": "Desk@PG.Example"},
+]  # fmt: skip
+
+
+@ASYNC
+async def test_notify_is_stored_and_returned(tmp_path: Path) -> None:
+    runtime = make_runtime(tmp_path, ManualClock())
+    try:
+        async with api_client(create_app(runtime)) as client:
+            put = await client.put("/v1/shippers/pg", json={"notify": NOTIFY}, headers=ADMIN)
+            got = await client.get("/v1/shippers/pg", headers=ADMIN)
+            listed = await client.get("/v1/shippers", headers=ADMIN)
+            cleared = await client.put("/v1/shippers/pg", json={}, headers=ADMIN)
+        assert put.status_code == 200, put.text
+        want = [
+            {"email": "ops@pg.example", "severities": ["critical"],
+             "events": ["alarm.raised", "alarm.escalated"]},
+            {"email": "Desk@pg.example", "severities": ["critical", "major", "minor"],
+             "events": ["alarm.raised", "alarm.acknowledged", "alarm.resolved",
+                        "alarm.escalated", "exception.created"]},
+        ]  # fmt: skip
+        assert put.json()["notify"] == want
+        assert got.json()["notify"] == want and listed.json()[0]["notify"] == want
+        assert cleared.json()["notify"] == []  # a PUT replaces the contract, list included
+    finally:
+        runtime.close()
+
+
+@ASYNC
+@pytest.mark.parametrize(
+    ("notify", "text"),
+    [
+        ([{"email": "not an address"}], "notify[0].email"),
+        ([{"email": "ops@pg.example"}, {"email": "ops@PG.example"}], "listed twice"),
+        ([{"email": "ops@pg.example", "severities": ["urgent"]}], "severities"),
+        ([{"email": "ops@pg.example", "events": ["trip.milestone"]}], "events"),
+        ([{"email": "ops@pg.example", "cc": "x@pg.example"}], "cc"),
+        ([{"severities": ["critical"]}], "email"),
+        ("ops@pg.example", "notify"),
+    ],
+    ids=["address", "twice", "severity", "event", "extra-field", "no-email", "not-a-list"],
+)
+async def test_a_bad_notify_list_is_422_and_nothing_is_stored(
+    tmp_path: Path, notify: object, text: str
+) -> None:
+    runtime = make_runtime(tmp_path, ManualClock())
+    try:
+        async with api_client(create_app(runtime)) as client:
+            before = await client.put("/v1/shippers/pg", json={"notify": NOTIFY}, headers=ADMIN)
+            r = await client.put("/v1/shippers/pg", json={"notify": notify}, headers=ADMIN)
+        assert before.status_code == 200, before.text
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "validation_error" and text in r.text, r.text
+        assert len(runtime.store.get_shipper("pg")["notify"]) == 2  # unchanged
+    finally:
+        runtime.close()
