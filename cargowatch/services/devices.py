@@ -6,14 +6,16 @@ answered once and never stored by cargowatch: on a broker written by ``cargowatc
 broker-config mosquitto`` (``--mqtt …?dynsec=1``) it is applied at once through the
 broker's dynamic-security plugin, which also binds the device to its own topics.
 ``credentials`` issues a new password (old sessions are disconnected), ``revoke`` deletes
-the device's broker client and marks the device revoked. Without such a broker the password
-is still issued, but only a broker configured to check it enforces it
-(``mqtt_credentials_applied`` says which)."""
+the device's broker client and marks the device revoked. In bus mode (``serve --bus``), on a
+NATS server written by ``cargowatch broker-config nats``, the same happens to the server's
+device users (``cargowatch.busmode.credentials``). Without such a broker the password is still
+issued, but only a broker configured to check it enforces it (``mqtt_credentials_applied``
+says which)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from cargowatch.settings import Settings
 from core.clock import Clock
@@ -27,6 +29,32 @@ from telemetry.store import Store
 DEVICE_KINDS = ("gps", "lock", "combo")
 
 
+class DeviceCredentials(Protocol):
+    """Where device passwords take effect: a Mosquitto's dynamic security, a NATS server's
+    users."""
+
+    def apply(self, device_id: str, password: str | None, *, new: bool) -> bool:
+        """Set (``new``: a device the broker may not know yet) or, with ``None``, remove the
+        device's password; True when the broker now enforces it."""
+        ...
+
+
+class DynsecCredentials:
+    """``DeviceCredentials`` through Mosquitto's dynamic-security plugin."""
+
+    def __init__(self, dynsec: Dynsec) -> None:
+        self._dynsec = dynsec
+
+    def apply(self, device_id: str, password: str | None, *, new: bool) -> bool:
+        if password is None:
+            self._dynsec.delete(device_id)
+        elif new:
+            self._dynsec.create(device_id, password)
+        else:
+            self._dynsec.rotate(device_id, password)
+        return True
+
+
 class DeviceService:
     """Stores device documents and tells the pipeline which device ids are known."""
 
@@ -37,7 +65,7 @@ class DeviceService:
         *,
         prefix: str,
         known: Callable[[str], None],
-        broker: Dynsec | None = None,
+        broker: DeviceCredentials | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -59,10 +87,10 @@ class DeviceService:
         if kind not in DEVICE_KINDS:
             raise InvalidInput("kind must be gps, lock or combo", kind=kind)
         existing = self._store.get_device(device_id) or {}
-        password = None
+        password, applied = None, False
         if issue and (not existing or existing.get("revoked_at")):
             # A new device: its password is applied to the broker before it is stored.
-            password = self._apply(device_id, new=True)
+            password, applied = self._apply(device_id, new=True)
         stored = {
             **existing,
             **{k: v for k, v in doc.items() if v is not None},
@@ -76,7 +104,7 @@ class DeviceService:
         self._store.put_device(stored)
         self._known(device_id)
         if password is not None:
-            return {**stored, **self._issued(password)}
+            return {**stored, **self._issued(password, applied)}
         return stored
 
     def credentials(self, device_id: str) -> dict[str, Any]:
@@ -85,11 +113,11 @@ class DeviceService:
         if doc is None:
             raise NotFound("no such device", device_id=device_id)
         fresh = bool(doc.get("revoked_at")) or not doc.get("credentials_at")
-        password = self._apply(device_id, new=fresh)
+        password, applied = self._apply(device_id, new=fresh)
         if doc.get("revoked_at"):
             doc = {k: v for k, v in doc.items() if k != "revoked_at"}
         self._store.put_device({**doc, "credentials_at": self._clock.now_ms()})
-        return {"device_id": device_id, **self._issued(password)}
+        return {"device_id": device_id, **self._issued(password, applied)}
 
     def revoke(self, device_id: str) -> None:
         """The device may no longer connect (its broker client is deleted)."""
@@ -97,20 +125,16 @@ class DeviceService:
         if doc is None:
             raise NotFound("no such device", device_id=device_id)
         if self._broker is not None:
-            self._broker.delete(device_id)
+            self._broker.apply(device_id, None, new=False)
         self._store.put_device({**doc, "revoked_at": self._clock.now_ms()})
 
-    def _apply(self, device_id: str, *, new: bool) -> str:
+    def _apply(self, device_id: str, *, new: bool) -> tuple[str, bool]:
         password = new_password()
-        if self._broker is not None:
-            if new:
-                self._broker.create(device_id, password)
-            else:
-                self._broker.rotate(device_id, password)
-        return password
+        applied = self._broker is not None and self._broker.apply(device_id, password, new=new)
+        return password, applied
 
-    def _issued(self, password: str) -> dict[str, Any]:
-        return {"mqtt_password": password, "mqtt_credentials_applied": self._broker is not None}
+    def _issued(self, password: str, applied: bool) -> dict[str, Any]:
+        return {"mqtt_password": password, "mqtt_credentials_applied": applied}
 
     def ensure(self, device_id: str, shipper: str | None) -> None:
         """Register a device a trip names unless it is registered already."""
@@ -123,22 +147,29 @@ class DeviceService:
             self._known(device_id)
 
 
-def device_broker(settings: Settings) -> Dynsec | None:
+def device_broker(settings: Settings) -> DeviceCredentials | None:
     """The broker that checks device credentials: the ``--mqtt`` URL that ``broker-config
-    mosquitto`` printed (``dynsec=1``), used with the engine's own credentials."""
-    if not settings.mqtt_url or settings.bus_url:
+    mosquitto`` printed (``dynsec=1``), used with the engine's own credentials; in bus mode the
+    NATS server, if ``broker-config nats`` configured it (asked on first use)."""
+    if settings.bus_url:
+        from cargowatch.busmode.credentials import NatsDeviceUsers
+
+        return NatsDeviceUsers(settings.bus_url)
+    if not settings.mqtt_url:
         return None
     address = BrokerAddress.parse(settings.mqtt_url)
     if not address.dynsec:
         return None
-    return Dynsec(
-        address.host,
-        address.port,
-        address.username or "",
-        address.password or "",
-        client_id=address.client_id or settings.client_id,
-        prefix=settings.topic_prefix,
-        tls=tls_setup(settings.mqtt_ca) if address.tls else None,
+    return DynsecCredentials(
+        Dynsec(
+            address.host,
+            address.port,
+            address.username or "",
+            address.password or "",
+            client_id=address.client_id or settings.client_id,
+            prefix=settings.topic_prefix,
+            tls=tls_setup(settings.mqtt_ca) if address.tls else None,
+        )
     )
 
 

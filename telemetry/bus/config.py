@@ -22,6 +22,18 @@
   re-keyed stream and the live feed), then one user per device (MQTT only).
 - ``engine.secret`` — the engine's password (mode 0600), kept so that writing the configuration
   again leaves the printed ``--bus`` URL valid.
+- ``devices.json`` — the device users (device id → password), mode 0600: the source from which
+  ``users.conf`` is written, so that writing the configuration again keeps the devices.
+
+**TLS.** Given a certificate and key, the MQTT listener speaks TLS only (a NATS server has one
+MQTT listener), on ``tls_mqtt`` (default: the ``mqtt`` host, port 8883). The client port (the
+engine's) stays as it is: keep it on loopback or a private network.
+
+**Where the configuration lives.** With ``announce=True`` (what ``broker-config nats`` writes),
+a third mapping, ``cargowatch.config`` → ``cargowatch.config.{base64url of DIR}``, lets a
+``serve --bus`` process ask the server where its configuration is, so that device credentials
+issued through the API reach ``users.conf`` with no setting of their own
+(``cargowatch.busmode.credentials``).
 
 **Device users.** A device connects over MQTT with username = its device id and the password
 cargowatch issued. Its user may publish only on ``part.*.devices.{own token}.*``: for MQTT
@@ -29,7 +41,9 @@ clients the server checks permissions on the subject *after* the mapping (verifi
 ``devices.{token}.>`` refuses the device's own messages). A message on another device's topic is
 refused by the server (a "Publish Violation" in its log) and never reaches the stream. To add,
 change or revoke devices, call ``write_users(dir, devices)`` with the complete set (device id →
-password or bcrypt hash, ``$2a$…``: the server accepts both) and then ``reload(dir)``: the
+password or bcrypt hash, ``$2a$…``: the server accepts both), or ``set_device(dir, id,
+password)`` for one (``None`` removes it; serialised by a file lock, so several processes can
+share a directory), and then ``reload(dir)``: the
 server re-reads its configuration on SIGHUP (``nats-server --signal reload=PIDFILE``) without
 dropping other connections, so new credentials work at once and a revoked device can no longer
 connect (verified in the tests).
@@ -37,12 +51,16 @@ connect (verified in the tests).
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import fcntl
+import json
 import os
 import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from telemetry.bus.partitions import DEVICE_PREFIX, PART_PREFIX, subject_token
@@ -52,6 +70,9 @@ ACCOUNT = "CARGOWATCH"
 ENGINE_USER = "engine"
 DEFAULT_PARTITIONS = 16
 """Device partitions: the most workers that can share the load (a worker owns >= 1)."""
+CONFIG_SUBJECT = "cargowatch.config"
+"""Mapped by the server onto ``cargowatch.config.{base64url of DIR}`` (``announce``)."""
+DEVICES_FILE = "devices.json"
 
 
 def nats_server_binary() -> str:
@@ -85,13 +106,60 @@ def engine_password(dir: Path) -> str:
     return password
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write + rename (a reload never reads half a file), readable by the owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def read_devices(dir: str | Path) -> dict[str, str]:
+    """The device users kept in ``devices.json`` (device id → password or bcrypt hash)."""
+    path = Path(dir) / DEVICES_FILE
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return {str(k): str(v) for k, v in doc.items()}
+
+
+@contextlib.contextmanager
+def devices_lock(dir: str | Path) -> Iterator[None]:
+    """Serialises read-modify-write of the device users (several serve processes, one DIR)."""
+    with open(Path(dir) / "devices.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def set_device(dir: str | Path, device_id: str, password: str | None) -> None:
+    """Add or change one device user (``None``: remove it) and rewrite ``users.conf``; call
+    ``reload(dir)`` afterwards on a running server."""
+    with devices_lock(dir):
+        devices = read_devices(dir)
+        if password is None:
+            devices.pop(device_id, None)
+        else:
+            devices[device_id] = password
+        write_users(dir, devices)
+
+
 def write_users(dir: str | Path, devices: Mapping[str, str] | None = None) -> Path:
     """(Re)write ``users.conf``: the engine user plus one MQTT-only user per device.
 
-    ``devices`` maps device id → password (plain, or a bcrypt hash). Atomic (write + rename), so
+    ``devices`` maps device id → password (plain, or a bcrypt hash); it is kept in
+    ``devices.json``, and ``None`` keeps the devices already there. Atomic (write + rename), so
     a reload never reads half a file. Call ``reload(dir)`` afterwards on a running server.
     """
     d = Path(dir)
+    if devices is None:
+        devices = read_devices(d)
+    else:
+        _write_private(d / DEVICES_FILE, json.dumps(dict(sorted(devices.items())), indent=1))
     password = engine_password(d)
     lines = [
         "# Written by cargowatch: the engine, then one MQTT-only user per device.",
@@ -99,7 +167,7 @@ def write_users(dir: str | Path, devices: Mapping[str, str] | None = None) -> Pa
         f"  {{user: {_q(ENGINE_USER)}, password: {_q(password)},"
         ' allowed_connection_types: ["STANDARD"]}',
     ]
-    for device_id, secret in sorted((devices or {}).items()):
+    for device_id, secret in sorted(devices.items()):
         own = f"{PART_PREFIX}.*.{DEVICE_PREFIX}.{subject_token(device_id)}.*"
         lines.append(
             f"  {{user: {_q(device_id)}, password: {_q(secret)},"
@@ -108,10 +176,7 @@ def write_users(dir: str | Path, devices: Mapping[str, str] | None = None) -> Pa
         )
     lines.append("]")
     path = d / "users.conf"
-    tmp = d / "users.conf.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    _write_private(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -124,20 +189,48 @@ def write_nats_config(
     trip_partitions: int | None = None,
     server_name: str = "cargowatch",
     devices: Mapping[str, str] | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    tls_mqtt: str | None = None,
+    announce: bool = False,
 ) -> tuple[str, str]:
-    """Write the server's configuration into ``dir``; return (start command, ``--bus`` URL)."""
+    """Write the server's configuration into ``dir``; return (start command, ``--bus`` URL).
+
+    ``devices``: the device users (``None`` keeps those of an earlier run). ``tls_cert`` and
+    ``tls_key``: the MQTT listener speaks TLS, on ``tls_mqtt`` (default: ``mqtt``'s host, port
+    8883). ``announce``: the server tells ``serve --bus`` where this directory is.
+    """
     trips = trip_partitions or partitions
     if partitions < 1 or trips < 1:
         raise ValueError("partitions must be >= 1")
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
     d = Path(dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
     host, port = _hostport(listen)
     mqtt_host, mqtt_port = _hostport(mqtt)
+    mqtt_block = f"mqtt {{ listen: {_q(f'{mqtt_host}:{mqtt_port}')} }}\n"
+    if tls_cert and tls_key:
+        for given in (tls_cert, tls_key):
+            if not Path(given).is_file():
+                raise ValueError(f"no such file: {given}")
+        tls_host, tls_port = _hostport(tls_mqtt or f"{mqtt_host}:8883")
+        mqtt_block = (
+            f"mqtt {{\n  listen: {_q(f'{tls_host}:{tls_port}')}\n"
+            f"  tls {{ cert_file: {_q(str(Path(tls_cert).resolve()))},"
+            f" key_file: {_q(str(Path(tls_key).resolve()))} }}\n}}\n"
+        )
+    elif tls_mqtt:
+        raise ValueError("--tls-listen needs --tls-cert and --tls-key")
     store = d / "jetstream"
     store.mkdir(exist_ok=True)
     write_users(d, devices)
     mapping = (
         f"part.{{{{partition({partitions},1)}}}}.devices.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+    )
+    announce_line = (
+        f'      "{CONFIG_SUBJECT}": "{CONFIG_SUBJECT}.{dir_token(d)}"\n' if announce else ""
     )
     conf = d / "nats.conf"
     conf.write_text(
@@ -146,7 +239,7 @@ def write_nats_config(
         f"server_name: {_q(server_name)}\n"
         f"pid_file: {_q(str(d / 'nats.pid'))}\n"
         f"jetstream {{ store_dir: {_q(str(store))} }}\n"
-        f"mqtt {{ listen: {_q(f'{mqtt_host}:{mqtt_port}')} }}\n"
+        f"{mqtt_block}"
         "accounts {\n"
         f"  {ACCOUNT} {{\n"
         "    jetstream: enabled\n"
@@ -154,6 +247,7 @@ def write_nats_config(
         "    mappings = {\n"
         f'      "devices.*.*": {_q(mapping)}\n'
         f'      "{LAYOUT_SUBJECT}": "{LAYOUT_SUBJECT}.{partitions}.{trips}"\n'
+        f"{announce_line}"
         "    }\n"
         "  }\n"
         "}\n"
@@ -161,6 +255,15 @@ def write_nats_config(
     command = f"{nats_server_binary()} -c {conf}"
     url = f"nats://{ENGINE_USER}:{engine_password(d)}@{host}:{port}"
     return command, url
+
+
+def dir_token(dir: Path) -> str:
+    """A configuration directory as one subject token (base64url: no ``.``, ``*`` or ``>``)."""
+    return base64.urlsafe_b64encode(str(dir).encode()).decode().rstrip("=")
+
+
+def dir_of_token(token: str) -> Path:
+    return Path(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
 
 
 def reload(dir: str | Path) -> None:
