@@ -43,7 +43,7 @@ from simulators.verify import Verdict, detection_lag_ms, match_alarms, trigger_t
 from tests.alerts_support import Receiver
 from tests.nats_service import NatsServer
 from tests.services import PostgresServer, free_port
-from tests.test_e2e_fleet import ADMIN_KEY, DETECTION_DEADLINE_S, SECRETS, START, _all_alarms
+from tests.test_e2e_fleet import ADMIN_KEY, SANITY_BOUND_S, SECRETS, START, _all_alarms
 
 SPEED = float(os.environ.get("CW_E2E_NATS_SPEED", "300"))  # simulated seconds per real second
 LEAD_S = 15.0  # real seconds for the server and its workers to start, and the fleet to register
@@ -284,14 +284,15 @@ def test_every_scenario_raises_exactly_its_alarms_once(e2e_nats: NatsRun) -> Non
     assert not [a for a in e2e_nats.alarms if a["trip_id"] in normal]
 
 
-def test_detection_latency_is_within_the_deadline(e2e_nats: NatsRun) -> None:
+def test_detection_latency_each_alarm_follows_its_trigger(e2e_nats: NatsRun) -> None:
     real = []
     for a in e2e_nats.alarms:
         lag = e2e_nats.lags_ms[a["alarm_id"]]
         assert lag is not None, f"no trigger found for {a['type']} {a['trip_id']}"
         real.append(lag / 1000 / SPEED)
     assert real and min(real) >= -0.05
-    assert max(real) <= DETECTION_DEADLINE_S, sorted(real)
+    # not a speed assertion (see tests/test_e2e_fleet.py): the alarm came from its trigger
+    assert max(real) <= SANITY_BOUND_S, sorted(real)
 
 
 def test_webhooks_are_signed_once_per_alarm_and_only_of_own_trips(e2e_nats: NatsRun) -> None:
