@@ -34,6 +34,7 @@ class Principal:
     role: Role
     shipper: str | None
     key_id: str
+    name: str = ""
 
     @property
     def is_shipper(self) -> bool:
@@ -59,8 +60,9 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """Who to record when a request names no one."""
-        return f"key:{self.key_id}"
+        """Who acts, as recorded in histories: the key's name (a ``by`` in a request body
+        is ignored: contract v2 §5)."""
+        return self.name or f"key:{self.key_id}"
 
 
 bearer = HTTPBearer(
@@ -81,7 +83,12 @@ def _principal(runtime: RuntimeLike, secret: str) -> Principal | None:
     shipper = found.get("shipper")
     if role is Role.SHIPPER and not shipper:
         return None  # a shipper key bound to no shipper would see nothing: refuse it
-    return Principal(role, shipper if role is Role.SHIPPER else None, str(found["key_id"]))
+    return Principal(
+        role,
+        shipper if role is Role.SHIPPER else None,
+        str(found["key_id"]),
+        str(found.get("name") or ""),
+    )
 
 
 def principal_from_request(request: Request) -> Principal | None:

@@ -66,6 +66,13 @@ async def _fresh_webhook(w: World, shipper: str) -> dict[str, Any]:
     return {**_objects(w, shipper), "webhook": r.json()["webhook_id"]}
 
 
+async def _fresh_key(w: World, shipper: str) -> dict[str, Any]:
+    body = {"role": "desk", "name": f"desk-k{next(_ids)}"}
+    r = await w.client.post("/v1/keys", json=body, headers=w.auth("admin"))
+    assert r.status_code == 201, r.text
+    return {**_objects(w, shipper), "key": r.json()["key_id"]}
+
+
 def _unique_device(_: str) -> dict[str, Any]:
     return {"device_id": f"dev-{next(_ids)}", "kind": "gps"}
 
@@ -149,6 +156,9 @@ CASES = [
     Case("GET", "/v1/shippers/{shipper}", ALL),
     Case("PUT", "/v1/shippers/{shipper}", frozenset({"admin"}), body=lambda s: {"rules": {}}),
     Case("POST", "/v1/keys", frozenset({"admin"}), 201, body=lambda s: {"role": "desk"}),
+    Case("GET", "/v1/keys", frozenset({"admin"})),
+    Case("GET", "/v1/keys/me", ALL, other=200),  # no tenant in the path: always its own
+    Case("DELETE", "/v1/keys/{key}", frozenset({"admin"}), 204, setup=_fresh_key),
 ]
 
 # Endpoints whose "other tenant" is a filter rather than a path: the OWN key filters on OTHER.

@@ -605,7 +605,7 @@ def test_api_keys(store: Store) -> None:
     key = {"key_hash": "ab" * 32, "key_id": "k1", "role": "shipper", "shipper": "pg"}
     store.put_api_key(key)
     store.put_api_key({"key_hash": "cd" * 32, "key_id": "k2", "role": "admin", "shipper": None})
-    assert store.get_api_key("ab" * 32) == key
+    assert store.get_api_key("ab" * 32) == {**key, "last_used_at": None, "revoked_at": None}
     assert store.get_api_key("ef" * 32) is None
     assert store.count_api_keys() == 2
 

@@ -299,7 +299,8 @@ def trip_devices(doc: Doc) -> list[str]:
 
 def alarm_columns(doc: Doc) -> tuple[Any, ...]:
     """(status, type, trip_id, shipper, ts, raised_at, ack_due, resolve_due, ack_escalated,
-    resolve_escalated, version) of an alarm document."""
+    resolve_escalated, version, kind, assigned_to) of an alarm document (``kind`` is
+    ``alarm`` unless the document says ``exception``)."""
     return (
         opt_str(doc, "status"),
         opt_str(doc, "type"),
@@ -312,7 +313,17 @@ def alarm_columns(doc: Doc) -> tuple[Any, ...]:
         bool(doc.get("ack_escalated")),
         bool(doc.get("resolve_escalated")),
         alarm_version(doc),
+        opt_str(doc, "kind") or "alarm",
+        opt_str(doc, "assigned_to"),
     )
+
+
+def api_key_doc(row: Sequence[Any]) -> Doc:
+    """A stored key (``doc, last_used_at, revoked_at``) as one document."""
+    doc = as_doc(row[0])
+    doc["last_used_at"] = None if row[1] is None else int(row[1])
+    doc["revoked_at"] = None if row[2] is None else int(row[2])
+    return doc
 
 
 def alarm_version(doc: Doc) -> int:

@@ -293,8 +293,13 @@ class Store(abc.ABC):
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int = 1000,
+        *,
+        kind: str | None = None,
+        assigned_to: str | None = None,
     ) -> list[Doc]:
-        """Filter on ``raised_at >= since_ms`` / ``< until_ms``; newest first."""
+        """Filter on ``raised_at >= since_ms`` / ``< until_ms``; newest first. ``kind`` is
+        ``alarm`` (raised by the engine) or ``exception`` (reported by people); a document
+        without one is an ``alarm``. None: both."""
 
     @abc.abstractmethod
     def alarms_due(self, now_ms: int) -> list[Doc]:
@@ -321,10 +326,36 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_api_key(self, key: Doc) -> None:
         """Key ``key["key_hash"]`` (sha256 hex of the secret; never the secret itself);
-        fields ``key_id``, ``role``, ``shipper``, ``created_at``, ``label``."""
+        fields ``key_id`` (indexed, unique), ``role``, ``shipper``, ``created_at``, ``name``."""
 
     @abc.abstractmethod
-    def get_api_key(self, key_hash: str) -> Doc | None: ...
+    def get_api_key(self, key_hash: str) -> Doc | None:
+        """The key's document with ``last_used_at`` and ``revoked_at`` (None if not)."""
+
+    @abc.abstractmethod
+    def list_api_keys(self) -> list[Doc]:
+        """Every key (revoked ones too), as ``get_api_key``, oldest first."""
+
+    @abc.abstractmethod
+    def revoke_api_key(self, key_id: str, at_ms: int) -> bool:
+        """Mark the key ``key_id`` revoked at ``at_ms`` (kept: history names it); a key
+        revoked before keeps its time. False when there is no such key."""
+
+    @abc.abstractmethod
+    def touch_api_key(self, key_hash: str, at_ms: int) -> None:
+        """Record a use of the key (``last_used_at`` only ever moves forward)."""
+
+    # -- carriers ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_carrier(self, carrier: Doc) -> None:
+        """Insert or replace; key ``carrier["carrier_id"]``; fields ``name``, ``contacts``."""
+
+    @abc.abstractmethod
+    def get_carrier(self, carrier_id: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def list_carriers(self) -> list[Doc]:
+        """By ``carrier_id``."""
 
     @abc.abstractmethod
     def count_api_keys(self) -> int: ...

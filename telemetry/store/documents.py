@@ -347,8 +347,13 @@ class SqlStore(Store):
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int = 1000,
+        *,
+        kind: str | None = None,
+        assigned_to: str | None = None,
     ) -> list[Doc]:
-        clauses, params = Q.equal(type=type, trip_id=trip_id, shipper=shipper)
+        clauses, params = Q.equal(
+            type=type, trip_id=trip_id, shipper=shipper, kind=kind, assigned_to=assigned_to
+        )
         wanted = R.statuses(status)
         if wanted is not None:
             clauses.append(self.dialect.in_list("status", "statuses"))
@@ -388,16 +393,47 @@ class SqlStore(Store):
             "key_hash": key_hash,
             "role": R.opt_str(key, "role"),
             "shipper": R.opt_str(key, "shipper"),
+            "key_id": R.opt_str(key, "key_id"),
             "doc": R.dumps(key, key_id=key.get("key_id")),
         }
         self._put(Q.PUT_API_KEY, "put_api_key", params, key_id=key.get("key_id"))
 
     def get_api_key(self, key_hash: str) -> Doc | None:
-        return self._get_doc("api_keys", "key_hash", key_hash)
+        row = self._one(Q.GET_API_KEY, {"key_hash": key_hash}, "get_api_key")
+        return None if row is None else R.api_key_doc(row)
+
+    def list_api_keys(self) -> list[Doc]:
+        rows = self._fetch(Q.API_KEY_SELECT, {}, "list_api_keys")
+        docs = [R.api_key_doc(row) for row in rows]
+        docs.sort(key=lambda d: (R.opt_int(d, "created_at") or 0, str(d.get("key_id"))))
+        return docs
+
+    def revoke_api_key(self, key_id: str, at_ms: int) -> bool:
+        params = {"key_id": key_id, "at": int(at_ms)}
+        with self._session("write", "revoke_api_key", key_id=key_id) as s:
+            if s.execute(Q.REVOKE_API_KEY, params).rowcount == 1:
+                return True
+            return s.execute(Q.API_KEY_EXISTS, {"key_id": key_id}).fetchone() is not None
+
+    def touch_api_key(self, key_hash: str, at_ms: int) -> None:
+        params = {"key_hash": key_hash, "at": int(at_ms)}
+        self._put(Q.TOUCH_API_KEY, "touch_api_key", params)
 
     def count_api_keys(self) -> int:
         row = self._one(Q.COUNT_API_KEYS, {}, "count_api_keys")
         return 0 if row is None else int(row[0])
+
+    # -- carriers ---------------------------------------------------------------------------
+    def put_carrier(self, carrier: Doc) -> None:
+        key = R.key_of(carrier, "carrier_id", "carrier")
+        params = {"carrier_id": key, "doc": R.dumps(carrier, carrier_id=key)}
+        self._put(Q.PUT_CARRIER, "put_carrier", params, carrier_id=key)
+
+    def get_carrier(self, carrier_id: str) -> Doc | None:
+        return self._get_doc("carriers", "carrier_id", carrier_id)
+
+    def list_carriers(self) -> list[Doc]:
+        return self._docs(*Q.select_docs("carriers", "carrier_id"))
 
     # -- webhooks ---------------------------------------------------------------------------
     def put_webhook(self, hook: Doc) -> None:

@@ -196,7 +196,8 @@ PUT_DEVICE = upsert("devices", "device_id", ("shipper",))
 PUT_SHIPPER = upsert("shippers", "shipper", ())
 PUT_GEOFENCE = upsert("geofences", "geofence_id", ("kind", "shipper"))
 PUT_TRIP = upsert("trips", "trip_id", ("shipper", "status", "planned_start"))
-PUT_API_KEY = upsert("api_keys", "key_hash", ("role", "shipper"))
+PUT_API_KEY = upsert("api_keys", "key_hash", ("role", "shipper", "key_id"))
+PUT_CARRIER = upsert("carriers", "carrier_id", ())
 PUT_WEBHOOK = upsert("webhooks", "webhook_id", ("shipper",))
 PUT_ENGINE_STATE = (
     "INSERT INTO engine_state (trip_id, state, updated_at) VALUES (:trip_id, :state, :at) "
@@ -207,6 +208,17 @@ ENGINE_STATES = "SELECT trip_id, state, updated_at FROM engine_state"
 
 DEVICE_IDS = "SELECT device_id FROM devices"
 COUNT_API_KEYS = "SELECT count(*) FROM api_keys"
+# Use and revocation are columns, not document fields: one small UPDATE each, no rewrite.
+API_KEY_SELECT = "SELECT doc, last_used_at, revoked_at FROM api_keys"
+GET_API_KEY = f"{API_KEY_SELECT} WHERE key_hash = :key_hash"
+REVOKE_API_KEY = (
+    "UPDATE api_keys SET revoked_at = :at WHERE key_id = :key_id AND revoked_at IS NULL"
+)
+API_KEY_EXISTS = "SELECT 1 FROM api_keys WHERE key_id = :key_id"
+TOUCH_API_KEY = (
+    "UPDATE api_keys SET last_used_at = :at "
+    "WHERE key_hash = :key_hash AND (last_used_at IS NULL OR last_used_at < :at)"
+)
 DELETE_WEBHOOK = "DELETE FROM webhooks WHERE webhook_id = :webhook_id"
 
 TRIP_ORDER = "planned_start DESC NULLS LAST, trip_id DESC"
@@ -245,6 +257,8 @@ ALARM_COLUMNS = (
     "ack_escalated",
     "resolve_escalated",
     "version",
+    "kind",
+    "assigned_to",
 )
 INSERT_ALARM = insert(
     "alarms", ("alarm_id", *ALARM_COLUMNS, "doc"), " ON CONFLICT (alarm_id) DO NOTHING"
@@ -258,7 +272,7 @@ ALARM_ORDER = "raised_at DESC, alarm_id DESC"
 #: Alarms not yet resolved, counted by (type, status): one scan of the status index.
 ALARM_COUNTS = (
     "SELECT COALESCE(type, ''), status, count(*) FROM alarms "
-    "WHERE status IN ('open', 'acknowledged') GROUP BY type, status"
+    "WHERE status IN ('open', 'acknowledged') AND kind = 'alarm' GROUP BY type, status"
 )
 ADD_ALARM_HISTORY = (
     "INSERT INTO alarm_history (alarm_id, entry) "

@@ -263,4 +263,22 @@ ENGINE_STATE = Migration(
     ),
 )
 
-POSTGRES: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES, ENGINE_STATE)
+# The desk's handling workflow (contract v2 §5): alarms and exceptions share the table
+# (``kind``), the queue shows whose alarm it is (``assigned_to``); keys have an id to revoke
+# by and their last use; carriers and their contacts. Constant defaults: no table rewrite.
+DESK_WORKFLOW = Migration(
+    4,
+    "desk workflow",
+    (
+        "ALTER TABLE alarms ADD COLUMN kind text NOT NULL DEFAULT 'alarm', "
+        "ADD COLUMN assigned_to text",
+        "CREATE INDEX alarms_kind ON alarms (kind, raised_at)",
+        "ALTER TABLE api_keys ADD COLUMN key_id text, ADD COLUMN last_used_at bigint, "
+        "ADD COLUMN revoked_at bigint",
+        "UPDATE api_keys SET key_id = doc->>'key_id'",
+        "CREATE UNIQUE INDEX api_keys_key_id ON api_keys (key_id)",
+        "CREATE TABLE carriers (carrier_id text PRIMARY KEY, doc json NOT NULL)",
+    ),
+)
+
+POSTGRES: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES, ENGINE_STATE, DESK_WORKFLOW)

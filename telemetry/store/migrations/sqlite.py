@@ -233,4 +233,23 @@ ENGINE_STATE = Migration(
     ),
 )
 
-SQLITE: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES, ENGINE_STATE)
+# The desk's handling workflow (contract v2 §5): alarms and exceptions share the table
+# (``kind``), the queue shows whose alarm it is (``assigned_to``); keys have an id to revoke
+# by and their last use; carriers and their contacts.
+DESK_WORKFLOW = Migration(
+    4,
+    "desk workflow",
+    (
+        "ALTER TABLE alarms ADD COLUMN kind TEXT NOT NULL DEFAULT 'alarm'",
+        "ALTER TABLE alarms ADD COLUMN assigned_to TEXT",
+        "CREATE INDEX alarms_kind ON alarms (kind, raised_at)",
+        "ALTER TABLE api_keys ADD COLUMN key_id TEXT",
+        "ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER",
+        "ALTER TABLE api_keys ADD COLUMN revoked_at INTEGER",
+        "UPDATE api_keys SET key_id = json_extract(doc, '$.key_id')",
+        "CREATE UNIQUE INDEX api_keys_key_id ON api_keys (key_id)",
+        "CREATE TABLE carriers (carrier_id TEXT PRIMARY KEY, doc TEXT NOT NULL)",
+    ),
+)
+
+SQLITE: tuple[Migration, ...] = (INITIAL, DELIVERY_LEASES, ENGINE_STATE, DESK_WORKFLOW)
