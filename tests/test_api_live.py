@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from api import begin_shutdown
+from api.render import iso
 from rules.events import AlarmType
-from tests.api_world import OTHER, OWN, World
+from telemetry.ingest import RawMessage
+from tests.api_world import OTHER, OWN, T0, World, trip_doc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -195,3 +197,107 @@ async def test_refusals_are_plain_json(
     r = await world.client.get(f"/v1/live?{query}", headers=headers)
     assert r.status_code == status
     assert "error" in r.json()
+
+
+# -- tenancy by trip on a shared device --------------------------------------------------------
+
+MIN = 60_000
+SHARED_GPS, SHARED_LOCK, PG_GPS = "shared-gps-5", "shared-lock-5", "pg-own-gps-5"
+ACME_LAT = 30.25  # the fixes of acme's trip are recognisable by their latitude
+ACME_START = T0 + 3 * 60 * MIN
+PG_START = ACME_START + 60 * MIN
+
+
+def _position(device: str, ts: int, lat: float, lon: float) -> RawMessage:
+    body = {"ts": ts, "lat": lat, "lon": lon, "speed_kmh": 30.0, "seq": ts // 1000}
+    return RawMessage(f"devices/{device}/position", json.dumps(body).encode(), ts)
+
+
+def _lock(device: str, ts: int, event: str) -> RawMessage:
+    body = {"ts": ts, "event": event, "lat": ACME_LAT, "lon": 121.2, "seq": ts // 1000}
+    return RawMessage(f"devices/{device}/lock", json.dumps(body).encode(), ts)
+
+
+async def _shared_devices_world(world: World) -> None:
+    """A GPS and a lock ride on acme's trip (active, then completed), then on pg's trip,
+    which pg's own GPS has activated; the shared units have not been heard since acme's."""
+    admin = world.auth("admin")
+    rt, clock = world.runtime, world.clock
+    for device, kind in ((SHARED_GPS, "gps"), (SHARED_LOCK, "lock"), (PG_GPS, "gps")):
+        r = await world.client.post(
+            "/v1/devices", json={"device_id": device, "kind": kind}, headers=admin
+        )
+        assert r.status_code in (200, 201), r.text
+
+    async def plan(trip_id: str, shipper: str, devices: list[str], start: int) -> None:
+        doc = trip_doc(trip_id, shipper, devices, planned_start=iso(start))
+        r = await world.client.post("/v1/trips", json=doc, headers=admin)
+        assert r.status_code == 201, r.text
+
+    await plan("ACME-LIVE-1", OTHER, [SHARED_GPS, SHARED_LOCK], ACME_START)
+    clock.set(ACME_START + MIN)
+    rt.pipeline.process([_position(SHARED_GPS, ACME_START + MIN, 31.45, 121.10)])
+    assert rt.engine.trip_state("ACME-LIVE-1")["status"] == "active"
+    clock.set(ACME_START + 30 * MIN)
+    r = await world.client.post("/v1/trips/ACME-LIVE-1/complete", json={}, headers=admin)
+    assert r.status_code == 200, r.text
+    await plan("PG-LIVE-1", OWN, [SHARED_GPS, SHARED_LOCK, PG_GPS], PG_START)
+    clock.set(PG_START + MIN)
+    rt.pipeline.process([_position(PG_GPS, PG_START + MIN, 31.45, 121.10)])
+    assert rt.engine.trip_state("PG-LIVE-1")["status"] == "active"
+
+
+async def test_shared_device_positions_go_to_the_trip_of_their_time(world: World) -> None:
+    """The probe of issue 15 on the live feed: the shared units come back online with a
+    backlog of acme's trip (fixes and a forced_open); the engine hands them to the device's
+    current trip, pg's. Neither pg's stream nor the desk's shows them as pg's positions, and
+    acme's stream carries nothing of pg's trip; pg's own positions still arrive."""
+    await _shared_devices_world(world)
+    rt, clock = world.runtime, world.clock
+    async with (
+        SseReader(world, world.keys["shipper"]) as pg,
+        SseReader(world, world.keys["other_shipper"]) as acme,
+        SseReader(world, world.keys["desk"]) as desk,
+    ):
+        clock.set(PG_START + 2 * MIN)
+        backlog = [
+            _position(SHARED_GPS, ACME_START + (2 + i) * MIN, ACME_LAT, 121.2 + i * 1e-3)
+            for i in range(5)
+        ]
+        rt.pipeline.process([*backlog, _lock(SHARED_LOCK, ACME_START + 10 * MIN, "forced_open")])
+        clock.set(PG_START + 3 * MIN)
+        rt.pipeline.process(
+            [
+                _position(PG_GPS, PG_START + 3 * MIN, 31.44, 121.11),
+                _position(SHARED_GPS, PG_START + 3 * MIN, 31.44, 121.11),
+            ]
+        )
+        last = iso(PG_START + 3 * MIN)
+
+        def arrived(sse: SseReader) -> bool:
+            devices = {d["device_id"] for _, d in sse.events() if d.get("ts") == last}
+            return devices == {PG_GPS, SHARED_GPS}
+
+        await pg.wait_for(lambda: arrived(pg))
+        await desk.wait_for(lambda: arrived(desk))
+    for sse in (pg, desk):
+        positions = [d for e, d in sse.events() if e == "position"]
+        assert positions and all(d["trip_id"] == "PG-LIVE-1" for d in positions)
+        assert all(d["ts"] >= iso(PG_START) for d in positions), positions
+        assert str(ACME_LAT) not in sse.buffer.decode()
+        assert "forced_open" not in sse.buffer.decode()
+    assert "PG-LIVE-1" not in acme.buffer.decode() and OWN not in acme.buffer.decode()
+    assert acme.events() == []
+
+
+async def test_a_position_of_an_unknown_trip_is_not_streamed(world: World) -> None:
+    # the span of a trip the store does not know cannot be checked: nothing is shown
+    async with SseReader(world, world.keys["desk"]) as desk:
+        event = {"device_id": "d", "trip_id": "NO-SUCH-TRIP", "ts": iso(T0), "lat": 1.0}
+        world.runtime.hub.publish({"type": "position", "shipper": OWN, "data": event})
+        own = world.tenants[OWN].trip_id
+        world.runtime.hub.publish(
+            {"type": "position", "shipper": OWN, "data": {**event, "trip_id": own}}
+        )
+        await desk.wait_for(lambda: bool(desk.events()))
+    assert [d["trip_id"] for _, d in desk.events()] == [own]
