@@ -19,6 +19,7 @@ from typing import Any
 
 import alerts
 from alerts import AlarmService, LiveHub, WebhookSender
+from alerts.mail_smtp import Mailer
 from alerts.targets import TargetGuard
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import Pipeline
@@ -59,8 +60,20 @@ class Runtime:
         self.alarms = AlarmService(self.store, self.clock, self.hub, metrics=self.metrics)
         # Where shippers' events may go (the SSRF guard), at subscription and every delivery.
         self.targets = TargetGuard(allow_private=settings.allow_private_targets)
+        # E-mail notifications (docs/notifications.md): sent by the webhook loop.
+        mailer = (
+            Mailer(
+                self.store,
+                settings.smtp,
+                sender=settings.smtp_from,
+                public_url=settings.public_url or f"http://{settings.http}/",
+                targets=self.targets,
+            )
+            if settings.smtp
+            else None
+        )
         self.webhooks = WebhookSender(
-            self.store, self.clock, metrics=self.metrics, targets=self.targets
+            self.store, self.clock, metrics=self.metrics, targets=self.targets, mailer=mailer
         )
         self.gate = self._make_gate()
         self.pipeline = Pipeline(
