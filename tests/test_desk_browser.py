@@ -168,6 +168,11 @@ def test_tamper_alarm_reaches_the_queue_in_time_and_is_handled_from_the_page(
     expect(page.locator("#dlg-ack")).to_be_hidden()
     expect(tamper).to_have_attribute("data-status", "acknowledged")
     expect(page.locator("#critical-banner")).to_be_hidden()
+    # The table does not overflow sideways after an acknowledge ("by desk-07" in a row): the
+    # History buttons stay in view.
+    wrap = page.locator("#view-queue .table-wrap")
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), "the queue scrolls sideways"
+
     alarm = world.alarm(pg1.trip_id, "LOCK_TAMPER")
     assert alarm["status"] == "acknowledged"
     assert alarm["acknowledged_by"] == OPERATOR
@@ -309,6 +314,15 @@ def test_the_feed_reconnects_by_itself_after_a_drop(page: Page, world: World) ->
     expect(row(page, pg3.trip_id, "LOCK_TAMPER")).to_have_count(1)
     expect(page.locator("#queue-detail h3")).to_have_text("Lock tamper")
     expect(row(page, pg3.trip_id, "LOCK_TAMPER")).to_have_attribute("aria-selected", "true")
+    # The critical badge is whole in the live panel's alarm list (it was clipped).
+    page.keyboard.press("1")
+    badge = page.locator("#live-alarms .sev-critical").first
+    expect(badge).to_have_text("critical")
+    box = badge.bounding_box()
+    label = badge.locator("xpath=following-sibling::span[1]").bounding_box()
+    fits = badge.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert fits[0] <= fits[1] + 1, fits  # the word fits in its red box
+    assert box and label and box["x"] + box["width"] <= label["x"], (box, label)
 
 
 def test_the_page_modules_parse_event_streams_and_tracks(page: Page, world: World) -> None:
