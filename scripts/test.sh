@@ -10,4 +10,6 @@ bash scripts/bootstrap-python.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy  # which packages, how strict: [tool.mypy] in pyproject.toml
-exec .venv/bin/pytest "$@"
+# Two workers (CARGOWATCH_TEST_WORKERS), each with its own private services; a file's tests stay
+# on one worker, so a module's fixtures (a fleet run, a serve process) are built once.
+exec .venv/bin/pytest -n "${CARGOWATCH_TEST_WORKERS:-2}" --dist loadfile "$@"
