@@ -245,6 +245,9 @@ async def test_rotated_and_revoked_credentials_stop_working(
     old = r.json()["mqtt_password"]
     live = await asyncio.to_thread(_connect, port, "gps.rot:1", old)
     assert _rc(live) == "Success"
+    r = await api.post("/v1/devices", json={"device_id": "gps-bystander", "kind": "gps"})
+    bystander = await asyncio.to_thread(_connect, port, "gps-bystander", r.json()["mqtt_password"])
+    assert _rc(bystander) == "Success"
     r = await api.post("/v1/devices/gps.rot:1/credentials")
     assert r.status_code == 200, r.text
     new = r.json()["mqtt_password"]
@@ -252,6 +255,8 @@ async def test_rotated_and_revoked_credentials_stop_working(
     assert await _refused_within(port, "gps.rot:1", old, 10) < 10
     await _wait(lambda: _gone(live), 10, "the session with the old password to end")
     _close(live)
+    assert not _gone(bystander)  # the reload leaves other devices' sessions alone
+    _close(bystander)
     client = await asyncio.to_thread(_connect, port, "gps.rot:1", new)
     assert _rc(client) == "Success"
     r = await api.delete("/v1/devices/gps.rot:1")
