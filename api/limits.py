@@ -2,12 +2,17 @@
 
 ``ApiLimits`` holds the operator's values (settings ``max_body_bytes`` and
 ``key_failures_per_min``); ``FailureLimiter`` counts unknown API keys per client address
-in a sliding minute, so a key cannot be guessed at the speed of the network.
+in a sliding minute, so a key cannot be guessed at the speed of the network;
+``json_text_problem`` finds text in a JSON body that no store can keep (a NUL character,
+which PostgreSQL refuses in text and JSON, or a lone UTF-16 surrogate, which is not
+Unicode), so that it is a 400 before any route runs rather than an error of the store.
 """
 
 from __future__ import annotations
 
 import collections
+import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -89,3 +94,44 @@ class FailureLimiter:
             else:
                 self._failures.move_to_end(client)
             times.append(now)
+
+
+# A JSON escape of NUL or of a surrogate, preceded by an even number of backslashes (an odd
+# number would make the backslash itself the escaped character). Only a prefilter: the
+# decoded document decides (a surrogate may be half of a valid pair).
+_SUSPECT_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def json_text_problem(body: bytes) -> str | None:
+    """Why ``body`` (a JSON request body) holds text that cannot be stored, or None.
+
+    None as well for a body that is not JSON at all: the route's own parser answers that.
+    Raw control bytes inside JSON strings are invalid JSON, so only escapes are looked for;
+    a body without a suspect escape costs one regular-expression scan."""
+    if not _SUSPECT_ESCAPE.search(body):
+        return None
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return _text_problem(doc)
+
+
+def _text_problem(doc: object) -> str | None:
+    # Iterative: a deeply nested body must not exhaust the stack here.
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "the JSON body holds a NUL character (\\u0000), which cannot be stored"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "the JSON body holds a lone UTF-16 surrogate, which is not Unicode text"
+    return None
