@@ -13,7 +13,7 @@ from alerts.errors import (
     TransitionError,
     ValidationError,
 )
-from alerts.lifecycle import AlarmStatus, Cause, alarm_id_for
+from alerts.lifecycle import AlarmStatus, Cause, Contact, ExceptionType, Verdict, alarm_id_for
 from alerts.live import LiveHub, Subscription
 from alerts.metrics import AlertMetrics, CountingAlertMetrics, NullAlertMetrics
 from alerts.outbox import WEBHOOK_EVENTS, enqueue_event
@@ -34,13 +34,16 @@ __all__ = [
     "AlertMetrics",
     "Cause",
     "ConflictError",
+    "Contact",
     "CountingAlertMetrics",
     "Deadline",
+    "ExceptionType",
     "LiveHub",
     "NullAlertMetrics",
     "Subscription",
     "TransitionError",
     "ValidationError",
+    "Verdict",
     "WebhookSender",
     "alarm_id_for",
     "backoff_s",

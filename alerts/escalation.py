@@ -42,6 +42,7 @@ def escalate(doc: Doc, deadlines: list[str], *, now: int) -> tuple[Doc, list[Doc
             {
                 "at": now,
                 "by": SYSTEM,
+                "key_id": None,
                 "action": "escalated",
                 "from": doc["status"],
                 "to": doc["status"],

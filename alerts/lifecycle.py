@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 from enum import StrEnum
 from typing import Any
 
@@ -83,10 +84,102 @@ def new_alarm(signal: AlarmSignal, *, raised_at: int, deadline: Deadline, detail
     }
 
 
+class ExceptionType(StrEnum):
+    """What people report: the ledger's other half (contract v2 §5)."""
+
+    TIME = "time"
+    DAMAGE = "damage"
+    QUANTITY = "quantity"
+    INFORMATION = "information"
+    OTHER = "other"
+
+
+ALARM = "alarm"
+EXCEPTION = "exception"
+SEVERITIES = ("critical", "major", "minor")
+
+
+def kind_of(doc: Doc) -> str:
+    """``alarm`` (raised by the engine) or ``exception`` (reported by people)."""
+    return EXCEPTION if doc.get("kind") == EXCEPTION else ALARM
+
+
+def new_exception(
+    trip: Doc,
+    *,
+    type: str,
+    description: str,
+    stop_id: str | None,
+    severity: str,
+    by: str,
+    key_id: str | None,
+    now: int,
+    deadline: Deadline,
+) -> tuple[Doc, Doc]:
+    """The stored document of a reported exception and its first history entry: an alarm
+    document of ``kind`` ``exception``, so deadlines, escalation, handling and history are
+    the alarms' own."""
+    try:
+        type = ExceptionType(type).value
+    except ValueError:
+        raise ValidationError(
+            "unknown exception type", type=type, allowed=[t.value for t in ExceptionType]
+        ) from None
+    if severity not in SEVERITIES:
+        raise ValidationError("unknown severity", severity=severity, allowed=list(SEVERITIES))
+    if not isinstance(description, str) or not description.strip():
+        raise ValidationError("'description' must be a non-empty string")
+    check_text("description", description)
+    check_actor(by)
+    ack_due, resolve_due = deadline.due(now)
+    exception_id = "exc_" + secrets.token_hex(10)
+    doc: Doc = {
+        "alarm_id": exception_id,
+        "kind": EXCEPTION,
+        "type": type,
+        "severity": severity,
+        "trip_id": trip["trip_id"],
+        "device_id": None,
+        "shipper": trip.get("shipper"),
+        "stop_id": stop_id,
+        "description": description,
+        "reported_by": by,
+        "reported_key_id": key_id,
+        "ts": now,
+        "raised_at": now,
+        "lat": None,
+        "lon": None,
+        "details": {},
+        "status": AlarmStatus.OPEN.value,
+        "ack_due": ack_due,
+        "resolve_due": resolve_due,
+        "escalation_level": 0,
+        "ack_escalated": False,
+        "resolve_escalated": False,
+        "acknowledged_at": None,
+        "acknowledged_by": None,
+        "resolved_at": None,
+        "resolved_by": None,
+        "resolution": None,
+        "version": 1,
+    }
+    entry = {
+        "at": now,
+        "by": by,
+        "key_id": key_id,
+        "action": "raised",
+        "from": None,
+        "to": AlarmStatus.OPEN.value,
+        "note": description,
+    }
+    return doc, entry
+
+
 def raised_entry(doc: Doc) -> Doc:
     return {
         "at": doc["raised_at"],
         "by": ENGINE,
+        "key_id": None,
         "action": "raised",
         "from": None,
         "to": AlarmStatus.OPEN.value,
@@ -94,7 +187,9 @@ def raised_entry(doc: Doc) -> Doc:
     }
 
 
-def acknowledge(doc: Doc, *, by: str, note: str | None, now: int) -> tuple[Doc, list[Doc]]:
+def acknowledge(
+    doc: Doc, *, by: str, note: str | None, now: int, key_id: str | None = None
+) -> tuple[Doc, list[Doc]]:
     """Acknowledge an open alarm; ``TransitionError`` from any other status."""
     check_actor(by)
     note = check_text("note", note)
@@ -106,7 +201,8 @@ def acknowledge(doc: Doc, *, by: str, note: str | None, now: int) -> tuple[Doc, 
         )
     new = _bumped(doc, status=AlarmStatus.OPEN.value)
     _apply_ack(new, by=by, now=now)
-    return new, [_entry(now, by, "acknowledged", AlarmStatus.OPEN, AlarmStatus.ACKNOWLEDGED, note)]
+    entry = _entry(now, by, "acknowledged", AlarmStatus.OPEN, AlarmStatus.ACKNOWLEDGED, note)
+    return new, [{**entry, "key_id": key_id}]
 
 
 def resolve(
@@ -117,6 +213,7 @@ def resolve(
     action: str | None,
     feedback: str | None,
     now: int,
+    key_id: str | None = None,
 ) -> tuple[Doc, list[Doc]]:
     """Resolve an open or acknowledged alarm, recording the handling (cause/action/feedback)."""
     check_actor(by)
@@ -150,7 +247,133 @@ def resolve(
     entry = _entry(now, by, "resolved", AlarmStatus.ACKNOWLEDGED, AlarmStatus.RESOLVED, None)
     entry["resolution"] = resolution
     entries.append(entry)
-    return new, entries
+    return new, [{**e, "key_id": key_id} for e in entries]
+
+
+def assign(
+    doc: Doc, *, to: str | None, by: str, now: int, key_id: str | None = None
+) -> tuple[Doc, list[Doc]]:
+    """Say whose alarm it is (``to`` None: nobody's); the status does not change. The
+    entry's ``from``/``to`` are the previous and the new assignee. A resolved alarm is
+    nobody's work any more (``TransitionError``)."""
+    check_actor(by)
+    if to is not None:
+        check_actor(to)
+    if doc["status"] == AlarmStatus.RESOLVED:
+        raise TransitionError(
+            "a resolved alarm cannot be assigned", alarm_id=doc["alarm_id"], status=doc["status"]
+        )
+    new = _bumped(doc, status=doc["status"])
+    new["assigned_to"] = to
+    new["assigned_at"] = now
+    entry = {
+        "at": now,
+        "by": by,
+        "key_id": key_id,
+        "action": "assigned",
+        "from": doc.get("assigned_to"),
+        "to": to,
+        "assigned_to": to,
+        "status": doc["status"],
+        "note": None,
+    }
+    return new, [entry]
+
+
+class Contact(StrEnum):
+    """Whom the desk spoke to (the call log)."""
+
+    CARRIER = "carrier"
+    DRIVER = "driver"
+    SHIPPER = "shipper"
+    CONSIGNEE = "consignee"
+    POLICE = "police"
+    OTHER = "other"
+
+
+def note_entry(
+    doc: Doc,
+    *,
+    text: str,
+    contact: str | None,
+    outcome: str | None,
+    by: str,
+    now: int,
+    key_id: str | None = None,
+) -> Doc:
+    """A call-log entry (history only: neither the document nor its status changes; allowed
+    in every status, a resolved alarm's follow-up calls included)."""
+    check_actor(by)
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError("'text' must be a non-empty string")
+    check_text("text", text)
+    if contact is not None:
+        try:
+            contact = Contact(contact).value
+        except ValueError:
+            raise ValidationError(
+                "unknown contact", contact=contact, allowed=[c.value for c in Contact]
+            ) from None
+    return {
+        "at": now,
+        "by": by,
+        "key_id": key_id,
+        "action": "note",
+        "from": doc["status"],
+        "to": doc["status"],
+        "note": text,
+        "text": text,
+        "contact": contact,
+        "outcome": check_text("outcome", outcome),
+    }
+
+
+class Verdict(StrEnum):
+    """The shipper's word on how an alarm was handled."""
+
+    ACCEPTED = "accepted"
+    DISPUTED = "disputed"
+
+
+def give_feedback(
+    doc: Doc,
+    *,
+    verdict: str,
+    comment: str | None,
+    by: str,
+    now: int,
+    key_id: str | None = None,
+) -> tuple[Doc, list[Doc]]:
+    """The shipper's verdict on a resolved alarm (``TransitionError`` before it is
+    resolved). Given again, the latest stands on the alarm; the history keeps each."""
+    check_actor(by)
+    try:
+        verdict = Verdict(verdict).value
+    except ValueError:
+        raise ValidationError(
+            "unknown verdict", verdict=verdict, allowed=[v.value for v in Verdict]
+        ) from None
+    comment = check_text("comment", comment)
+    if doc["status"] != AlarmStatus.RESOLVED:
+        raise TransitionError(
+            "feedback is given once the alarm is resolved",
+            alarm_id=doc["alarm_id"],
+            status=doc["status"],
+        )
+    new = _bumped(doc, status=doc["status"])
+    new["feedback"] = {"verdict": verdict, "comment": comment, "by": by, "at": now}
+    entry = {
+        "at": now,
+        "by": by,
+        "key_id": key_id,
+        "action": "feedback",
+        "from": doc["status"],
+        "to": doc["status"],
+        "note": comment,
+        "verdict": verdict,
+        "comment": comment,
+    }
+    return new, [entry]
 
 
 def end_episode(doc: Doc, event: EpisodeEnded, *, details: Doc, now: int) -> tuple[Doc, Doc]:
@@ -162,7 +385,10 @@ def end_episode(doc: Doc, event: EpisodeEnded, *, details: Doc, now: int) -> tup
     if details:
         new_details["episode_end"] = details
     new["details"] = new_details
-    entry = _entry(now, ENGINE, "episode_ended", doc["status"], doc["status"], None)
+    entry = {
+        **_entry(now, ENGINE, "episode_ended", doc["status"], doc["status"], None),
+        "key_id": None,
+    }
     entry["ts"] = int(event.ts)
     return new, entry
 

@@ -12,7 +12,15 @@ from typing import Any
 
 from alerts.errors import ValidationError
 
-_ALARM_TIMES = ("ts", "raised_at", "ack_due", "resolve_due", "acknowledged_at", "resolved_at")
+_ALARM_TIMES = (
+    "ts",
+    "raised_at",
+    "ack_due",
+    "resolve_due",
+    "acknowledged_at",
+    "resolved_at",
+    "assigned_at",
+)
 # Keys of ``details`` that the alerts package itself writes (rule details are left as given).
 _DETAIL_TIMES = ("episode_ended_at",)
 
@@ -92,11 +100,29 @@ def render_alarm(
         "acknowledged_by": doc.get("acknowledged_by"),
         "resolved_by": doc.get("resolved_by"),
         "resolution": _render_resolution(doc.get("resolution")),
+        "kind": "exception" if doc.get("kind") == "exception" else "alarm",
+        "assigned_to": doc.get("assigned_to"),
+        "feedback": _render_feedback(doc.get("feedback")),
         "history": render_history(history or []),
     }
     for key in _ALARM_TIMES:
         view[key] = iso(doc.get(key))
+    if view["kind"] == "exception":
+        view["exception_id"] = doc["alarm_id"]
+        for key in ("description", "stop_id", "reported_by"):
+            view[key] = doc.get(key)
     return view
+
+
+def _render_feedback(feedback: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not feedback:
+        return None
+    return {
+        "verdict": feedback.get("verdict"),
+        "comment": feedback.get("comment"),
+        "by": feedback.get("by"),
+        "at": iso(feedback.get("at")),
+    }
 
 
 def _render_details(details: dict[str, Any]) -> dict[str, Any]:

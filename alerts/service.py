@@ -365,15 +365,110 @@ class AlarmService:
         live.append({"type": "trip.status", "shipper": event.shipper, "data": data})
 
     # -- desk actions -------------------------------------------------------------------------
-    def ack(self, alarm_id: str, *, by: str, note: str | None = None) -> Doc:
+    # ``by`` is who acts (the API key's name), ``key_id`` the key: both in every entry.
+    def ack(
+        self, alarm_id: str, *, by: str, note: str | None = None, key_id: str | None = None
+    ) -> Doc:
         """Acknowledge an open alarm; returns its view. ``ValidationError``,
         ``AlarmNotFound``, ``TransitionError`` (not open) or ``ConflictError``."""
         lifecycle.check_actor(by)
         lifecycle.check_text("note", note)
         return self._desk_action(
             alarm_id,
-            lambda doc, now: lifecycle.acknowledge(doc, by=by, note=note, now=now),
+            lambda doc, now: lifecycle.acknowledge(doc, by=by, note=note, now=now, key_id=key_id),
         )
+
+    def assign(self, alarm_id: str, *, to: str | None, by: str, key_id: str | None = None) -> Doc:
+        """Make the alarm ``to``'s (None: nobody's); the status does not change."""
+        return self._desk_action(
+            alarm_id,
+            lambda doc, now: lifecycle.assign(doc, to=to, by=by, now=now, key_id=key_id),
+        )
+
+    def add_note(
+        self,
+        alarm_id: str,
+        *,
+        text: str,
+        contact: str | None,
+        outcome: str | None,
+        by: str,
+        key_id: str | None = None,
+    ) -> Doc:
+        """Log a call (history only; any status); returns the alarm's view."""
+        live: Live = []
+        with self._lock, self._store.unit_of_work():
+            doc = self._store.get_alarm(alarm_id)
+            if doc is None:
+                raise AlarmNotFound("no such alarm", alarm_id=alarm_id)
+            entry = lifecycle.note_entry(
+                doc,
+                text=text,
+                contact=contact,
+                outcome=outcome,
+                by=by,
+                now=self._clock.now_ms(),
+                key_id=key_id,
+            )
+            self._store.add_alarm_history(alarm_id, entry)
+            view = render_alarm(doc, self._store.alarm_history(alarm_id))
+            self._emit(f"{lifecycle.kind_of(doc)}.note", doc, view, live)
+        self._publish(live)
+        return view
+
+    def feedback(
+        self,
+        alarm_id: str,
+        *,
+        verdict: str,
+        comment: str | None,
+        by: str,
+        key_id: str | None = None,
+    ) -> Doc:
+        """The shipper's verdict on a resolved alarm (``TransitionError`` before)."""
+        return self._desk_action(
+            alarm_id,
+            lambda doc, now: lifecycle.give_feedback(
+                doc, verdict=verdict, comment=comment, by=by, now=now, key_id=key_id
+            ),
+        )
+
+    def report_exception(
+        self,
+        trip: Doc,
+        *,
+        type: str,
+        description: str,
+        stop_id: str | None = None,
+        severity: str = "major",
+        by: str,
+        key_id: str | None = None,
+    ) -> Doc:
+        """Record an exception reported by people on ``trip`` (a stored trip document):
+        deadlines of the shipper's SLA for ``severity``, ``exception.created`` to the live
+        feed and the shipper's webhooks; returns its view."""
+        live: Live = []
+        batch = _BatchLookups(self._store, self._default_sla)
+        shipper = str(trip.get("shipper") or "")
+        deadline = batch.deadline(shipper, str(trip["trip_id"]), severity)
+        doc, entry = lifecycle.new_exception(
+            trip,
+            type=type,
+            description=description,
+            stop_id=stop_id,
+            severity=severity,
+            by=by,
+            key_id=key_id,
+            now=self._clock.now_ms(),
+            deadline=deadline,
+        )
+        with self._lock, self._store.unit_of_work():
+            self._store.insert_alarm(doc)
+            self._store.add_alarm_history(doc["alarm_id"], entry)
+            view = render_alarm(doc, [entry])
+            self._emit("exception.created", doc, view, live)
+        self._publish(live)
+        return view
 
     def resolve(
         self,
@@ -383,6 +478,7 @@ class AlarmService:
         cause: str,
         action: str | None = None,
         feedback: str | None = None,
+        key_id: str | None = None,
     ) -> Doc:
         """Resolve an open or acknowledged alarm (an open one is acknowledged implicitly,
         recorded as its own transition); returns its view."""
@@ -393,7 +489,13 @@ class AlarmService:
         return self._desk_action(
             alarm_id,
             lambda doc, now: lifecycle.resolve(
-                doc, by=by, cause=cause, action=action, feedback=feedback, now=now
+                doc,
+                by=by,
+                cause=cause,
+                action=action,
+                feedback=feedback,
+                now=now,
+                key_id=key_id,
             ),
         )
 
@@ -416,12 +518,15 @@ class AlarmService:
                 self.metrics.alarm_transition(str(entry["action"]))
             history = self._store.alarm_history(alarm_id)
             view = render_alarm(new, history)
+            # an exception's handling is on the live feed as exception.*; its webhook is
+            # exception.created only (contract v2 §6)
+            kind = lifecycle.kind_of(new)
             if len(entries) == 2:
                 # Resolved straight from open: receivers first see the implied acknowledge.
                 mid = {**new, "status": entries[0]["to"], "resolved_at": None}
                 mid.update(resolved_by=None, resolution=None)
-                self._emit("alarm.acknowledged", mid, render_alarm(mid, history[:-1]), live)
-            self._emit(f"alarm.{entries[-1]['action']}", new, view, live)
+                self._emit(f"{kind}.acknowledged", mid, render_alarm(mid, history[:-1]), live)
+            self._emit(f"{kind}.{entries[-1]['action']}", new, view, live)
         self._publish(live)
         return view
 
@@ -475,7 +580,7 @@ class AlarmService:
         for deadline in missed:
             self.metrics.alarm_transition("escalated")
             self._emit(
-                "alarm.escalated",
+                f"{lifecycle.kind_of(new)}.escalated",
                 new,
                 {**view, "deadline": deadline},
                 live,

@@ -71,6 +71,14 @@ class RuntimeLike(Protocol):
 
     def revoke_api_key(self, key_id: str) -> None: ...
 
+    def assignable_names(self) -> set[str]: ...
+
+    def put_carrier(
+        self, carrier_id: str, name: str, contacts: list[dict[str, Any]]
+    ) -> dict[str, Any]: ...
+
+    def report_exception(self, trip_id: str, **fields: Any) -> dict[str, Any]: ...
+
 
 def get_runtime(request: Request) -> RuntimeLike:
     """The runtime the app was created with."""

@@ -7,12 +7,20 @@ this module renders everything else the API returns.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
 
 from alerts import iso, render_alarm
 
 __all__ = [
+    "csv_cell",
+    "csv_response",
     "iso",
     "render_alarm",
     "render_dead_letter",
@@ -24,6 +32,7 @@ __all__ = [
     "render_trip_event",
     "render_webhook",
     "times_to_iso",
+    "wants_csv",
 ]
 
 Doc = dict[str, Any]
@@ -178,3 +187,53 @@ def render_dead_letter(doc: Doc) -> Doc:
         "payload_encoding": encoding,
         "payload_bytes": len(raw),
     }
+
+
+# -- CSV (contract v2 §7: RFC 4180, a header row, UTF-8) ------------------------------------
+CSV_MEDIA_TYPE = "text/csv"
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection):
+#: such text cells are written with a leading apostrophe, which shows them as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+CSV_OPENAPI: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {CSV_MEDIA_TYPE: {"schema": {"type": "string"}}},
+        "description": "JSON, or CSV with `Accept: text/csv`",
+    }
+}
+
+
+def wants_csv(request: Request) -> bool:
+    """The client asked for CSV (``Accept: text/csv``, whatever else it lists after it)."""
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip().lower() == CSV_MEDIA_TYPE for part in accept.split(","))
+
+
+def csv_cell(value: Any) -> str:
+    """One cell: empty for None, ``true``/``false``, numbers as JSON writes them, lists and
+    objects as compact JSON, text guarded against formula injection."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, Mapping | list | tuple):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_response(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], filename: str
+) -> Response:
+    """``rows`` as a CSV download: a header row of ``columns``, CRLF line ends."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_cell(row.get(c)) for c in columns])
+    return Response(
+        out.getvalue().encode("utf-8"),
+        media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -32,7 +32,9 @@ from cargowatch.services import (
     ShipperService,
     TripService,
 )
+from cargowatch.services.carriers import CarrierService
 from cargowatch.services.devices import device_broker
+from cargowatch.services.exceptions import ExceptionService
 from cargowatch.settings import Settings
 from core.clock import Clock, ScaledClock
 from core.errors import Unavailable
@@ -105,6 +107,8 @@ class Runtime:
         self.shippers = ShipperService(self.store, self.gate)
         self.geofences = GeofenceService(self.store, self.clock, self.gate)
         self.keys = KeyService(self.store, self.clock)
+        self.carriers = CarrierService(self.store, self.clock)
+        self.exceptions = ExceptionService(self.store, self.alarms)
         self.replays = ReplayService(self.store)
         self.started = False
         self._busy = False
@@ -183,6 +187,17 @@ class Runtime:
 
     def revoke_api_key(self, key_id: str) -> None:
         self.keys.revoke(key_id)
+
+    def assignable_names(self) -> set[str]:
+        return self.keys.names(("admin", "desk"))
+
+    def put_carrier(
+        self, carrier_id: str, name: str, contacts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return self.carriers.put(carrier_id, name, contacts)
+
+    def report_exception(self, trip_id: str, **fields: Any) -> dict[str, Any]:
+        return self.exceptions.report(trip_id, **fields)
 
     def replay(
         self,

@@ -72,6 +72,10 @@ class TripPlan:
         return None
 
 
+#: A trip's ``carrier``: the id of ``PUT /v1/carriers/{carrier_id}`` (whom the desk calls).
+_CARRIER_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
 def parse_time_ms(value: object, where: str) -> int:
     """An RFC 3339 / ISO 8601 time with offset (or ``Z``), or integer epoch ms, as epoch ms."""
     if isinstance(value, bool):
@@ -258,6 +262,9 @@ def parse_trip(doc: Mapping[str, Any]) -> TripPlan:
     except RuleValueError as exc:
         raise TripPlanError(exc.message) from None
     vehicle = doc.get("vehicle")
+    carrier = _text(doc, "carrier", "", required=False)
+    if carrier is not None and not _CARRIER_ID.match(carrier):
+        raise TripPlanError("carrier must be a carrier id: 1-64 of [A-Za-z0-9_.:-]")
     return TripPlan(
         trip_id=trip_id,
         shipper=shipper,

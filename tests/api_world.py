@@ -30,6 +30,7 @@ ADMIN_KEY = "admin-secret"
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z, the ManualClock's default start
 OWN, OTHER = "pg", "acme"  # every id of the OTHER tenant contains "acme" (leak checks)
 ROLES = ("admin", "desk", "fleet", "shipper")
+DESK_NAME = "desk-07"  # the desk key's name
 _counter = itertools.count()
 
 
@@ -177,10 +178,12 @@ async def build_world(tmp_path: Path) -> World:
         assert r.status_code == status, r.text
         return r.json()
 
-    for role in ("desk", "fleet"):
-        world.keys[role] = (await post("/v1/keys", {"role": role}))["key"]
+    # named as the people who use them: the name is who acts in alarm histories
+    for role, name in (("desk", DESK_NAME), ("fleet", "fleet-01")):
+        world.keys[role] = (await post("/v1/keys", {"role": role, "name": name}))["key"]
     for shipper, prefix in ((OWN, "PG"), (OTHER, "ACME")):
-        key = (await post("/v1/keys", {"role": "shipper", "shipper": shipper}))["key"]
+        body = {"role": "shipper", "shipper": shipper, "name": f"{shipper}-portal"}
+        key = (await post("/v1/keys", body))["key"]
         devices = [f"{prefix.lower()}-lock-1", f"{prefix.lower()}-gps-1"]
         trip_id = f"{prefix}-2026-000001"
         await post("/v1/trips", trip_doc(trip_id, shipper, devices))

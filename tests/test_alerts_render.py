@@ -71,8 +71,8 @@ def test_render_alarm_has_every_contract_field_and_iso_times() -> None:
     assert view["acknowledged_at"] is None and view["resolution"] is None
     assert view["details"] == {"distance_m": 812.5, "episode_ended_at": iso(T0 + 1000)}
     assert view["history"] == [
-        {"at": iso(T0), "by": "engine", "action": "raised", "from": None, "to": "open",
-         "note": None}
+        {"at": iso(T0), "by": "engine", "key_id": None, "action": "raised", "from": None,
+         "to": "open", "note": None}
     ]  # fmt: skip
     # the stored document is not modified by rendering
     assert doc["details"]["episode_ended_at"] == T0 + 1000

@@ -87,14 +87,14 @@ async def test_refused_transitions_are_409(world: World) -> None:
 @pytest.mark.parametrize(
     ("action", "body"),
     [
-        ("ack", {}),
-        ("ack", {"by": ""}),
+        ("ack", {"note": 5}),
+        ("ack", {"note": "x" * 4001}),
         ("ack", {"by": "x" * 129}),
         ("ack", {"by": "desk", "extra": 1}),
         ("resolve", {"by": "desk-07"}),
         ("resolve", {"by": "desk-07", "cause": "aliens"}),
         ("resolve", {"by": "desk-07", "cause": "other", "action": 5}),
-        ("resolve", {"cause": "other"}),
+        ("resolve", {}),
     ],
 )
 async def test_bad_bodies_are_422_and_change_nothing(world: World, action: str, body: dict) -> None:
@@ -155,3 +155,112 @@ async def test_bad_filters_are_422(world: World, params: dict[str, str]) -> None
     r = await world.client.get("/v1/alarms", params=params, headers=world.auth("desk"))
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "validation_error"
+
+
+# -- who acts, assignment, call log, feedback (contract v2 §5) --------------------------------
+async def _me(world: World, role: str) -> dict:
+    return (await world.client.get("/v1/keys/me", headers=world.auth(role))).json()
+
+
+async def test_the_actor_is_the_keys_name_whatever_the_body_says(world: World) -> None:
+    alarm_id = world.tenants[OWN].alarm_id
+    me = await _me(world, "desk")
+    desk = world.auth("desk")
+    r = await world.client.post(f"/v1/alarms/{alarm_id}/ack", json={"by": "mallory"}, headers=desk)
+    assert r.status_code == 200 and r.json()["acknowledged_by"] == me["name"] == "desk-07"
+    r = await world.client.post(
+        f"/v1/alarms/{alarm_id}/resolve", json={"cause": "other"}, headers=world.auth("admin")
+    )
+    assert r.status_code == 200 and r.json()["resolved_by"] == "admin"
+    history = r.json()["history"]
+    assert all("by" in e and "key_id" in e for e in history)
+    assert [(e["action"], e["by"]) for e in history] == [
+        ("raised", "engine"),
+        ("acknowledged", "desk-07"),
+        ("resolved", "admin"),
+    ]
+    assert history[1]["key_id"] == me["key_id"] and history[0]["key_id"] is None
+    assert "mallory" not in r.text
+
+
+async def test_assign_shows_whose_alarm_it_is(world: World) -> None:
+    alarm_id = world.tenants[OWN].alarm_id
+    desk = world.auth("desk")
+    url = f"/v1/alarms/{alarm_id}/assign"
+    r = await world.client.post(url, json={"to": "desk-07"}, headers=world.auth("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json()["assigned_to"] == "desk-07" and r.json()["status"] == "open"
+    entry = r.json()["history"][-1]
+    assert (entry["action"], entry["by"], entry["from"], entry["to"]) == (
+        "assigned",
+        "admin",
+        None,
+        "desk-07",
+    )
+    mine = await world.client.get("/v1/alarms", params={"assigned_to": "desk-07"}, headers=desk)
+    assert [a["alarm_id"] for a in mine.json()] == [alarm_id]
+    none = await world.client.get("/v1/alarms", params={"assigned_to": "admin"}, headers=desk)
+    assert none.json() == []
+    for bad in ({"to": "nobody-here"}, {"to": "fleet-01"}, {"to": ""}, {}):
+        r = await world.client.post(url, json=bad, headers=desk)
+        assert r.status_code == 422, (bad, r.text)
+    r = await world.client.post(url, json={"to": None}, headers=desk)
+    assert r.status_code == 200 and r.json()["assigned_to"] is None
+    await world.client.post(f"/v1/alarms/{alarm_id}/resolve", json={"cause": "other"}, headers=desk)
+    r = await world.client.post(url, json={"to": "desk-07"}, headers=desk)
+    assert r.status_code == 409
+
+
+async def test_the_call_log_changes_no_status(world: World) -> None:
+    alarm_id = world.tenants[OWN].alarm_id
+    desk = world.auth("desk")
+    url = f"/v1/alarms/{alarm_id}/notes"
+    body = {"text": "driver says rest stop", "contact": "driver", "outcome": "call back 10:00"}
+    r = await world.client.post(url, json=body, headers=desk)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "open"
+    entry = r.json()["history"][-1]
+    assert entry["action"] == "note" and entry["by"] == "desk-07"
+    assert (entry["contact"], entry["text"], entry["outcome"]) == (
+        "driver",
+        "driver says rest stop",
+        "call back 10:00",
+    )
+    for bad in ({"text": ""}, {"text": "x", "contact": "mother"}, {"contact": "driver"}):
+        assert (await world.client.post(url, json=bad, headers=desk)).status_code == 422
+    for role in ("fleet", "shipper"):
+        r = await world.client.post(url, json={"text": "x"}, headers=world.auth(role))
+        assert r.status_code == 403
+    await world.client.post(f"/v1/alarms/{alarm_id}/resolve", json={"cause": "other"}, headers=desk)
+    r = await world.client.post(url, json={"text": "shipper informed"}, headers=desk)
+    assert r.status_code == 200 and r.json()["status"] == "resolved"
+    actions = [h["action"] for h in world.runtime.store.alarm_history(alarm_id)]
+    assert actions == ["raised", "note", "acknowledged", "resolved", "note"]
+
+
+async def test_shipper_feedback_after_resolve(world: World) -> None:
+    alarm_id = world.tenants[OWN].alarm_id
+    url = f"/v1/alarms/{alarm_id}/feedback"
+    body = {"verdict": "disputed", "comment": "the driver was not called"}
+    shipper = world.auth("shipper")
+    r = await world.client.post(url, json=body, headers=shipper)
+    assert r.status_code == 409  # not resolved yet
+    await world.client.post(
+        f"/v1/alarms/{alarm_id}/resolve", json={"cause": "rest_stop"}, headers=world.auth("desk")
+    )
+    for role, status in (("desk", 403), ("fleet", 403), ("other_shipper", 404)):
+        r = await world.client.post(url, json=body, headers=world.auth(role))
+        assert r.status_code == status, (role, r.text)
+    assert (
+        await world.client.post(url, json={"verdict": "meh"}, headers=shipper)
+    ).status_code == 422
+    r = await world.client.post(url, json=body, headers=shipper)
+    assert r.status_code == 200, r.text
+    fb = r.json()["feedback"]
+    assert (fb["verdict"], fb["comment"], fb["by"]) == ("disputed", body["comment"], "pg-portal")
+    got = (await world.client.get(f"/v1/alarms/{alarm_id}", headers=world.auth("desk"))).json()
+    assert got["feedback"]["verdict"] == "disputed"
+    assert got["history"][-1]["action"] == "feedback"
+    # not a webhook: no delivery of an alarm.feedback event
+    bodies = [d["body"] for d in world.runtime.store.list_deliveries(limit=1000)]
+    assert not any("alarm.feedback" in b for b in bodies)

@@ -73,6 +73,37 @@ async def _fresh_key(w: World, shipper: str) -> dict[str, Any]:
     return {**_objects(w, shipper), "key": r.json()["key_id"]}
 
 
+async def _resolved_alarm(w: World, shipper: str) -> dict[str, Any]:
+    objects = await _fresh_alarm(w, shipper)
+    w.runtime.alarms.resolve(objects["alarm"], by="desk-07", cause="rest_stop")
+    return objects
+
+
+async def _fresh_carrier(w: World, shipper: str) -> dict[str, Any]:
+    carrier = f"carrier-{next(_ids)}"
+    body = {"name": "Yangtze Haulage", "contacts": [{"name": "Li", "phone": "+86 21 5555"}]}
+    r = await w.client.put(f"/v1/carriers/{carrier}", json=body, headers=w.auth("admin"))
+    assert r.status_code == 200, r.text
+    return {**_objects(w, shipper), "carrier": carrier}
+
+
+async def _fresh_exception(w: World, shipper: str) -> dict[str, Any]:
+    body = {"trip_id": w.tenants[shipper].trip_id, "type": "damage", "description": "dent"}
+    r = await w.client.post("/v1/exceptions", json=body, headers=w.auth("admin"))
+    assert r.status_code == 201, r.text
+    return {**_objects(w, shipper), "exception": r.json()["exception_id"]}
+
+
+async def _resolved_exception(w: World, shipper: str) -> dict[str, Any]:
+    objects = await _fresh_exception(w, shipper)
+    w.runtime.alarms.resolve(objects["exception"], by="desk-07", cause="other")
+    return objects
+
+
+def _exception_body(shipper: str) -> dict[str, Any]:
+    return {"trip_id": f"{shipper.upper()}-2026-000001", "type": "quantity", "description": "-2"}
+
+
 def _unique_device(_: str) -> dict[str, Any]:
     return {"device_id": f"dev-{next(_ids)}", "kind": "gps"}
 
@@ -106,6 +137,7 @@ STAFF = frozenset({"admin", "desk", "fleet"})
 FLEET = frozenset({"admin", "fleet"})
 DESK = frozenset({"admin", "desk"})
 TENANT_ADMIN = frozenset({"admin", "shipper"})
+DESK_TENANT = frozenset({"admin", "desk", "shipper"})
 
 CASES = [
     Case("GET", "/v1/devices", STAFF),
@@ -159,6 +191,75 @@ CASES = [
     Case("GET", "/v1/keys", frozenset({"admin"})),
     Case("GET", "/v1/keys/me", ALL, other=200),  # no tenant in the path: always its own
     Case("DELETE", "/v1/keys/{key}", frozenset({"admin"}), 204, setup=_fresh_key),
+    Case(
+        "POST",
+        "/v1/alarms/{alarm}/assign",
+        DESK,
+        body=lambda s: {"to": "admin"},
+        setup=_fresh_alarm,
+    ),
+    Case(
+        "POST",
+        "/v1/alarms/{alarm}/notes",
+        DESK,
+        body=lambda s: {"text": "called the driver", "contact": "driver", "outcome": "ok"},
+        setup=_fresh_alarm,
+    ),
+    Case(
+        "POST",
+        "/v1/alarms/{alarm}/feedback",
+        TENANT_ADMIN,
+        body=lambda s: {"verdict": "accepted", "comment": "fine"},
+        setup=_resolved_alarm,
+    ),
+    Case("GET", "/v1/carriers", STAFF),
+    Case("GET", "/v1/carriers/{carrier}", STAFF, setup=_fresh_carrier),
+    Case(
+        "PUT",
+        "/v1/carriers/{carrier}",
+        DESK,
+        body=lambda s: {"name": "Haulage", "contacts": [{"name": "Wu", "email": "wu@ex.test"}]},
+        setup=_fresh_carrier,
+    ),
+    Case("POST", "/v1/exceptions", DESK_TENANT, 201, body=_exception_body),
+    Case("GET", "/v1/exceptions", ALL, other=200),
+    Case("GET", "/v1/exceptions/{exception}", ALL, setup=_fresh_exception),
+    Case(
+        "POST",
+        "/v1/exceptions/{exception}/ack",
+        DESK,
+        body=lambda s: {"note": "on it"},
+        setup=_fresh_exception,
+    ),
+    Case(
+        "POST",
+        "/v1/exceptions/{exception}/resolve",
+        DESK,
+        body=lambda s: {"cause": "other", "action": "credit note"},
+        setup=_fresh_exception,
+    ),
+    Case(
+        "POST",
+        "/v1/exceptions/{exception}/assign",
+        DESK,
+        body=lambda s: {"to": "admin"},
+        setup=_fresh_exception,
+    ),
+    Case(
+        "POST",
+        "/v1/exceptions/{exception}/notes",
+        DESK,
+        body=lambda s: {"text": "consignee confirms", "contact": "consignee"},
+        setup=_fresh_exception,
+    ),
+    Case(
+        "POST",
+        "/v1/exceptions/{exception}/feedback",
+        TENANT_ADMIN,
+        body=lambda s: {"verdict": "disputed"},
+        setup=_resolved_exception,
+    ),
+    Case("GET", "/v1/reports/ledger", DESK_TENANT),
 ]
 
 # Endpoints whose "other tenant" is a filter rather than a path: the OWN key filters on OTHER.
@@ -168,8 +269,10 @@ SHIPPER_FILTERED = {
     ("GET", "/v1/webhooks"),
     ("GET", "/v1/webhooks/deliveries"),
     ("GET", "/v1/reports/kpi"),
+    ("GET", "/v1/exceptions"),
+    ("GET", "/v1/reports/ledger"),
 }
-SHIPPER_FILTERED_STATUS = {"/v1/reports/kpi": 404}
+SHIPPER_FILTERED_STATUS = {"/v1/reports/kpi": 404, "/v1/reports/ledger": 404}
 
 
 def _expected(case: Case, role: str, target: str) -> int:
@@ -260,7 +363,7 @@ async def test_shipper_kpi_counts_only_its_own_alarms(module_world: World) -> No
     everyone = (
         await module_world.client.get("/v1/reports/kpi", headers=module_world.auth("desk"))
     ).json()
-    own_alarms = module_world.runtime.store.list_alarms(shipper=OWN, limit=10_000)
+    own_alarms = module_world.runtime.store.list_alarms(shipper=OWN, limit=10_000, kind="alarm")
     assert mine["shipper"] == OWN
     assert mine["alarms"] == len(own_alarms)
     assert everyone["alarms"] > mine["alarms"]

@@ -19,16 +19,16 @@ async def _make(w: World, body: dict, status: int = 201) -> dict:
 
 
 async def test_a_named_key_is_listed_without_its_secret_and_knows_itself(world: World) -> None:
-    made = await _make(world, {"role": "desk", "name": "desk-07"})
-    assert made["name"] == "desk-07" and made["role"] == "desk" and made["shipper"] is None
+    made = await _make(world, {"role": "desk", "name": "desk-77"})
+    assert made["name"] == "desk-77" and made["role"] == "desk" and made["shipper"] is None
     assert made["key"].startswith("cw_") and made["key_id"].startswith("key_")
-    legacy = await _make(world, {"role": "shipper", "shipper": "pg", "label": "pg-portal"})
-    assert legacy["name"] == "pg-portal"
+    legacy = await _make(world, {"role": "shipper", "shipper": "pg", "label": "pg-ops"})
+    assert legacy["name"] == "pg-ops"
     me = await world.client.get("/v1/keys/me", headers={"Authorization": f"Bearer {made['key']}"})
     assert me.status_code == 200
     assert me.json() == {
         "key_id": made["key_id"],
-        "name": "desk-07",
+        "name": "desk-77",
         "role": "desk",
         "shipper": None,
     }
@@ -38,7 +38,7 @@ async def test_a_named_key_is_listed_without_its_secret_and_knows_itself(world: 
     r = await world.client.get("/v1/keys", headers=world.auth("admin"))
     assert r.status_code == 200
     listed = {k["key_id"]: k for k in r.json()}
-    assert listed[made["key_id"]]["name"] == "desk-07"
+    assert listed[made["key_id"]]["name"] == "desk-77"
     assert set(listed[made["key_id"]]) == {
         "key_id",
         "name",
@@ -54,7 +54,7 @@ async def test_a_named_key_is_listed_without_its_secret_and_knows_itself(world: 
         assert secret not in r.text
     assert "key_hash" not in r.text
     names = {k["name"] for k in r.json()}
-    assert {"admin", "desk-07", "pg-portal"} <= names
+    assert {"admin", "desk-77", "pg-ops"} <= names
 
 
 async def test_names_are_unique_among_live_keys(world: World) -> None:

@@ -2,8 +2,10 @@
 
 from api.routers import (
     alarms,
+    carriers,
     dead_letters,
     devices,
+    exceptions,
     geofences,
     health,
     keys,
@@ -22,6 +24,8 @@ ROUTERS = (
     trips.router,
     track.router,
     alarms.router,
+    exceptions.router,
+    carriers.router,
     replay.router,
     live.router,
     webhooks.router,

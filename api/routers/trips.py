@@ -28,6 +28,11 @@ class TripIn(BaseModel):
     trip_id: str = Field(min_length=1, max_length=128)
     shipper: str = Field(min_length=1, max_length=128)
     vehicle: str | None = Field(None, max_length=64)
+    carrier: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
+        description="the carrier's id (PUT /v1/carriers/{carrier_id}): whom the desk calls",
+    )
     devices: list[str] = Field(min_length=1, max_length=16)
     origin: dict[str, Any]
     route: dict[str, Any]
@@ -52,7 +57,9 @@ class TripOut(BaseModel):
 class EndTripIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(None, min_length=1, max_length=128, description="who (default: key)")
+    by: str | None = Field(
+        None, max_length=128, description="ignored: who acts is the API key's name"
+    )
 
 
 def visible_trip(runtime: RuntimeLike, principal: Principal, trip_id: str) -> dict[str, Any]:
@@ -94,10 +101,10 @@ def get_trip(trip_id: AnyId, runtime: RuntimeDep, principal: AnyKey) -> dict:
     return render_trip(trip, runtime.trip_state(trip_id))
 
 
-def _end(runtime: RuntimeLike, principal: Principal, trip_id: str, end: str, body: Any) -> dict:
+def _end(runtime: RuntimeLike, principal: Principal, trip_id: str, end: str) -> dict:
     visible_trip(runtime, principal, trip_id)
-    by = (body.by if body is not None else None) or principal.actor
-    return render_trip(runtime.end_trip(trip_id, end, by))
+    # who is the key's name, never a name in the body (contract v2 §5)
+    return render_trip(runtime.end_trip(trip_id, end, principal.actor))
 
 
 @router.post("/{trip_id}/complete", response_model=TripOut)
@@ -105,7 +112,7 @@ def complete_trip(
     trip_id: AnyId, runtime: RuntimeDep, principal: Fleet, body: EndTripIn | None = None
 ) -> dict:
     """Mark a trip completed by hand (409 if it has already ended)."""
-    return _end(runtime, principal, trip_id, "completed", body)
+    return _end(runtime, principal, trip_id, "completed")
 
 
 @router.post("/{trip_id}/cancel", response_model=TripOut)
@@ -113,4 +120,4 @@ def cancel_trip(
     trip_id: AnyId, runtime: RuntimeDep, principal: Fleet, body: EndTripIn | None = None
 ) -> dict:
     """Cancel a trip (409 if it has already ended); its open alarms stay for the desk."""
-    return _end(runtime, principal, trip_id, "cancelled", body)
+    return _end(runtime, principal, trip_id, "cancelled")
