@@ -1,12 +1,22 @@
-"""Property test against the OpenAPI schema (schemathesis): no request makes a 5xx.
+"""Property test against the OpenAPI schema (schemathesis), positive and negative data, on
+every route of the app, over the real TimescaleDB store.
+
+For each operation schemathesis generates valid requests and requests that break the schema
+(wrong types, missing fields, out-of-range values, odd strings: NUL and other control
+characters included); each is sent with an admin key and with a shipper key. Every answer
+must be below 500, an error must be the JSON ``{"error": {"code", "message"}}`` shape, and
+the response must conform to the schema. Routes added later are picked up automatically.
 
 The app runs in a real uvicorn on a free port with its lifespan off, so the engine's loops
-(and the webhook sender) never start: fuzzed webhook URLs are never called. Bounded:
-a few examples per operation, for an admin key and a shipper key.
+(and the webhook sender) never start: fuzzed webhook URLs are never called. ``/healthz`` is
+503 ("degraded", as documented) while the engine does not run; ``/v1/live`` is an endless
+stream, so only its status and headers are read. Bounded and deterministic: a fixed number
+of examples per operation, derandomized.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -15,18 +25,26 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import requests
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from api import create_app
+from api.app import begin_shutdown
+from api.limits import ApiLimits
 from core.clock import ManualClock
-from tests.api_world import ADMIN_KEY, OWN, make_runtime, trip_doc
+from rules.events import AlarmSignal, AlarmType
+from telemetry.store import open_store
+from tests.api_world import ADMIN_KEY, OWN, T0, fence_feature, make_runtime, trip_doc
+from tests.services import PostgresServer
 
-MAX_EXAMPLES = 10
-# An endless stream and a probe that is 503 by design while the engine does not run.
-SKIPPED_PATHS = ("/v1/live", "/healthz")
+MAX_EXAMPLES = 20
+TRIP = "PG-SCHEMA-1"
+LIVE = "/v1/live"
+HEALTH = "/healthz"
 
 
 class _Server:
@@ -38,6 +56,7 @@ class _Server:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.app = app
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -54,17 +73,34 @@ class _Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        begin_shutdown(self.app)  # ends any live stream still open
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    runtime = make_runtime(Path(tmp_path_factory.mktemp("api-schema")), ManualClock())
+def served(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: PostgresServer
+) -> Iterator[tuple[str, dict[str, str]]]:
+    store = open_store(pg_server.create_database())
+    runtime = make_runtime(Path(tmp_path_factory.mktemp("api-schema")), ManualClock(), store)
     shipper_key = runtime.create_api_key("shipper", OWN, "schema test")["key"]
-    runtime.create_trip(trip_doc("PG-SCHEMA-1", OWN, ["pg-schema-gps"]))
-    app = create_app(runtime)
+    runtime.create_trip(trip_doc(TRIP, OWN, ["pg-schema-gps"]))
+    runtime.alarms.handle(
+        [
+            AlarmSignal(
+                type=AlarmType.LOCK_TAMPER,
+                trip_id=TRIP,
+                shipper=OWN,
+                device_id="pg-schema-gps",
+                ts=T0,
+                episode="schema-1",
+            )
+        ]
+    )
+    # every request comes from 127.0.0.1: the failed-key limit is not what is tested here
+    app = create_app(runtime, heartbeat_s=0.2, limits=ApiLimits(key_failures_per_min=1_000_000))
     try:
         with _Server(app) as server:
             yield server.url, {"admin": ADMIN_KEY, "shipper": shipper_key}
@@ -73,12 +109,33 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
 
 
 # The schema does not depend on the runtime: build it from an app around none.
-schema = schemathesis.openapi.from_dict(create_app(cast(Any, None)).openapi()).exclude(
-    path=list(SKIPPED_PATHS)
-)
+schema = schemathesis.openapi.from_dict(create_app(cast(Any, None)).openapi())
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 # The coverage phase (every boundary of every parameter) takes most of a minute; it found
 # nothing in runs of 200 examples per operation. The fuzzing phase stays.
 schema.config.phases.coverage.enabled = False
+
+
+def _assert_error_shape(content_type: str, body: Any, where: str) -> None:
+    assert content_type.startswith("application/json"), where
+    assert isinstance(body, dict) and set(body) == {"error"}, f"{where}: {body!r}"
+    error = body["error"]
+    assert isinstance(error, dict), f"{where}: {body!r}"
+    assert isinstance(error.get("code"), str) and isinstance(error.get("message"), str), where
+
+
+def _call_live(case: Any, url: str, headers: dict[str, str]) -> None:
+    """An SSE stream never ends: read the status and the headers, then hang up."""
+    kwargs = case.as_transport_kwargs(base_url=url, headers=headers)
+    with requests.request(**kwargs, stream=True, timeout=10) as response:
+        where = f"{case.method} {case.formatted_path} -> {response.status_code}"
+        assert response.status_code < 500, where
+        if response.status_code >= 400:
+            _assert_error_shape(response.headers.get("content-type", ""), response.json(), where)
+        else:
+            assert response.status_code == 200, where
+            ctype = response.headers.get("content-type", "")
+            assert ctype.startswith("text/event-stream"), where
 
 
 @schema.parametrize()
@@ -91,10 +148,83 @@ schema.config.phases.coverage.enabled = False
 def test_no_server_errors(case: Any, served: tuple[str, dict[str, str]]) -> None:
     url, keys = served
     for role, key in keys.items():
-        response = case.call(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
-        where = f"{role}: {case.method} {case.formatted_path} -> {response.status_code}"
-        assert response.status_code < 500, f"{where}: {response.text[:300]}"
-        if response.status_code >= 400:
-            body = response.json()
-            assert isinstance(body, dict) and set(body) == {"error"}, where
+        headers = {"Authorization": f"Bearer {key}"}
+        if case.path == LIVE:
+            _call_live(case, url, headers)
+            continue
+        response = case.call(base_url=url, headers=headers, timeout=10)
+        where = (
+            f"{role}: {case.method} {case.formatted_path} query={case.query!r} "
+            f"body={case.body!r} -> {response.status_code}: {response.text[:300]}"
+        )
+        if case.path == HEALTH:
+            # degraded by design without the engine's loops; the 503 body is documented
+            assert response.status_code in (200, 503), where
+        else:
+            assert response.status_code < 500, where
+            if response.status_code >= 400:
+                ctype = (response.headers.get("content-type") or [""])[0]
+                _assert_error_shape(ctype, response.json(), where)
         case.validate_response(response, checks=[response_schema_conformance])
+
+
+# -- bad text the store cannot keep --------------------------------------------------------
+
+LONE_SURROGATE = "a\ud800b"
+
+
+def _alarm_id(url: str) -> str:
+    r = requests.get(f"{url}/v1/alarms?trip_id={TRIP}", headers=_admin(), timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()[0]["alarm_id"])
+
+
+def _admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _bodies(bad: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """Requests that succeed with ordinary text in ``bad``'s place, each storing free text."""
+    fence = fence_feature()
+    fence["properties"]["name"] = bad
+    trip = trip_doc("PG-SCHEMA-BAD", OWN, ["pg-schema-gps-2"], vehicle=bad)
+    return [
+        ("POST", "/v1/trips", trip),
+        ("POST", "/v1/geofences", fence),
+        ("POST", "/v1/keys", {"role": "shipper", "shipper": OWN, "name": bad}),
+        ("POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/h", "secret": bad * 8}),
+        ("POST", "/v1/alarms/{alarm}/ack", {"by": "desk-07", "note": bad}),
+        ("POST", f"/v1/trips/{TRIP}/cancel", {"by": bad}),
+    ]
+
+
+# NUL ("a\u0000b") is not here yet: today it is accepted and stored (both stores keep it),
+# not refused; refusing it needs the request guard to call ``api.limits.json_text_problem``.
+@pytest.mark.parametrize("bad", [LONE_SURROGATE], ids=["lone-surrogate"])
+@pytest.mark.parametrize("index", range(len(_bodies("x"))))
+def test_bad_text_in_a_json_body_is_refused(
+    served: tuple[str, dict[str, str]], bad: str, index: int
+) -> None:
+    """A lone surrogate is not Unicode (no database takes it): a 400/422 before the store
+    sees it, never a 500/503."""
+    url, _ = served
+    method, path, body = _bodies(bad)[index]
+    if "{alarm}" in path:
+        path = path.replace("{alarm}", _alarm_id(url))
+    raw = json.dumps(body, ensure_ascii=True)  # the escapes as a client sends them
+    assert "\\ud800" in raw
+    headers = {**_admin(), "Content-Type": "application/json"}
+    r = requests.request(method, url + path, data=raw, headers=headers, timeout=10)
+    assert r.status_code in (400, 422), f"{method} {path}: {r.status_code} {r.text[:300]}"
+    _assert_error_shape(r.headers.get("content-type", ""), r.json(), path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/alarms?since=%00", "/v1/trips?status=x%00", "/v1/trips/a%00b", "/v1/alarms?type=%C3%28"],
+)
+def test_bad_bytes_in_the_url_are_400(served: tuple[str, dict[str, str]], path: str) -> None:
+    url, _ = served
+    r = requests.get(url + path, headers=_admin(), timeout=10)
+    assert r.status_code == 400, f"{path}: {r.status_code} {r.text[:300]}"
+    _assert_error_shape(r.headers.get("content-type", ""), r.json(), path)
