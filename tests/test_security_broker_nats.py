@@ -296,3 +296,23 @@ async def test_a_device_reaches_the_engine_over_tls(tmp_path: Path) -> None:
             _close(plain)
     finally:
         srv.stop()
+
+
+async def test_broker_config_refuses_half_a_tls_setup(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    for flags in (
+        ["--tls-cert", str(cert)],  # no key
+        ["--tls-listen", "127.0.0.1:8883"],  # no certificate
+        ["--tls-cert", str(cert), "--tls-key", str(tmp_path / "missing.key")],
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*(sys.executable, "-m", "cargowatch", "broker-config", "nats"), str(tmp_path), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (flags, done.stdout)
+        assert "cargowatch broker-config nats:" in done.stderr and "Traceback" not in done.stderr
+        assert done.stdout == ""

@@ -205,6 +205,11 @@ def write_nats_config(
         raise ValueError("partitions must be >= 1")
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
+    if tls_mqtt and not tls_cert:
+        raise ValueError("--tls-listen needs --tls-cert and --tls-key")
+    for given in (tls_cert, tls_key):
+        if given and not Path(given).is_file():
+            raise ValueError(f"no such file: {given}")
     d = Path(dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
@@ -212,17 +217,12 @@ def write_nats_config(
     mqtt_host, mqtt_port = _hostport(mqtt)
     mqtt_block = f"mqtt {{ listen: {_q(f'{mqtt_host}:{mqtt_port}')} }}\n"
     if tls_cert and tls_key:
-        for given in (tls_cert, tls_key):
-            if not Path(given).is_file():
-                raise ValueError(f"no such file: {given}")
         tls_host, tls_port = _hostport(tls_mqtt or f"{mqtt_host}:8883")
         mqtt_block = (
             f"mqtt {{\n  listen: {_q(f'{tls_host}:{tls_port}')}\n"
             f"  tls {{ cert_file: {_q(str(Path(tls_cert).resolve()))},"
             f" key_file: {_q(str(Path(tls_key).resolve()))} }}\n}}\n"
         )
-    elif tls_mqtt:
-        raise ValueError("--tls-listen needs --tls-cert and --tls-key")
     store = d / "jetstream"
     store.mkdir(exist_ok=True)
     write_users(d, devices)
