@@ -301,3 +301,35 @@ async def test_a_position_of_an_unknown_trip_is_not_streamed(world: World) -> No
         )
         await desk.wait_for(lambda: bool(desk.events()))
     assert [d["trip_id"] for _, d in desk.events()] == [own]
+
+
+class _CountingStore:
+    """The world's real store, counting trip reads."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.reads = store, 0
+
+    def get_trip(self, trip_id: str) -> Any:
+        self.reads += 1
+        return self.store.get_trip(trip_id)
+
+    def trip_events(self, trip_id: str) -> Any:
+        return self.store.trip_events(trip_id)
+
+
+async def test_trip_spans_are_read_once_and_kept(world: World) -> None:
+    from api.routers.live import TripSpans
+
+    now = [0.0]
+    store = _CountingStore(world.runtime.store)
+    spans = TripSpans(store, settled_s=300, unsettled_s=2, clock=lambda: now[0])  # type: ignore[arg-type]
+    trip_id = world.tenants[OWN].trip_id  # planned: its start may still move
+    first = await asyncio.gather(*(spans.span(trip_id) for _ in range(5)))
+    assert store.reads == 1 and len(set(first)) == 1 and first[0] is not None
+    assert first[0][0] == T0 - 8 * 60 * MIN  # its planned start (08:00+08:00)
+    now[0] = 1.0
+    assert await spans.span(trip_id) == first[0] and store.reads == 1
+    now[0] = 2.5  # a planned trip is read again after unsettled_s
+    await spans.span(trip_id)
+    assert store.reads == 2
+    assert await spans.span("NO-SUCH-TRIP") is None and store.reads == 3

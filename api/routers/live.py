@@ -8,6 +8,7 @@ is streamed only when its time lies within its trip's own span (``TripSpans``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -56,6 +57,7 @@ class TripSpans:
         self._spans: collections.OrderedDict[str, tuple[float, Window | None]] = (
             collections.OrderedDict()
         )
+        self._pending: dict[str, asyncio.Future[Window | None]] = {}
 
     async def span(self, trip_id: str) -> Window | None:
         """The trip's ``(start, end)`` in epoch ms (``end`` None while it runs); None when
@@ -65,7 +67,16 @@ class TripSpans:
         if cached is not None and cached[0] > now:
             self._spans.move_to_end(trip_id)
             return cached[1]
-        span, settled = await run_in_threadpool(self._read, trip_id)
+        pending = self._pending.get(trip_id)
+        if pending is not None:  # another stream is reading this trip now: share its read
+            return await asyncio.shield(pending)
+        pending = self._pending[trip_id] = asyncio.get_running_loop().create_future()
+        span: Window | None = None  # cancelled while reading: the waiters see "unknown"
+        try:
+            span, settled = await run_in_threadpool(self._read, trip_id)
+        finally:
+            del self._pending[trip_id]
+            pending.set_result(span)
         self._spans[trip_id] = (now + (self._settled if settled else self._unsettled), span)
         self._spans.move_to_end(trip_id)
         while len(self._spans) > self._max:
@@ -107,9 +118,12 @@ class _OwnPositions:
     """The hub subscription with positions outside their trip's span left out; the rest
     (alarms, transitions, overflow markers) passes unchanged."""
 
-    def __init__(self, subscription: Any, spans: TripSpans) -> None:
+    def __init__(
+        self, subscription: Any, spans: TripSpans, wanted: Callable[[Event], bool]
+    ) -> None:
         self._sub = subscription
         self._spans = spans
+        self._wanted = wanted  # what the stream would send: only those need a span
 
     def __aiter__(self) -> _OwnPositions:
         return self
@@ -117,7 +131,9 @@ class _OwnPositions:
     async def __anext__(self) -> Event:
         while True:
             event: Event = await anext(self._sub)
-            if event.get("type") != "position" or await self._spans.owns(event):
+            if event.get("type") != "position" or not self._wanted(event):
+                return event  # not a position, or one the stream's ``accept`` drops anyway
+            if await self._spans.owns(event):
                 return event
 
     def close(self) -> None:
@@ -179,7 +195,7 @@ async def live(
 
     settings = request.app.state.live
     subscription = runtime.hub.subscribe(shipper=scope)
-    own = _OwnPositions(subscription, _trip_spans(request, runtime.store))
+    own = _OwnPositions(subscription, _trip_spans(request, runtime.store), accept)
     stream = event_stream(
         own, heartbeat_s=settings.heartbeat_s, stop=settings.stopping, accept=accept
     )
