@@ -42,6 +42,16 @@ EVENT_TYPES = (
     "trip.status",
     "geofence.entered",
     "geofence.exited",
+    "alarm.assigned",
+    "alarm.note",
+    "alarm.feedback",
+    "exception.created",
+    "exception.acknowledged",
+    "exception.resolved",
+    "exception.escalated",
+    "exception.assigned",
+    "exception.note",
+    "exception.feedback",
 )
 OVERFLOW = "overflow"
 

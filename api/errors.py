@@ -113,10 +113,13 @@ def error_response(
 
 #: Documented on every route (OpenAPI): the error statuses an API client must expect.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad bytes in the request (NUL, invalid UTF-8)"},
     401: {"model": ErrorResponse, "description": "Missing or unknown API key"},
     403: {"model": ErrorResponse, "description": "The key's role may not do this"},
     404: {"model": ErrorResponse, "description": "No such object (or another tenant's)"},
+    413: {"model": ErrorResponse, "description": "The body is larger than the limit"},
     422: {"model": ErrorResponse, "description": "Invalid parameters or body"},
+    429: {"model": ErrorResponse, "description": "Too many failed key attempts from this client"},
 }
 
 

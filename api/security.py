@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.limits import ApiLimits, FailureLimiter
+from api.limits import ApiLimits, FailureLimiter, json_text_problem
 
 # C0 controls but tab, LF and CR, and DEL: never meaningful in an id, a time or a filter.
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -180,6 +180,11 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        # A NUL or a lone surrogate in JSON text: PostgreSQL cannot store it; say so up front.
+        problem = json_text_problem(body) if body else None
+        if problem:
+            await _answer(send, 400, "bad_request", problem)
+            return
         replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
         replay += [m for m in messages if m["type"] != "http.request"]
 

@@ -140,7 +140,7 @@ async def test_shipper_contract(world: World) -> None:
     }
     r = await world.client.put(f"/v1/shippers/{OWN}", json=body, headers=admin)
     assert r.status_code == 200, r.text
-    assert r.json() == {"shipper": OWN, **body}
+    assert r.json() == {"shipper": OWN, **body, "notify": []}  # no e-mail addresses given
     r = await world.client.get(f"/v1/shippers/{OWN}", headers=world.auth("shipper"))
     assert r.status_code == 200 and r.json()["rules"]["corridor_m"] == 800
     r = await world.client.get("/v1/shippers", headers=world.auth("desk"))

@@ -178,7 +178,10 @@ async def live(
 ) -> EventStreamResponse:
     """``event: <type>`` / ``data: <json>`` frames (``position``, ``alarm.raised``,
     ``alarm.acknowledged``, ``alarm.resolved``, ``alarm.escalated``, ``alarm.episode_ended``,
-    ``trip.milestone``, ``trip.status``; ``overflow`` when this reader fell behind) and a
+    ``trip.milestone``, ``trip.status``, ``geofence.entered``, ``geofence.exited``,
+    ``alarm.assigned``, ``alarm.note``, ``alarm.feedback``, ``exception.*`` (``created``,
+    ``acknowledged``, ``resolved``, ``escalated``, ``assigned``, ``note``, ``feedback``);
+    ``overflow`` when this reader fell behind) and a
     ``: heartbeat`` comment while idle. A shipper key receives only its own events."""
     wanted = _types(types)
     if principal.asks_foreign(shipper):
