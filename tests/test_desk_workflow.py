@@ -118,7 +118,6 @@ def test_assignment_the_call_log_and_the_history_timeline(
     assert note and note[-1]["by"] == OPERATOR and note[-1].get("key_id"), history
     assert note[-1]["text"] == "dispatch: driver took a detour round roadworks"
     assert note[-1]["outcome"] == "driver back on route in 10 min"
-    page.screenshot(path=str(shots_dir(tmp_path) / "desk-handling.png"))
 
     # Hand it to a colleague by name; then it is no longer "mine".
     detail.locator("#assign-to").fill("desk-12")
@@ -130,7 +129,9 @@ def test_assignment_the_call_log_and_the_history_timeline(
     expect(the_row).to_have_count(0)
 
 
-def test_the_carrier_card_is_on_every_alarm_of_the_trip(page: Page, world: World) -> None:
+def test_the_carrier_card_is_on_every_alarm_of_the_trip(
+    page: Page, world: World, tmp_path: Path
+) -> None:
     alarm = _carrier_trip_alarm(world)
     sign_in(page, world, "desk", f"#/queue/{alarm['alarm_id']}")
     card = page.locator("#carrier-card")
@@ -139,6 +140,21 @@ def test_the_carrier_card_is_on_every_alarm_of_the_trip(page: Page, world: World
     expect(card.locator("a[href='mailto:dispatch@cairns-haulage.example']")).to_be_visible()
     expect(card.locator("a.tel")).to_have_count(2)
     expect(card).to_contain_text("Kim Tran")
+
+    # The picture for the docs: taken, a call logged, the timeline below.
+    detail = page.locator("#queue-detail")
+    detail.locator("#assign-me").click()
+    expect(detail.locator("#detail-owner")).to_have_text(f"{OPERATOR} (me)")
+    detail.locator("#note-contact").select_option("driver")
+    detail.locator("#note-text").fill("driver: seal cut at a fuel stop, waiting for police")
+    detail.locator("#note-outcome").fill("police on site in 15 min")
+    detail.locator("#call-log button[type=submit]").click()
+    expect(detail.locator("#detail-history")).to_contain_text("Call log · Driver")
+    page.evaluate(
+        "document.getElementById('toasts').replaceChildren();"
+        "document.getElementById('queue-detail').scrollTop = 0"
+    )
+    page.screenshot(path=str(shots_dir(tmp_path) / "desk-handling.png"))
 
 
 def test_an_exception_reported_by_the_desk_and_by_a_shipper(page: Page, world: World) -> None:

@@ -152,7 +152,7 @@ function kvTable(title, obj) {
     h(
       "tr",
       {},
-      h("th", { scope: "row" }, k.includes("_") && k === k.toUpperCase() ? fmt.label(k) : k),
+      h("th", { scope: "row" }, /^[A-Z_]+$/.test(k) ? fmt.label(k) : k),
       h(
         "td",
         {},
