@@ -41,7 +41,7 @@ clients the server checks permissions on the subject *after* the mapping (verifi
 ``devices.{token}.>`` refuses the device's own messages). A message on another device's topic is
 refused by the server (a "Publish Violation" in its log) and never reaches the stream. To add,
 change or revoke devices, call ``write_users(dir, devices)`` with the complete set (device id →
-password or bcrypt hash, ``$2a$…``: the server accepts both), or ``set_device(dir, id,
+password, stored as a bcrypt hash: the server accepts one in place of the password), or ``set_device(dir, id,
 password)`` for one (``None`` removes it; serialised by a file lock, so several processes can
 share a directory), and then ``reload(dir)``: the
 server re-reads its configuration on SIGHUP (``nats-server --signal reload=PIDFILE``) without
@@ -63,11 +63,14 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import bcrypt
+
 from telemetry.bus.partitions import DEVICE_PREFIX, PART_PREFIX, subject_token
 from telemetry.bus.streams import LAYOUT_SUBJECT
 
 ACCOUNT = "CARGOWATCH"
 ENGINE_USER = "engine"
+BCRYPT_COST = 4  # see password_hash
 DEFAULT_PARTITIONS = 16
 """Device partitions: the most workers that can share the load (a worker owns >= 1)."""
 CONFIG_SUBJECT = "cargowatch.config"
@@ -148,6 +151,16 @@ def set_device(dir: str | Path, device_id: str, password: str | None) -> None:
         write_users(dir, devices)
 
 
+def password_hash(password: str) -> str:
+    """A bcrypt hash (``$2b$…``), which the server accepts in place of the password, so the
+    files hold no device secret. The lowest cost is enough: the secrets are random 192-bit
+    tokens (nothing to guess), and the server checks a hash at every device connect — a
+    reconnect storm of many devices must not cost seconds of server CPU each."""
+    if password.startswith("$2"):
+        return password  # already a hash
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
 def write_users(dir: str | Path, devices: Mapping[str, str] | None = None) -> Path:
     """(Re)write ``users.conf``: the engine user plus one MQTT-only user per device.
 
@@ -159,12 +172,13 @@ def write_users(dir: str | Path, devices: Mapping[str, str] | None = None) -> Pa
     if devices is None:
         devices = read_devices(d)
     else:
+        devices = {k: password_hash(v) for k, v in devices.items()}
         _write_private(d / DEVICES_FILE, json.dumps(dict(sorted(devices.items())), indent=1))
     password = engine_password(d)
     lines = [
         "# Written by cargowatch: the engine, then one MQTT-only user per device.",
         "users = [",
-        f"  {{user: {_q(ENGINE_USER)}, password: {_q(password)},"
+        f"  {{user: {_q(ENGINE_USER)}, password: {_q(password_hash(password))},"
         ' allowed_connection_types: ["STANDARD"]}',
     ]
     for device_id, secret in sorted(devices.items()):
