@@ -178,6 +178,7 @@ METAVARS = {
     "admin_key": "KEY",
     "bus_url": "URL",
     "workers": "N",
+    "tiles": "URL|off",
 }
 
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(FLAGS["http"], **_setting("http"))
     s.add_argument(FLAGS["bus_url"], **_setting("bus_url"))
     s.add_argument(FLAGS["workers"], type=int, **_setting("workers"))
+    s.add_argument(FLAGS["tiles"], **_setting("tiles"))
     s.set_defaults(func=_serve)
 
     w = sub.add_parser(
@@ -265,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lasts minutes of real time, so a person can act on it.",
     )
     d.add_argument(FLAGS["http"], **_setting("http"))
+    d.add_argument(FLAGS["tiles"], **_setting("tiles"))
     d.add_argument("--trucks", type=int, default=24, help="simulated trucks kept on the road")
     d.add_argument(
         "--speed",

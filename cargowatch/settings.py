@@ -30,6 +30,7 @@ FLAGS = {
     "admin_key": "--api-key",
     "bus_url": "--bus",
     "workers": "--workers",
+    "tiles": "--tiles",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 BROKER_URL_KEYS = {"client_id", "dynsec"}  # the query parameters a broker URL may carry

@@ -41,9 +41,9 @@ clients the server checks permissions on the subject *after* the mapping (verifi
 ``devices.{token}.>`` refuses the device's own messages). A message on another device's topic is
 refused by the server (a "Publish Violation" in its log) and never reaches the stream. To add,
 change or revoke devices, call ``write_users(dir, devices)`` with the complete set (device id →
-password, stored as a bcrypt hash: the server accepts one in place of the password), or ``set_device(dir, id,
-password)`` for one (``None`` removes it; serialised by a file lock, so several processes can
-share a directory), and then ``reload(dir)``: the
+password, stored as a bcrypt hash: the server accepts one in place of the password), or
+``set_device(dir, id, password)`` for one (``None`` removes it; serialised by a file lock, so
+several processes can share a directory), and then ``reload(dir)``: the
 server re-reads its configuration on SIGHUP (``nats-server --signal reload=PIDFILE``) without
 dropping other connections, so new credentials work at once and a revoked device can no longer
 connect (verified in the tests).
