@@ -2,8 +2,9 @@
 
 The engine thread and API threads publish; each SSE connection reads its own subscription
 on the event loop. A publisher never blocks and never waits for a reader: each subscription
-is a bounded buffer, and a reader that falls behind loses its oldest events and is told so
-with one ``{"type": "overflow", "data": {"dropped": n}}`` marker at the gap.
+is a bounded buffer, and a reader that falls behind loses its oldest *positions* first (alarms
+and their transitions only far beyond the bound) and is told so with one
+``{"type": "overflow", "data": {"dropped": n}}`` marker at the gap.
 
 Events are ``{"type": ..., "shipper": str | None, "data": {...}}``; a subscription made
 with ``shipper=`` sees only that shipper's events (events with no shipper, e.g. positions of
@@ -54,6 +55,7 @@ EVENT_TYPES = (
     "exception.feedback",
 )
 OVERFLOW = "overflow"
+IMPORTANT_FACTOR = 10  # a reader buffers up to this many × maxsize events that are not positions
 
 
 class Subscription:
@@ -138,26 +140,37 @@ class Subscription:
         self.close()
 
     def _offer(self, events: list[Event], running: asyncio.AbstractEventLoop | None) -> int:
-        """Buffer events (dropping the oldest beyond ``maxsize``); returns how many dropped."""
+        """Buffer events (shedding beyond ``maxsize``, see ``_shed``); returns how many
+        dropped."""
         with self._lock:
             if self._closed:
                 return 0
-            overflow = len(self._buf) + len(events) - self._maxsize
-            dropped = 0
-            if overflow > 0:
-                drop_old = min(overflow, len(self._buf))
-                for _ in range(drop_old):
-                    self._buf.popleft()
-                # A batch larger than the whole buffer keeps only its newest events.
-                skip = overflow - drop_old
-                events = events[skip:]
-                dropped = overflow
-                self._dropped += dropped
             self._buf.extend(events)
+            dropped = 0
+            if len(self._buf) > self._maxsize:
+                dropped = self._shed(len(self._buf) - self._maxsize)
+                self._dropped += dropped
             if self._wake_scheduled or self._loop is None:
                 return dropped
             self._wake_scheduled = True
         self._wake(running)
+        return dropped
+
+    def _shed(self, excess: int) -> int:
+        """Drop ``excess`` events, the oldest positions first: a truck's next position puts
+        the map right, but a lost alarm or transition leaves the desk's queue wrong. Other
+        events go (oldest first) only beyond ``IMPORTANT_FACTOR × maxsize``."""
+        kept: collections.deque[Event] = collections.deque()
+        dropped = 0
+        for event in self._buf:
+            if dropped < excess and event.get("type") == "position":
+                dropped += 1
+            else:
+                kept.append(event)
+        while len(kept) > self._maxsize * IMPORTANT_FACTOR:
+            kept.popleft()
+            dropped += 1
+        self._buf = kept
         return dropped
 
     def _wake(self, running: asyncio.AbstractEventLoop | None) -> None:

@@ -109,3 +109,25 @@ async def test_subscription_made_outside_the_loop_binds_on_first_read() -> None:
     assert (await reader)[0]["data"]["n"] == 8
     hub.close()
     assert sub.closed
+
+
+async def test_a_slow_reader_loses_positions_before_any_alarm() -> None:
+    hub = LiveHub()
+    slow = hub.subscribe(maxsize=4)
+    hub.publish(ev(0, type="alarm.raised"))
+    hub.publish_many([ev(n) for n in range(1, 20)])  # a flood of positions behind the alarm
+    hub.publish(ev(20, type="alarm.acknowledged"))
+    got = slow.drain()
+    assert got[0]["type"] == "overflow" and got[0]["data"]["dropped"] == 17
+    kinds = [(e["type"], e["data"]["n"]) for e in got[1:]]
+    assert kinds == [
+        ("alarm.raised", 0),
+        ("position", 18),
+        ("position", 19),
+        ("alarm.acknowledged", 20),
+    ]
+    # alarms alone go only far beyond the bound (10 × maxsize), oldest first
+    hub.publish_many([ev(n, type="alarm.raised") for n in range(100, 145)])
+    got = slow.drain()
+    assert got[0] == {"type": "overflow", "shipper": None, "data": {"dropped": 5}}
+    assert [e["data"]["n"] for e in got[1:]] == list(range(105, 145))
