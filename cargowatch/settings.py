@@ -289,16 +289,7 @@ def broker_address(url: str) -> tuple[str, int]:
 
 def bus_address(url: str) -> tuple[str, int]:
     """``nats://[user:pass@]host[:port]`` -> (host, port); ValueError for anything else."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("nats", "tls"):
-        raise ValueError("the bus URL must look like nats://USER:PASS@HOST:PORT")
-    try:
-        port = parts.port or 4222
-    except ValueError:
-        raise ValueError("the bus URL's port must be a number from 1 to 65535") from None
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("the bus URL must look like nats://USER:PASS@HOST:PORT")
-    return parts.hostname, port
+    return _service_address(url, ("nats", "tls"), 4222, "the bus URL", "nats://USER:PASS@HOST:PORT")
 
 
 def check_db_url(url: str) -> None:
@@ -320,13 +311,20 @@ def check_db_url(url: str) -> None:
 
 def smtp_address(url: str) -> tuple[str, int]:
     """``smtp://[user:pass@]host[:port]`` -> (host, port); ValueError for anything else."""
+    return _service_address(url, ("smtp",), 25, "the SMTP server", "smtp://[USER:PASS@]HOST:PORT")
+
+
+def _service_address(
+    url: str, schemes: tuple[str, ...], default_port: int, what: str, form: str
+) -> tuple[str, int]:
+    """``SCHEME://[user:pass@]host[:port]`` with nothing after it -> (host, port)."""
     parts = urlsplit(url.strip())
-    if parts.scheme != "smtp":
-        raise ValueError("the SMTP server must look like smtp://[USER:PASS@]HOST:PORT")
+    if parts.scheme not in schemes:
+        raise ValueError(f"{what} must look like {form}")
     try:
-        port = parts.port or 25
+        port = parts.port or default_port
     except ValueError:
-        raise ValueError("the SMTP server's port must be a number from 1 to 65535") from None
+        raise ValueError(f"{what}'s port must be a number from 1 to 65535") from None
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("the SMTP server must look like smtp://[USER:PASS@]HOST:PORT")
+        raise ValueError(f"{what} must look like {form}")
     return parts.hostname, port

@@ -102,3 +102,30 @@ def test_the_http_address_splits_into_host_and_port() -> None:
     assert (load_settings().http_host, load_settings().http_port) == ("127.0.0.1", 8080)
     v6 = load_settings(http="[::1]:9000")
     assert (v6.http_host, v6.http_port) == ("::1", 9000)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("smtp://relay:x", "port must be a number"),
+        ("http://relay:25", "must look like smtp://"),
+        ("smtp://relay:25/path", "must look like smtp://"),
+    ],
+)
+def test_a_bad_smtp_server_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("CARGOWATCH_SMTP", value)
+    with pytest.raises(SettingsError, match=rf"^CARGOWATCH_SMTP: .*{message}"):
+        load_settings()
+
+
+def test_tiles_default_to_openstreetmap_and_off_means_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().tiles == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    monkeypatch.setenv("CARGOWATCH_TILES", "off")
+    assert load_settings().tiles is None
+    assert load_settings(tiles="http://127.0.0.1:9/{z}/{x}/{y}.png").tiles is not None
+    smtp = load_settings(smtp="smtp://u:p@relay.example:2525").smtp
+    assert smtp == "smtp://u:p@relay.example:2525"
