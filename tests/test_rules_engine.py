@@ -294,3 +294,40 @@ def test_any_message_mix_is_processed(batches: list, locks: list) -> None:
         assert isinstance(e.ts, int)
     keys = [e.episode for e in events if type(e).__name__ == "AlarmSignal"]
     assert len(keys) == len(set(keys))
+
+
+def test_a_backlog_from_the_devices_previous_trip_is_not_judged_by_its_next() -> None:
+    """A GPS unit rides on acme's trip A, falls silent, A ends; pg's trip B starts with the
+    same unit. The unit's backlog from A's time then arrives: it is stored (not here), not
+    shown as B's positions (pg would see acme's track), and raises nothing on B."""
+    engine = Engine()
+    engine.upsert_trip(trip_doc(STRAIGHT, trip_id="A", shipper="acme", devices=[GPS]))
+    engine.upsert_trip(trip_doc(STRAIGHT, trip_id="B", devices=[GPS], planned_start=T0 + 60 * MIN))
+    engine.tick(T0)
+    engine.process(drive(STRAIGHT, T0, 0.0, 5000.0), [], T0 + 5 * MIN)  # on A, then silent
+    engine.end_trip("A", TripStatus.COMPLETED, T0 + 30 * MIN, "desk")
+    engine.tick(T0 + 60 * MIN)
+    assert engine.device_trip(GPS) == "B" and engine.active_trips() == ["B"]
+    # 20 minutes of A's time, 5 km off B's (the same) road: off route for B, if judged by it
+    backlog = drive(STRAIGHT, T0 + 6 * MIN, 5000.0, 20000.0, offset_m=5000.0)
+    assert all(T0 + 5 * MIN < f.ts <= T0 + 30 * MIN for f in backlog)
+    res = engine.process(backlog, [], T0 + 61 * MIN)
+    ups = [e for e in res.events if isinstance(e, PositionUpdate)]
+    assert ups and all(u.trip_id is None and u.shipper is None for u in ups)
+    assert [e for e in res.events if getattr(e, "trip_id", None) == "B"] == []
+    # B's own data after it started is B's
+    res = engine.process(drive(STRAIGHT, T0 + 62 * MIN, 0.0, 1000.0), [], T0 + 63 * MIN)
+    assert {u.trip_id for u in res.events if isinstance(u, PositionUpdate)} == {"B"}
+
+
+def test_a_trip_that_started_before_the_previous_one_ended_keeps_its_late_data() -> None:
+    engine = Engine()
+    engine.upsert_trip(trip_doc(STRAIGHT, trip_id="A", shipper="acme", devices=[GPS]))
+    engine.upsert_trip(trip_doc(STRAIGHT, trip_id="B", devices=[GPS], planned_start=T0 + 10 * MIN))
+    engine.tick(T0)
+    engine.tick(T0 + 10 * MIN)  # B starts while A still runs: the unit reports for B
+    assert engine.device_trip(GPS) == "B"
+    engine.end_trip("A", TripStatus.COMPLETED, T0 + 30 * MIN, "desk")
+    late = drive(STRAIGHT, T0 + 12 * MIN, 0.0, 2000.0)  # B's time, before A ended
+    res = engine.process(late, [], T0 + 31 * MIN)
+    assert {u.trip_id for u in res.events if isinstance(u, PositionUpdate)} == {"B"}
