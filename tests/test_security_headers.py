@@ -146,10 +146,9 @@ def test_the_desk_page_runs_without_a_policy_violation(
             )
             page.goto(desk + "/")
             page.fill("#signin-key", ADMIN)
-            page.fill("#signin-operator", "desk-07")
             page.click("#signin-form button[type=submit]")
             expect(page.locator("body")).to_have_attribute("data-ready", "1")
-            for tab in ("#tab-queue", "#tab-replay", "#tab-live"):
+            for tab in ("#tab-queue", "#tab-replay", "#tab-reports", "#tab-live"):
                 page.click(tab)
                 page.wait_for_timeout(300)
             page.wait_for_timeout(500)
