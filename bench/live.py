@@ -1,6 +1,7 @@
 """The live load ladder (issue 16): what one deployment sustains, publish to alarm on the desk.
 
     python -m bench.live [--quick] [--modes mosquitto,nats_1,nats_2] [--out FILE]
+                         [--rates 4000,8000] [--step-s S] [--profile DIR]
 
 For each mode a fresh database in a private TimescaleDB (fsync on), a private broker, and the
 engine as real processes:
@@ -186,6 +187,36 @@ class Mode:
             self.broker.stop()
 
 
+def _profile(
+    out: str | None, label: str, pids: dict[str, int], step_s: float
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``pip install py-spy``; needs ptrace) on each engine process for the step."""
+    if not out:
+        return []
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(step_s)),
+                "--format",
+                "speedscope",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--output",
+                str(Path(out) / f"{label}-{name}.json"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
 def run_step(
     mode: Mode,
     cfg: dict[str, Any],
@@ -222,6 +253,7 @@ def run_step(
         path.write_text(json.dumps(spec))
         specs.append((path, out))
     pids = mode.engine_pids
+    profilers = _profile(cfg.get("profile"), f"{mode.name}-{rate}", pids, step_s)
     cpu0 = {n: cpu_s(p) for n, p in pids.items()}
     stored0 = store.count_telemetry()["fixes"]
     events0 = len(live.events)
@@ -266,6 +298,8 @@ def run_step(
         wait_for(lambda: store.count_telemetry()["fixes"] >= stored0 + fixes, 120, "drain")
     drained = store.count_telemetry()["fixes"] - stored0
     cpu = {n: cpu_s(p) - cpu0[n] for n, p in pids.items()}
+    for prof in profilers:
+        prof.wait()
     p99 = percentile(latencies, 0.99)
     return {
         "offered_msg_per_s": rate,
@@ -341,8 +375,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small fleet, 10 s steps")
     parser.add_argument("--modes", default="mosquitto,nats_1,nats_2")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument(
+        "--rates", help="offered msg/s per step, comma-separated (default: the ladder's)"
+    )
+    parser.add_argument("--step-s", type=float, help="seconds a step (default: 60, quick 10)")
+    parser.add_argument(
+        "--profile",
+        help="record each engine process with py-spy during every step (speedscope files in DIR)",
+    )
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.rates:
+        cfg["rates"] = [int(r) for r in args.rates.split(",")]
+    if args.step_s:
+        cfg["step_s"] = args.step_s
+    cfg["profile"] = args.profile
     root = Path(tempfile.mkdtemp(prefix="cw-live-"))
     root.chmod(0o755)  # the cluster runs as the postgres user
     (root / "pg").mkdir()

@@ -14,8 +14,9 @@ reused, and a stale PUBACK could acknowledge another, unstored message.
 **Memory bound.** Messages received and not yet acknowledged ("held": waiting in the hand-off,
 in a queued batch, or in the pipeline) are at most ``max_held`` (default ``queue_batches ×
 batch_max``, i.e. ``out.maxsize × batch_max``) and at most ``max_held_bytes`` of payload (default
-64 MiB), plus the one packet being read (≤ ``max_packet_bytes``, 1 MiB, which the broker is told
-in CONNECT and enforces), plus paho's and the kernel's socket buffers. When either budget is
+64 MiB), plus the connection's read buffer (bytes read, not yet decoded: at most one read of
+256 KiB plus the one packet being read, ≤ ``max_packet_bytes``, 1 MiB, which the broker is told
+in CONNECT and enforces), plus the kernel's socket buffers. When either budget is
 spent, reading pauses: the socket leaves the selector, TCP flow control stops the broker and the
 backlog stays there (Mosquitto queues up to its ``max_queued_messages`` per session). Receive
 Maximum is sent but not relied upon: Mosquitto 2.0.11 stops honouring it once a client
@@ -46,8 +47,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
-
-import paho.mqtt.client as paho
 
 from core.clock import Clock, SystemClock
 from telemetry.errors import BrokerUnavailable, InvalidAddress
@@ -383,19 +382,14 @@ class MqttIngest:
             self.state.set_paused(False)
             conn.resume_reading()
 
-    def _on_message(self, conn: MqttConnection, msg: paho.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:  # a broker must refuse these; be safe anyway
-            topic = bytes(msg._topic).decode(errors="replace")
-        payload = bytes(msg.payload)
+    def _on_message(
+        self, conn: MqttConnection, topic: str, payload: bytes, mid: int, qos: int
+    ) -> None:
         st = self.state
         st.received += 1
         st.held += 1
         st.held_bytes += len(payload)
-        self._pending.append(
-            (conn, RawMessage(topic, payload, self.clock.now_ms(), msg.mid, msg.qos))
-        )
+        self._pending.append((conn, RawMessage(topic, payload, self.clock.now_ms(), mid, qos)))
         self._arrived.set()
 
     def _acknowledge(self, conn: MqttConnection, messages: list[RawMessage]) -> None:
@@ -404,10 +398,10 @@ class MqttIngest:
             loop.call_soon_threadsafe(self._acknowledge, conn, messages)
             return
         if conn is self._conn and conn.is_open and conn.manual_ack:
-            ack = conn.client.ack
+            conn.ack_many([m.mid for m in messages if m.qos == 1])
             for m in messages:
-                if m.qos:
-                    ack(m.mid, m.qos)
+                if m.qos > 1:  # never for our QoS 1 subscriptions; paho's own way if it comes
+                    conn.ack(m.mid, m.qos)
         st = self.state
         st.held -= len(messages)
         st.held_bytes -= sum(len(m.payload) for m in messages)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 import aiomqtt
-import paho.mqtt.client as paho
 import pytest
 
 from telemetry.errors import TelemetryError
@@ -91,12 +90,6 @@ async def test_unacknowledged_batch_is_redelivered_after_reconnect(mqtt_url: str
     assert sorted(again) == sorted(first)
 
 
-def _message(i: int) -> paho.MQTTMessage:
-    msg = paho.MQTTMessage(mid=i + 1, topic=b"devices/d1/position")
-    msg.payload, msg.qos = f'{{"i": {i}}}'.encode(), 1
-    return msg
-
-
 async def test_a_batch_timeout_never_drops_a_message_being_handed_over() -> None:
     # A batch closing on time while messages trickle in must not drop one: with manual
     # acknowledgement the broker would not send it again (an unseal went missing so). The
@@ -107,7 +100,8 @@ async def test_a_batch_timeout_never_drops_a_message_being_handed_over() -> None
     conn = object()
     n = 200
     for i in range(n):
-        ingest._on_message(conn, _message(i))  # type: ignore[arg-type]
+        payload = f'{{"i": {i}}}'.encode()
+        ingest._on_message(conn, "devices/d1/position", payload, i + 1, 1)  # type: ignore[arg-type]
         await asyncio.sleep(0.003)  # a trickle: batches keep timing out between messages
     got: list[bytes] = []
     with contextlib.suppress(TimeoutError):  # a lost message would keep us waiting
