@@ -111,8 +111,9 @@ def seed(db: str, trips: int, gps_per_trip: int) -> tuple[list[str], list[str]]:
 class Mode:
     """One mode's broker and engine processes."""
 
-    def __init__(self, name: str, workdir: Path, db: str) -> None:
+    def __init__(self, name: str, workdir: Path, db: str, env: dict[str, str]) -> None:
         self.name = name
+        self.env = env
         self.workdir = workdir
         self.db = db
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -129,6 +130,7 @@ class Mode:
             "CARGOWATCH_LOG_LEVEL": "warning",
             "CARGOWATCH_BUS_DEVICES_GIB": "4",
             "CARGOWATCH_BUS_TRIPS_GIB": "4",
+            **self.env,
         }
         port = self.http.rsplit(":", 1)[1]
         if self.name == "mosquitto":
@@ -335,7 +337,7 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
     t = time.monotonic()
     gps, locks = seed(db, cfg["trips"], cfg["gps"])
     seeded_s = time.monotonic() - t
-    mode = Mode(name, workdir, db)
+    mode = Mode(name, workdir, db, cfg.get("env") or {})
     store = open_store(db)
     steps: list[dict[str, Any]] = []
     try:
@@ -380,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--step-s", type=float, help="seconds a step (default: 60, quick 10)")
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the engine processes, e.g. CARGOWATCH_BATCH_MS=200 (repeatable)",
+    )
+    parser.add_argument(
         "--profile",
         help="record each engine process with py-spy during every step (speedscope files in DIR)",
     )
@@ -390,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step_s:
         cfg["step_s"] = args.step_s
     cfg["profile"] = args.profile
+    cfg["env"] = dict(e.split("=", 1) for e in args.env)
     root = Path(tempfile.mkdtemp(prefix="cw-live-"))
     root.chmod(0o755)  # the cluster runs as the postgres user
     (root / "pg").mkdir()
