@@ -4,9 +4,16 @@ partition consumer (batched fetch of 1,000 and of 100, each message turned into 
 the same number of QoS 1 messages from a Mosquitto persistent session; plus the re-key stage
 (validated messages published onto the trip stream, all confirmed).
 
+``--worker``: one whole ``cargowatch worker`` process (both stages: validate and re-key, then
+store, rules, alarms) draining N fixes of a 100-trip fleet (1,500 GPS units) from the device
+stream into a private TimescaleDB; its CPU time per message (from ``/proc``, counted from when
+it owns every partition until every fix is stored) and the drain rate. ``--profile FILE``
+records it with py-spy meanwhile (speedscope format).
+
 Prints one JSON object. Starts its own private nats-server (and Mosquitto for the baseline).
 
     .venv/bin/python -m bench.bus [--quick] [--messages N]
+    .venv/bin/python -m bench.bus --worker [--messages N] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -173,11 +181,105 @@ async def main(n: int, baseline: bool) -> dict:
     return out
 
 
+def _fleet_fill(url: str, gps: list[str], n: int) -> float:
+    """n fixes spread over ``gps`` through the server's mapping (as MQTT devices publish)."""
+
+    async def run() -> float:
+        nc = await nats.connect(url)
+        js = nc.jetstream(publish_async_max_pending=4000)
+        now = int(time.time() * 1000)
+        subjects = [g.replace(".", "//") for g in gps]  # as the MQTT listener maps a "."
+        t0 = time.perf_counter()
+        pending = []
+        for i in range(n):
+            k = i // len(gps)
+            body = {"ts": now - n + i, "lat": 31.45 - 0.0001 * (k % 7),
+                    "lon": 121.10 + 0.0001 * (k % 5), "speed_kmh": 0.0, "seq": i}  # fmt: skip
+            subject = f"devices.{subjects[i % len(gps)]}.position"
+            pending.append(await js.publish_async(subject, orjson.dumps(body)))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        await nc.close()
+        return n / (time.perf_counter() - t0)
+
+    return asyncio.run(run())
+
+
+def worker_drain(n: int, profile: str | None) -> dict:
+    import subprocess
+
+    from bench.live import ADMIN, cpu_s, seed
+    from telemetry.store import open_store
+    from tests.bus_support import lease_pids, spawn, wait_for
+    from tests.services import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="cw-bench-worker-"))
+    root.chmod(0o755)  # the cluster runs as the postgres user
+    (root / "pg").mkdir()
+    pg = PostgresServer(root / "pg").start()
+    srv = NatsServer(root / "nats", partitions=P).start()
+    proc = spy = None
+    try:
+        db = pg.create_database("bench")
+        gps, _ = seed(db, 100, 15)
+        env = {"CARGOWATCH_DB": db, "CARGOWATCH_BUS": srv.url, "CARGOWATCH_ADMIN_KEY": ADMIN,
+               "CARGOWATCH_LOG_LEVEL": "warning", "CARGOWATCH_BUS_DEVICES_GIB": "4",
+               "CARGOWATCH_BUS_TRIPS_GIB": "4"}  # fmt: skip
+        proc = spawn(["worker"], root / "worker.log", **env)
+        print(f"worker pid {proc.pid}; {root}", file=sys.stderr, flush=True)
+        wait_for(lambda: len(lease_pids(srv.url)) == 2 * P, 120, "partitions owned")
+        time.sleep(1.0)
+        if profile:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
+                 "--format", "speedscope", "-o", profile, "--rate", "200", "--gil"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        store = open_store(db)
+        cpu0, t0 = cpu_s(proc.pid), time.perf_counter()
+        fill = _fleet_fill(srv.url, gps, n)
+        print(f"filled {n} at {fill:.0f}/s", file=sys.stderr, flush=True)
+        stored = 0
+        while stored < n:
+            time.sleep(0.2)
+            counts = store.count_telemetry()
+            stored = counts["fixes"]
+            print(f"{time.perf_counter() - t0:.1f} s {counts}", file=sys.stderr, flush=True)
+            if time.perf_counter() - t0 > 900:
+                raise SystemExit(f"only {stored} of {n} stored after 900 s")
+        elapsed, cpu = time.perf_counter() - t0, cpu_s(proc.pid) - cpu0
+        store.close()
+        return {
+            "messages": n,
+            "fill_msgs_per_s": round(fill),
+            "drain_msgs_per_s": round(n / elapsed),
+            "worker_cpu_us_per_msg": round(cpu / n * 1e6, 1),
+            "seconds": round(elapsed, 2),
+        }
+    finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(60)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        srv.stop()
+        pg.stop()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100k messages")
     ap.add_argument("--messages", type=int, default=500_000)
     ap.add_argument("--no-baseline", action="store_true", help="skip the aiomqtt baseline")
+    ap.add_argument("--worker", action="store_true", help="one worker process draining fixes")
+    ap.add_argument("--profile", help="with --worker: py-spy speedscope output file")
     args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker_drain(args.messages if args.messages != 500_000 else 50_000,
+                                      args.profile), indent=1))  # fmt: skip
+        raise SystemExit(0)
     n = 100_000 if args.quick else args.messages
     print(json.dumps(asyncio.run(main(n, not args.no_baseline)), indent=1))

@@ -1,6 +1,7 @@
 """Stage 1 (``busmode.devicestage``) against the real store: a device batch redelivered after
 its dead letters were stored (a crash, or a failed re-key, before the acknowledgement) stores
-each dead letter once; a redelivered message whose dead letters never were stored gets them."""
+each dead letter once; a redelivered message whose dead letters never were stored gets them;
+the device → trip map (read whole, per device after a change)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,30 @@ def test_a_redelivered_message_whose_dead_letters_were_never_stored_gets_them(
     # another bad message of the same device later: a new stream sequence, a new row
     stage.validate([message("gps-1", "position", b"{not json", 14)])
     assert [r[2] for r in rows(store) if r[1] == "bad_json"] == [stream_mark(11), stream_mark(14)]
+
+
+def test_the_device_trip_map_is_read_whole_and_follows_changes(store: Store) -> None:
+    """Active before planned, the planned trip starting first; a device on no trip is keyed
+    by nothing; a change is seen at once after ``forget`` and by everyone after the TTL."""
+
+    def trip(trip_id: str, status: str, start: int, devices: list[str]) -> None:
+        doc = {"trip_id": trip_id, "status": status, "planned_start": start, "devices": devices}
+        store.put_trip(doc)
+
+    trip("A", "active", NOW_MS - 1000, ["gps-1"])
+    trip("A0", "completed", NOW_MS, ["gps-1"])
+    trip("B", "planned", NOW_MS + 9000, ["gps-2", "gps-3"])
+    trip("C", "planned", NOW_MS + 5000, ["gps-2"])
+    clock = [0.0]
+    stage = DeviceStage(store, SystemClock(), Metrics(), monotonic=lambda: clock[0])
+    assert [stage.trip_of(d) for d in ("gps-1", "gps-2", "gps-3", "gps-9")] == ["A", "C", "B", None]
+    trip("A", "completed", NOW_MS - 1000, ["gps-1"])
+    trip("D", "active", NOW_MS, ["gps-1", "gps-3"])
+    assert stage.trip_of("gps-1") == "A"  # cached until the TTL or a control message
+    stage.forget(["gps-1"])
+    assert (stage.trip_of("gps-1"), stage.trip_of("gps-3")) == ("D", "B")
+    clock[0] += stage.ttl_s
+    assert [stage.trip_of(d) for d in ("gps-1", "gps-2", "gps-3")] == ["D", "C", "D"]
+    trip("D", "completed", NOW_MS, ["gps-1", "gps-3"])
+    clock[0] += stage.ttl_s
+    assert (stage.trip_of("gps-1"), stage.trip_of("gps-3")) == (None, "B")
