@@ -67,6 +67,9 @@ LINGER_S = 0.1
 """A partition's batch waits this long for more messages (each stage): the cost of a batch
 (a store transaction, an engine call) is mostly fixed, so batches must not stay tiny when
 the load is spread over many partitions. Adds at most 0.2 s to the detection latency."""
+TRIP_BATCH = 32
+"""Messages of a trip partition handled (one store transaction) at a time: bundles of up to
+a device batch's records each (``busmode.rekeyer``), so a few thousand records under load."""
 DEVICE_LAG_PERIOD_S = 0.2
 """How often a worker reads stage 1's lag for the wall-clock rules (``_device_horizon``)."""
 
@@ -113,6 +116,7 @@ class BusWorker:
         metrics: Metrics | None = None,
         owner: str | None = None,
         batch: int = 1000,
+        trip_batch: int = TRIP_BATCH,
         linger_s: float = LINGER_S,
     ) -> None:
         if not settings.bus_url:
@@ -124,6 +128,7 @@ class BusWorker:
         self.metrics = metrics or Metrics()
         self.owner = owner or default_owner()
         self.batch = batch
+        self.trip_batch = trip_batch
         self.linger_s = linger_s
         self.devices = DeviceStage(store, clock, self.metrics)
         self.trips: dict[int, TripPartition] = {}
@@ -219,7 +224,7 @@ class BusWorker:
                 handler_for=self._trip_handler_for,
                 ttl_s=ttl,
                 group="trip",
-                consumer_options=options,
+                consumer_options={**options, "batch": self.trip_batch},
                 on_lost=self._trip_lost,
             )
             control = await nc.subscribe(CONTROL_SUBJECT, cb=self._on_control)

@@ -1,9 +1,12 @@
 """A trip partition's batch redelivered after the partition moved to another worker raises
 nothing twice — whether the old owner's commit landed before the new owner restored the
-partition, or after (a lease can move while a commit is in flight)."""
+partition, or after (a lease can move while a commit is in flight). Bundles of re-keyed
+records: the codec, the split, and a partition reading bundles and single-record messages of
+the same records (an upgrade) stores and raises everything once."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,14 +15,15 @@ import pytest
 
 from alerts import LiveHub
 from cargowatch.busmode.apigate import ApiGate
-from cargowatch.busmode.codec import decode, encode, kind_of
+from cargowatch.busmode.codec import BUNDLE, decode, decode_bundle, encode, kind_of
+from cargowatch.busmode.rekeyer import MAX_BUNDLE_BYTES, bundles
 from cargowatch.busmode.tripstage import TripPartition
 from cargowatch.metrics import Metrics
 from cargowatch.services import DeviceService, TripService
 from core.clock import ManualClock
 from telemetry.bus.consumer import BusMessage
 from telemetry.bus.partitions import trip_partition, trip_subject
-from telemetry.bus.rekey import TRIP_HEADER
+from telemetry.bus.rekey import MSG_ID, TRIP_HEADER, Rekeyed
 from telemetry.models import Fix, LockEvent, LockEventType, UnlockMethod
 from telemetry.store import Store, open_store
 from tests.bus_support import trip_doc
@@ -144,3 +148,70 @@ def test_a_batch_redelivered_after_the_partition_moved_raises_nothing_twice(
     assert store.count_telemetry()["fixes"] == 30
     with pytest.raises(RuntimeError):
         old.process(msgs)  # a lost partition takes no more batches
+
+
+def rekeyed(msgs: Sequence[BusMessage]) -> list[Rekeyed]:
+    out = []
+    for m in msgs:
+        r = decode(str(m.device_id), m.data)
+        out.append(
+            Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, (m.headers or {})["Cw-Trip"], m.data)
+        )
+    return out
+
+
+def as_messages(items: Sequence[Rekeyed], first_seq: int) -> list[BusMessage]:
+    out = []
+    for k, b in enumerate(bundles(items, P2)):
+        parts = b.subject.split(".")
+        out.append(
+            BusMessage(b.subject, parts[2], parts[3], b.payload, first_seq + k, T0 * 10**6, 1)
+        )
+    return out
+
+
+def test_bundles_keep_order_per_partition_and_stay_small() -> None:
+    f = Fix("a.b:c", 1, 2.5, 3.5, None, 10.0, 0.9, 7, 88.0, 42, 5, {"x": "ü" * 100})
+    e = LockEvent("l", 2, LockEventType.UNLOCKED, UnlockMethod.RFID, None, None, 50.0, 3, 4)
+    records = [
+        (dataclasses.replace(r, ts=r.ts + i), trip)
+        for i in range(3000)
+        for r, trip in ((f, f"T-{i % 7}"), (e, None))
+    ]
+    items = [Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, t, encode(r)) for r, t in records]
+    out = bundles(items, P2)
+    assert all(b.subject.endswith(f".{BUNDLE}") for b in out)
+    assert max(len(b.payload) for b in out) <= MAX_BUNDLE_BYTES < sum(len(b.payload) for b in out)
+    assert sum(b.records for b in out) == len(items)
+    assert len({b.headers[MSG_ID] for b in out}) == len(out)
+    assert [b.headers for b in out] == [b.headers for b in bundles(items, P2)]  # redelivered
+    got: dict[int, list[tuple[Fix | LockEvent, str | None]]] = {}
+    for b in out:
+        got.setdefault(int(b.subject.split(".")[1]), []).extend(decode_bundle(b.payload))
+    for n, entries in got.items():
+        want = [i for i in items if trip_partition(i.trip_id or i.device_id, P2) == n]
+        assert [(kind_of(r), r.ts, trip) for r, trip in entries] == [
+            (i.kind, i.ts, i.trip_id) for i in want
+        ]
+    assert sorted(got.values(), key=len)[-1][0] in records
+    with pytest.raises(ValueError):
+        decode_bundle(b'{"not": "a bundle"}')
+
+
+def test_bundles_and_single_messages_of_the_same_records_count_once(tmp_path: Path) -> None:
+    ref_store, ref_clock, n = world(tmp_path / "ref")
+    run(partition(ref_store, ref_clock, n), batch("T1"), ref_clock)
+    expected = outcome(ref_store)
+
+    store, clock, n = world(tmp_path / "run")
+    part = partition(store, clock, n)
+    singles = batch("T1")
+    run(part, as_messages(rekeyed(singles[:20]), 100), clock)  # bundles
+    run(part, singles[10:25], clock)  # written before bundles, overlapping
+    run(part, as_messages(rekeyed(singles), 200), clock)  # a redelivery in another composition
+    part.tick(T0 + 320_000, backlog=False)
+    assert outcome(store) == expected
+    assert store.count_telemetry() == {"fixes": 30, "lock_events": 2, "dead_letters": 0}
+    bad = BusMessage(f"trip.{n}.gps-1.{BUNDLE}", "gps-1", BUNDLE, b"[1]", 301, T0 * 10**6, 1)
+    part.process([*as_messages(rekeyed(singles[:1]), 300), bad])
+    assert store.count_telemetry()["dead_letters"] == 1  # a bad bundle, dead-lettered whole

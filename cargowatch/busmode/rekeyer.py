@@ -7,6 +7,13 @@ numbers each publish, and counts the stream's acknowledgements per batch. Same c
 ``telemetry.bus.rekey.Rekeyer.publish``: every item confirmed before it returns, else it
 raises (and the device batch is left unacknowledged, to be re-keyed again — duplicates are
 dropped by ``Nats-Msg-Id``).
+
+**Bundles.** The records of one call are grouped by trip partition and sent as bundles
+(``codec.encode_bundle``, at most ``MAX_BUNDLE_BYTES`` each), in order: one message per trip
+partition per device batch, not one per record. A bundle's ``Nats-Msg-Id`` names its first and
+last record and its size, so a device batch redelivered whole re-keys to duplicates the stream
+drops; one redelivered in another composition makes other bundles, whose records the store
+recognises (stage 2 evaluates only newly stored records).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 from nats.aio.msg import Msg
@@ -21,16 +29,62 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
+from cargowatch.busmode.codec import BUNDLE, encode_bundle
+from telemetry.bus.partitions import trip_partition, trip_subject
 from telemetry.bus.rekey import MSG_ID, TRIP_HEADER, Rekeyed, Rekeyer, msg_id
 from telemetry.bus.streams import TRIP_STREAM
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
+MAX_BUNDLE_BYTES = 512 * 1024  # well below the server's max_payload (1 MB by default)
+ENTRY_OVERHEAD = 16  # brackets, commas and quotes around a bundle entry
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish on the trip stream: a single record or a bundle."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    records: int
+
+
+def bundles(items: Sequence[Rekeyed], trip_partitions: int) -> list[Outgoing]:
+    """``items`` as bundles per trip partition, in order, each at most ``MAX_BUNDLE_BYTES``."""
+    groups: dict[int, list[Rekeyed]] = {}
+    for item in items:
+        key = item.trip_id or item.device_id
+        groups.setdefault(trip_partition(key, trip_partitions), []).append(item)
+    out: list[Outgoing] = []
+    for m, group in groups.items():
+        chunk: list[Rekeyed] = []
+        size = 0
+        for item in group:
+            # 6×: a character takes at most 6 bytes (an escape)
+            n = len(item.payload) + 6 * (len(item.device_id) + len(item.trip_id or ""))
+            n += ENTRY_OVERHEAD
+            if chunk and size + n > MAX_BUNDLE_BYTES:
+                out.append(_bundle(m, chunk))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += n
+        if chunk:
+            out.append(_bundle(m, chunk))
+    return out
+
+
+def _bundle(m: int, chunk: Sequence[Rekeyed]) -> Outgoing:
+    payload = encode_bundle([(i.device_id, i.trip_id, i.payload) for i in chunk])
+    ident = f"{BUNDLE}|{msg_id(chunk[0])}|{msg_id(chunk[-1])}|{len(chunk)}"
+    headers = {MSG_ID: ident, EXPECTED_STREAM: TRIP_STREAM}
+    return Outgoing(trip_subject(m, chunk[0].device_id, BUNDLE), payload, headers, len(chunk))
 
 
 class _Batch:
     def __init__(self, n: int) -> None:
         self.left = n
-        self.duplicates = 0
+        self.duplicates = 0  # records
+        self.records: dict[int, int] = {}  # publish number -> records in it
         self.error: str | None = None
         self.done = asyncio.Event()
         if n == 0:
@@ -39,9 +93,15 @@ class _Batch:
 
 class PipelinedRekeyer(Rekeyer):
     def __init__(
-        self, js: JetStreamContext, trip_partitions: int, *, timeout_s: float = 10.0
+        self,
+        js: JetStreamContext,
+        trip_partitions: int,
+        *,
+        timeout_s: float = 10.0,
+        bundle: bool = True,
     ) -> None:
         super().__init__(js, trip_partitions, timeout_s=timeout_s)
+        self.bundle = bundle
         self._prefix = ""
         self._sub: Subscription | None = None
         self._ids = itertools.count(1)
@@ -68,25 +128,35 @@ class PipelinedRekeyer(Rekeyer):
         if "error" in doc:
             batch.error = str(doc["error"])
         elif doc.get("duplicate"):
-            batch.duplicates += 1
+            batch.duplicates += batch.records.get(n, 1)
         batch.left -= 1
         if batch.left <= 0:
             batch.done.set()
 
-    async def publish(self, items: Sequence[Rekeyed]) -> list[PubAck]:
-        await self._ensure()
-        nc = self.js._nc
-        batch = _Batch(len(items))
-        numbers = []
+    def outgoing(self, items: Sequence[Rekeyed]) -> list[Outgoing]:
+        if self.bundle:
+            return bundles(items, self.trip_partitions)
+        out = []
         for item in items:
-            n = next(self._ids)
-            numbers.append(n)
-            self._waiting[n] = batch
             headers = {MSG_ID: msg_id(item), EXPECTED_STREAM: TRIP_STREAM}
             if item.trip_id is not None:
                 headers[TRIP_HEADER] = item.trip_id
+            out.append(Outgoing(self.subject(item), item.payload, headers, 1))
+        return out
+
+    async def publish(self, items: Sequence[Rekeyed]) -> list[PubAck]:
+        await self._ensure()
+        nc = self.js._nc
+        messages = self.outgoing(items)
+        batch = _Batch(len(messages))
+        numbers = []
+        for out in messages:
+            n = next(self._ids)
+            numbers.append(n)
+            self._waiting[n] = batch
+            batch.records[n] = out.records
             await nc.publish(
-                self.subject(item), item.payload, reply=f"{self._prefix}.{n}", headers=headers
+                out.subject, out.payload, reply=f"{self._prefix}.{n}", headers=out.headers
             )
         try:
             await asyncio.wait_for(batch.done.wait(), self.timeout_s)
@@ -94,7 +164,7 @@ class PipelinedRekeyer(Rekeyer):
             for n in numbers:
                 self._waiting.pop(n, None)
         if batch.left > 0:
-            raise TimeoutError(f"{batch.left} of {len(items)} re-key publishes unconfirmed")
+            raise TimeoutError(f"{batch.left} of {len(messages)} re-key publishes unconfirmed")
         if batch.error is not None:
             raise RuntimeError(f"re-key refused by the stream: {batch.error}")
         self.duplicates += batch.duplicates

@@ -6,7 +6,8 @@ of the trips that map to ``n`` (``trip_filter``). Each batch goes through the sa
 ``cargowatch.pipeline.Pipeline``: the batch's telemetry, the rules' verdicts, alarms, outbox
 rows and the touched trips' checkpoints in ONE store transaction (``EngineGate.commit``); the
 consumer acknowledges after it returns. Records arrive validated (stage 1), so nothing is
-parsed again (``codec``).
+parsed again (``codec``): in bundles of many records, or (written before bundles) one a
+message.
 
 **Idempotent, because a lease can move while a commit is in flight.** The old owner's commit
 may land after the new owner restored the partition. Telemetry de-duplicates (the engine only
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 import rules
 from alerts import AlarmService, LiveHub
-from cargowatch.busmode.codec import decode
+from cargowatch.busmode.codec import BUNDLE, decode, decode_bundle
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import commit_batch
 from cargowatch.services.engine import EngineGate
@@ -145,7 +146,10 @@ class TripPartition:
             try:
                 if m.device_id is None:
                     raise ValueError("no device in the subject")
-                record = decode(m.device_id, m.data)
+                if m.kind == BUNDLE:
+                    entries = decode_bundle(m.data)
+                else:  # one record a message (before bundles)
+                    entries = [(decode(m.device_id, m.data), (m.headers or {}).get(TRIP_HEADER))]
             except Exception as exc:
                 dead.append(
                     DeadLetter(
@@ -158,13 +162,13 @@ class TripPartition:
                     )
                 )
                 continue
-            if isinstance(record, Fix):
-                fixes.append(record)
-            else:
-                events.append(record)
-            trip = (m.headers or {}).get(TRIP_HEADER)
-            if trip and trip not in self._checked:
-                named.add(trip)
+            for record, trip in entries:
+                if isinstance(record, Fix):
+                    fixes.append(record)
+                else:
+                    events.append(record)
+                if trip and trip not in self._checked:
+                    named.add(trip)
         now = self.clock.now_ms()
         received = [f.received_at for f in fixes] + [e.received_at for e in events]
 
