@@ -377,15 +377,15 @@ class Engine:
         self.trips.release(slot)
         self._remap(info.device_slots)
 
-    def _not_from_an_ended_trip(
-        self, dev: I64, ts: I64, trip: I64
-    ) -> tuple[I64, npt.NDArray[np.bool_]]:
+    def _not_from_an_ended_trip(self, dev: I64, ts: I64, trip: I64) -> I64:
         """``trip`` with -1 (no trip) for messages from before the end of their device's
         previous trip, unless the current trip was already active then (it owns its data
-        from its start, as the store's trip spans say); and the mask of those messages."""
+        from its start, as the store's trip spans say)."""
+        if not len(ts):
+            return trip
         since = self.trips.m[np.maximum(trip, 0), TC.ACTIVE_SINCE]
         foreign = (ts <= self.devices.released[dev]) & ~(ts >= since) & (trip >= 0)
-        return (np.where(foreign, -1, trip) if foreign.any() else trip), foreign
+        return np.where(foreign, -1, trip) if foreign.any() else trip
 
     def release_devices(self, device_slots: Sequence[int], until_ms: float) -> None:
         """Data of these devices up to ``until_ms`` (event time) belongs to a trip that ended:
@@ -483,8 +483,8 @@ class Engine:
             locks = locks.take(~ld)
         ftrip = self.devices.trip[f.dev]
         ltrip = self.devices.trip[locks.dev]
-        ftrip, f_past = self._not_from_an_ended_trip(f.dev, f.ts, ftrip)
-        ltrip, _ = self._not_from_an_ended_trip(locks.dev, locks.ts, ltrip)
+        ftrip = self._not_from_an_ended_trip(f.dev, f.ts, ftrip)
+        ltrip = self._not_from_an_ended_trip(locks.dev, locks.ts, ltrip)
         self.trips.dirty[ftrip[ftrip >= 0]] = True
         self.trips.dirty[ltrip[ltrip >= 0]] = True
         pre_valid = self.devices.m[f.dev, DC.VALID_TS]
@@ -554,8 +554,7 @@ class Engine:
             info.gen = self._next_gen()
             self.trips.gen[slot] = info.gen
             info.created = self.journal.snapshot_now(self.trips, self.devices, slot)
-        # An ended trip's backlog is history (its track), not where the truck is now.
-        positions = self._positions(f, ftrip, valid & new_f & ~f_past, state, dist, pre_valid)
+        positions = self._positions(f, ftrip, valid & new_f, state, dist, pre_valid)
         self._after(ctx)
         events = ctx.emit.events
         if self._position_events and len(positions):
