@@ -373,30 +373,8 @@ class Engine:
         self._removed.add(info.trip_id)
         for d in info.device_slots:
             self._device_trips.get(d, set()).discard(slot)
-        self.release_devices(info.device_slots, self.trips.m[slot, TC.LAST_TS])
         self.trips.release(slot)
         self._remap(info.device_slots)
-
-    def _not_from_an_ended_trip(self, dev: I64, ts: I64, trip: I64) -> I64:
-        """``trip`` with -1 (no trip) for messages from before the end of their device's
-        previous trip, unless the current trip was already active then (it owns its data
-        from its start, as the store's trip spans say)."""
-        if not len(ts):
-            return trip
-        since = self.trips.m[np.maximum(trip, 0), TC.ACTIVE_SINCE]
-        foreign = (ts <= self.devices.released[dev]) & ~(ts >= since) & (trip >= 0)
-        return np.where(foreign, -1, trip) if foreign.any() else trip
-
-    def release_devices(self, device_slots: Sequence[int], until_ms: float) -> None:
-        """Data of these devices up to ``until_ms`` (event time) belongs to a trip that ended:
-        it is stored, and no longer evaluated for whatever trip the device reports for next."""
-        if device_slots and until_ms == until_ms:  # not NaN
-            d = np.asarray(device_slots, dtype=np.int64)
-            self.devices.released[d] = np.maximum(self.devices.released[d], until_ms)
-
-    def release_device(self, device_id: str, until_ms: int) -> None:
-        """``release_devices`` by id: at load, for trips that ended before a restart."""
-        self.release_devices([self.devices.slot(device_id)], float(until_ms))
 
     def _remap(self, device_slots: Sequence[int]) -> None:
         """Point each device at its trip: the most recently activated active trip, else the
@@ -429,13 +407,8 @@ class Engine:
         if slot is None:
             return []
         ctx = self._ctx(int(ts))
-        info = self.trips.info[slot]
-        devices = list(info.device_slots) if info is not None else []
         finish(ctx, slot, status, int(ts), reason)
         self._after(ctx)
-        # Ended at ``ts``: what the devices measured until then was this trip's, however late
-        # it arrives.
-        self.release_devices(devices, float(ts))
         return ctx.emit.events
 
     # -- messages ---------------------------------------------------------------------------
@@ -483,8 +456,6 @@ class Engine:
             locks = locks.take(~ld)
         ftrip = self.devices.trip[f.dev]
         ltrip = self.devices.trip[locks.dev]
-        ftrip = self._not_from_an_ended_trip(f.dev, f.ts, ftrip)
-        ltrip = self._not_from_an_ended_trip(locks.dev, locks.ts, ltrip)
         self.trips.dirty[ftrip[ftrip >= 0]] = True
         self.trips.dirty[ltrip[ltrip >= 0]] = True
         pre_valid = self.devices.m[f.dev, DC.VALID_TS]

@@ -428,9 +428,6 @@ class DeviceTable:
     def __init__(self, capacity: int = 64) -> None:
         self.m = np.tile(DEVICE_ROW, (capacity, 1))
         self.trip = np.full(capacity, -1, dtype=np.int64)
-        # Event time up to which the device's data belongs to a trip that has ended: a late
-        # backlog from it must not be judged by the device's next trip (another shipper's).
-        self.released = np.full(capacity, -np.inf)
         self.id_array = np.full(capacity, None, dtype=object)
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
@@ -444,7 +441,6 @@ class DeviceTable:
                 grow = self.m.shape[0]
                 self.m = np.vstack([self.m, np.tile(DEVICE_ROW, (grow, 1))])
                 self.trip = np.concatenate([self.trip, np.full(grow, -1, np.int64)])
-                self.released = np.concatenate([self.released, np.full(grow, -np.inf)])
                 self.id_array = np.concatenate([self.id_array, np.full(grow, None, object)])
             self.id_array[slot] = device_id
             self.ids.append(device_id)

@@ -168,20 +168,6 @@ class EngineGate:
             self._stale = False
 
 
-def release_ended_trips(store: Store, engine: Engine, trip_id: str, devices: list[str]) -> None:
-    """Tell the engine up to when each device's earlier, ended trips had its data: a late
-    backlog from those is not the loaded trip's (``Engine.release_devices``), after a
-    restart as before it."""
-    for device_id in devices:
-        for other in store.trips_for_device(device_id):
-            status = other.get("status")
-            if other.get("trip_id") == trip_id or status not in ("completed", "cancelled"):
-                continue
-            ended = other.get(f"{status}_at")
-            if isinstance(ended, int) and not isinstance(ended, bool):
-                engine.release_device(device_id, ended)
-
-
 def load_engine(
     store: Store,
     engine: Engine,
@@ -238,7 +224,6 @@ def load_engine(
                         exc,
                     )
             devices = [str(d) for d in trip.get("devices") or []]
-            release_ended_trips(store, engine, trip_id, devices)
             fixes += store.fixes(devices, horizon, received_since=since)
             events += store.lock_events(devices, horizon, received_since=since)
     # What the checkpoints do not cover yet, in one engine call (event-time order per
