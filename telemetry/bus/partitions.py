@@ -14,6 +14,7 @@ partition (``trip_partition``), so that all of one trip's devices are read by on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 DEVICE_PREFIX = "devices"
@@ -49,6 +50,7 @@ def partition_of(device_id: str, partitions: int) -> int:
     return fnv1a_32(subject_token(device_id).encode()) % partitions
 
 
+@functools.lru_cache(maxsize=1 << 16)  # per record in both stages: the hash is pure Python
 def trip_partition(key: str, partitions: int) -> int:
     """The trip partition of a trip id (or, for a device on no trip, of its device id)."""
     if partitions < 1:
@@ -73,6 +75,7 @@ class SubjectParts:
     kind: str
 
 
+@functools.lru_cache(maxsize=1 << 16)  # per delivered message; a device's subjects repeat
 def parse_subject(subject: str) -> SubjectParts | None:
     """Partition, device id and kind of a device-stream or trip-stream subject, else None.
 
