@@ -45,7 +45,10 @@ class MessageKind(StrEnum):
     LOCK = "lock"
 
 
-@dataclass(frozen=True, slots=True)
+# Fix and LockEvent are made once or twice per message on the hot path: not frozen (a frozen
+# dataclass's __init__ sets each field through object.__setattr__, 4x the cost), but hashable
+# by value as before (unsafe_hash); nothing mutates a record once it is made.
+@dataclass(slots=True, unsafe_hash=True)
 class Fix:
     """One GPS position report."""
 
@@ -63,7 +66,7 @@ class Fix:
     extra: dict[str, Any] | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class LockEvent:
     """One e-lock event."""
 

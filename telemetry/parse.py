@@ -19,6 +19,7 @@ its limits), then the unknown extras (kept, unless they cannot be stored again).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -99,6 +100,11 @@ def parse_topic(topic: str, prefix: str = "devices") -> tuple[str, MessageKind] 
     """
     if type(topic) is not str or type(prefix) is not str:
         return None
+    return _split_topic(topic, prefix)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # twice per message; a fleet's topics repeat
+def _split_topic(topic: str, prefix: str) -> tuple[str, MessageKind] | None:
     if prefix:
         n = len(prefix)
         if not topic.startswith(prefix) or topic[n : n + 1] != "/":

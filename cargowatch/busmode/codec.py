@@ -29,9 +29,10 @@ LOCK = "lock"
 BUNDLE = "bundle"
 
 
-def encode(record: Fix | LockEvent) -> bytes:
-    if isinstance(record, Fix):
-        row: list[Any] = [
+def row_of(record: Fix | LockEvent) -> list[Any]:
+    """The record as its JSON row (see the module's docstring)."""
+    if type(record) is Fix:
+        return [
             "p",
             record.ts,
             record.lat,
@@ -45,20 +46,23 @@ def encode(record: Fix | LockEvent) -> bytes:
             record.received_at,
             record.extra,
         ]
-    else:
-        row = [
-            "l",
-            record.ts,
-            record.event.value,
-            None if record.method is None else record.method.value,
-            record.lat,
-            record.lon,
-            record.battery_pct,
-            record.seq,
-            record.received_at,
-            record.extra,
-        ]
-    return orjson.dumps(row)
+    assert isinstance(record, LockEvent)
+    return [
+        "l",
+        record.ts,
+        record.event.value,
+        None if record.method is None else record.method.value,
+        record.lat,
+        record.lon,
+        record.battery_pct,
+        record.seq,
+        record.received_at,
+        record.extra,
+    ]
+
+
+def encode(record: Fix | LockEvent) -> bytes:
+    return orjson.dumps(row_of(record))
 
 
 def decode(device_id: str, data: bytes) -> Fix | LockEvent:
@@ -69,13 +73,12 @@ def decode(device_id: str, data: bytes) -> Fix | LockEvent:
 
 def from_row(device_id: str, row: Any) -> Fix | LockEvent:
     """One decoded record row (see ``decode``)."""
-    if not isinstance(row, list) or not row:
+    if type(row) is not list or not row:
         raise ValueError("not a re-keyed record")
     if row[0] == "p":
-        _, ts, lat, lon, speed, heading, hdop, sats, battery, seq, received, extra = row
-        return Fix(
-            device_id, ts, lat, lon, speed, heading, hdop, sats, battery, seq, received, extra
-        )
+        if len(row) != 12:
+            raise ValueError(f"a position row has 12 fields, not {len(row)}")
+        return Fix(device_id, *row[1:])  # per record: positional, no unpacking by name
     if row[0] == "l":
         _, ts, event, method, lat, lon, battery, seq, received, extra = row
         return LockEvent(
@@ -93,15 +96,14 @@ def from_row(device_id: str, row: Any) -> Fix | LockEvent:
     raise ValueError(f"unknown record kind {row[0]!r}")
 
 
-def encode_bundle(entries: Sequence[tuple[str, str | None, bytes]]) -> bytes:
-    """(device id, trip id, ``encode``d record) entries → one bundle payload."""
-    return (
-        b"["
-        + b",".join(
-            b"[" + orjson.dumps(device) + b"," + orjson.dumps(trip) + b"," + record + b"]"
+def encode_bundle(entries: Sequence[tuple[str, str | None, bytes | list[Any]]]) -> bytes:
+    """(device id, trip id, record) entries → one bundle payload; a record is its row
+    (``row_of``) or already ``encode``d. One ``orjson.dumps`` for the whole bundle."""
+    return orjson.dumps(
+        [
+            [device, trip, orjson.Fragment(record) if type(record) is bytes else record]
             for device, trip, record in entries
-        )
-        + b"]"
+        ]
     )
 
 
@@ -113,7 +115,7 @@ def decode_bundle(data: bytes) -> list[tuple[Fix | LockEvent, str | None]]:
         raise ValueError("not a bundle of re-keyed records")
     out: list[tuple[Fix | LockEvent, str | None]] = []
     for device, trip, row in entries:
-        if not isinstance(device, str) or not (trip is None or isinstance(trip, str)):
+        if type(device) is not str or not (trip is None or type(trip) is str):
             raise ValueError("a bundle entry without its device or trip")
         out.append((from_row(device, row), trip))
     return out

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cargowatch.busmode.codec import encode, kind_of
+from cargowatch.busmode.codec import kind_of, row_of
 from cargowatch.busmode.lag import to_clock_ms
 from cargowatch.metrics import Metrics
 from core.clock import Clock, SystemClock
@@ -159,9 +159,9 @@ class DeviceStage:
         dead: list[DeadLetter] = []
         again: list[tuple[BusMessage, DeadLetter]] = []  # of redelivered messages
         for m in batch:
-            mark = stream_mark(m.stream_seq)
             rejected = self._check(m, out)
             for d in rejected:
+                mark = stream_mark(m.stream_seq)
                 marked = dataclasses.replace(d, detail=f"{d.detail or ''} {mark}".lstrip())
                 if m.delivered > 1:
                     again.append((m, marked))
@@ -202,7 +202,7 @@ class DeviceStage:
         assert parsed_topic is not None  # records only come from a well-formed topic
         trip = self.trip_of(parsed_topic[0])
         for r in records:
-            out.append(Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, trip, encode(r)))
+            out.append(Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, trip, b"", row_of(r)))
         return dead
 
     def _new_only(self, again: Sequence[tuple[BusMessage, DeadLetter]]) -> list[DeadLetter]:

@@ -31,12 +31,11 @@ from nats.js.api import PubAck
 
 from cargowatch.busmode.codec import BUNDLE, encode_bundle
 from telemetry.bus.partitions import trip_partition, trip_subject
-from telemetry.bus.rekey import MSG_ID, TRIP_HEADER, Rekeyed, Rekeyer, msg_id
+from telemetry.bus.rekey import MSG_ID, TRIP_HEADER, Rekeyed, Rekeyer, msg_id, payload_of
 from telemetry.bus.streams import TRIP_STREAM
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 MAX_BUNDLE_BYTES = 512 * 1024  # well below the server's max_payload (1 MB by default)
-ENTRY_OVERHEAD = 16  # brackets, commas and quotes around a bundle entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,27 +56,26 @@ def bundles(items: Sequence[Rekeyed], trip_partitions: int) -> list[Outgoing]:
         groups.setdefault(trip_partition(key, trip_partitions), []).append(item)
     out: list[Outgoing] = []
     for m, group in groups.items():
-        chunk: list[Rekeyed] = []
-        size = 0
-        for item in group:
-            # 6×: a character takes at most 6 bytes (an escape)
-            n = len(item.payload) + 6 * (len(item.device_id) + len(item.trip_id or ""))
-            n += ENTRY_OVERHEAD
-            if chunk and size + n > MAX_BUNDLE_BYTES:
-                out.append(_bundle(m, chunk))
-                chunk, size = [], 0
-            chunk.append(item)
-            size += n
-        if chunk:
-            out.append(_bundle(m, chunk))
+        _split(m, group, out)
     return out
 
 
-def _bundle(m: int, chunk: Sequence[Rekeyed]) -> Outgoing:
-    payload = encode_bundle([(i.device_id, i.trip_id, i.payload) for i in chunk])
+def _split(m: int, chunk: Sequence[Rekeyed], out: list[Outgoing]) -> None:
+    """One bundle of ``chunk``, or (too large: rare, records are small) its halves, in
+    order. Encoding first and splitting after costs one ``dumps`` per bundle instead of a
+    size estimate per record; the split depends only on the records, so a redelivered batch
+    makes the same bundles."""
+    payload = encode_bundle(
+        [(i.device_id, i.trip_id, i.payload if i.row is None else i.row) for i in chunk]
+    )
+    if len(payload) > MAX_BUNDLE_BYTES and len(chunk) > 1:
+        half = len(chunk) // 2
+        _split(m, chunk[:half], out)
+        _split(m, chunk[half:], out)
+        return
     ident = f"{BUNDLE}|{msg_id(chunk[0])}|{msg_id(chunk[-1])}|{len(chunk)}"
     headers = {MSG_ID: ident, EXPECTED_STREAM: TRIP_STREAM}
-    return Outgoing(trip_subject(m, chunk[0].device_id, BUNDLE), payload, headers, len(chunk))
+    out.append(Outgoing(trip_subject(m, chunk[0].device_id, BUNDLE), payload, headers, len(chunk)))
 
 
 class _Batch:
@@ -141,7 +139,7 @@ class PipelinedRekeyer(Rekeyer):
             headers = {MSG_ID: msg_id(item), EXPECTED_STREAM: TRIP_STREAM}
             if item.trip_id is not None:
                 headers[TRIP_HEADER] = item.trip_id
-            out.append(Outgoing(self.subject(item), item.payload, headers, 1))
+            out.append(Outgoing(self.subject(item), payload_of(item), headers, 1))
         return out
 
     async def publish(self, items: Sequence[Rekeyed]) -> list[PubAck]:
