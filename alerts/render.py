@@ -6,6 +6,7 @@ to shippers carries RFC 3339 UTC strings with milliseconds and ``Z``.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 from typing import Any
@@ -29,10 +30,13 @@ def iso(ms: int | None) -> str | None:
     """Epoch milliseconds as ``2026-11-22T08:00:05.123Z``; None stays None."""
     if ms is None:
         return None
-    ms = int(ms)
-    # time.gmtime + strftime is ~3x faster than datetime and this runs per live position.
-    secs, rem = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem:03d}Z"
+    secs, rem = divmod(int(ms), 1000)
+    return f"{_iso_seconds(secs)}.{rem:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)  # per live position; a batch's fixes share their seconds
+def _iso_seconds(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 def parse_time(value: str | int) -> int:

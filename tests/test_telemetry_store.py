@@ -1259,8 +1259,11 @@ def test_engine_states_are_upserted_deleted_and_kept_with_their_unit_of_work(
 ) -> None:
     store.save_engine_states({"T1": b'{"v": 1}', "T2": b"\x00\xffbinary"}, at_ms=5)
     assert store.engine_states() == {"T1": (b'{"v": 1}', 5), "T2": (b"\x00\xffbinary", 5)}
+    assert store.engine_state("T2") == (b"\x00\xffbinary", 5)
     store.save_engine_states({"T1": b'{"v": 2}'}, ["T2"], at_ms=6)
     assert store.engine_states() == {"T1": (b'{"v": 2}', 6)}
+    assert store.engine_state("T1") == (b'{"v": 2}', 6)
+    assert store.engine_state("T2") is None
     # A checkpoint is written with the batch it covers: a rolled-back unit keeps nothing.
     with pytest.raises(RuntimeError), store.unit_of_work():
         store.save_engine_states({"T1": b'{"v": 3}', "T3": b"{}"})

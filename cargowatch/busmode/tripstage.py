@@ -61,7 +61,7 @@ def refresh_trip(store: Store, engine: Engine, trip_id: str, now_ms: int) -> Non
     engine.upsert_trip(doc, store.trip_events(trip_id))
     if loaded:
         return
-    entry = store.engine_states().get(trip_id)
+    entry = store.engine_state(trip_id)
     if entry is None:
         return  # a new trip: nothing of it stored yet
     try:

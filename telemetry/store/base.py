@@ -77,6 +77,11 @@ class Store(abc.ABC):
         """Every stored per-trip engine checkpoint by trip id, with the ``at_ms`` it was
         saved with (the receive time up to which it covers the trip's messages)."""
 
+    @abc.abstractmethod
+    def engine_state(self, trip_id: str) -> tuple[bytes, int] | None:
+        """One trip's checkpoint and its ``at_ms`` (None: none stored): a worker loading one
+        trip must not read every trip's."""
+
     # -- devices ----------------------------------------------------------------------------
     @abc.abstractmethod
     def put_device(self, device: Doc) -> None:

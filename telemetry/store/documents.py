@@ -109,6 +109,10 @@ class SqlStore(Store):
         rows = self._fetch(Q.ENGINE_STATES, {}, "engine_states")
         return {str(trip_id): (bytes(state), int(at)) for trip_id, state, at in rows}
 
+    def engine_state(self, trip_id: str) -> tuple[bytes, int] | None:
+        rows = self._fetch(Q.ENGINE_STATE, {"trip_id": trip_id}, "engine_state")
+        return (bytes(rows[0][1]), int(rows[0][2])) if rows else None
+
     # -- devices ----------------------------------------------------------------------------
     def put_device(self, device: Doc) -> None:
         device_id = R.key_of(device, "device_id", "device")

@@ -205,6 +205,7 @@ PUT_ENGINE_STATE = (
 )
 DELETE_ENGINE_STATE = "DELETE FROM engine_state WHERE trip_id = :trip_id"
 ENGINE_STATES = "SELECT trip_id, state, updated_at FROM engine_state"
+ENGINE_STATE = "SELECT trip_id, state, updated_at FROM engine_state WHERE trip_id = :trip_id"
 
 DEVICE_IDS = "SELECT device_id FROM devices"
 COUNT_API_KEYS = "SELECT count(*) FROM api_keys"
