@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from rules.checkpoint import dump_trip, load_trip
 from rules.context import STATE_NAMES, Ctx, FlagKey
 from rules.emit import Emitter
 from rules.errors import RulesError, TripPlanError
-from rules.events import EngineEvent, PositionUpdate, TripStatus
+from rules.events import EngineEvent, PositionUpdate, TripStatus, TripStatusChanged
 from rules.geometry import TripGeometry
 from rules.lifecycle import (
     finish,
@@ -68,6 +69,22 @@ logger = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 _NO_ROUTE = np.zeros((0, 2))
+_ENDED = (TripStatus.COMPLETED, TripStatus.CANCELLED)
+
+
+def _doc_ms(value: object) -> float | None:
+    """Epoch ms of a stored time (int ms or RFC 3339, as trip documents keep them)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value == value else None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return moment.timestamp() * 1000.0 if moment.tzinfo is not None else None
+    return None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -237,7 +254,7 @@ class Engine:
         if status in ("completed", "cancelled"):
             slot = self._slots.get(trip_id) if isinstance(trip_id, str) else None
             if slot is not None:
-                self._remove(slot)
+                self._remove(slot, _doc_ms(doc.get(f"{status}_at")))
             return []
         digest = _doc_digest(doc)
         slot = self._slots.get(trip_id) if isinstance(trip_id, str) else None
@@ -365,9 +382,19 @@ class Engine:
             self._device_trips.setdefault(d, set()).add(slot)
         self._remap(tuple(set(old_devices) | set(info.device_slots)))
 
-    def _remove(self, slot: int) -> None:
+    def _remove(self, slot: int, ended_ms: float | None = None) -> None:
+        """Drop a trip; ``ended_ms``: when it ended (event time of its end, as the store
+        records it; unknown: its newest message)."""
         info = self.trips.info[slot]
         assert info is not None
+        m = self.trips.m[slot]
+        start = m[TC.ACTIVE_SINCE]
+        if math.isnan(start):  # never activated: the store spans it from its planned start
+            start = self.trips.planned_start[slot]
+        end = ended_ms if ended_ms is not None else m[TC.LAST_TS]
+        if math.isfinite(start):
+            for d in info.device_slots:
+                self.devices.note_ended(d, float(start), float(end) if end == end else start)
         self.geometry.remove_trip(info.plan)
         del self._slots[info.trip_id]
         self._removed.add(info.trip_id)
@@ -375,6 +402,25 @@ class Engine:
             self._device_trips.get(d, set()).discard(slot)
         self.trips.release(slot)
         self._remap(info.device_slots)
+
+    def note_ended_trip(self, device_id: str, start_ms: int, end_ms: int) -> None:
+        """The device served a trip from ``start_ms`` to ``end_ms`` (event time) that has
+        ended (read back from the store after a restart): its messages from then are that
+        trip's, stored but not judged by the device's current trip unless that trip was
+        already active at their ts."""
+        self.devices.note_ended(self.devices.slot(device_id), float(start_ms), float(end_ms))
+
+    def _foreign(self, dev: I64, ts: I64, trip: I64) -> npt.NDArray[np.bool_]:
+        """Messages from before their trip's activation (any, for a planned trip) that lie
+        in an ended trip's span of their device: that trip's backlog."""
+        cand = (ts <= self.devices.ended_to[dev]) & (trip >= 0)
+        if not cand.any():  # the common case: data newer than any ended trip of its device
+            return cand
+        cand &= ~(ts >= self.trips.m[np.maximum(trip, 0), TC.ACTIVE_SINCE])
+        idx = np.flatnonzero(cand)
+        if idx.size:
+            cand[idx] = self.devices.in_ended(dev[idx], ts[idx])
+        return cand
 
     def _remap(self, device_slots: Sequence[int]) -> None:
         """Point each device at its trip: the most recently activated active trip, else the
@@ -456,6 +502,16 @@ class Engine:
             locks = locks.take(~ld)
         ftrip = self.devices.trip[f.dev]
         ltrip = self.devices.trip[locks.dev]
+        # A device's backlog from a trip that has ended (the store has it; its track shows
+        # it) is judged by no trip: the device's current trip may be another shipper's.
+        # Not even as a device without a trip: its old positions would become the device's
+        # latest and its next trip's reference (jump filter, locating an unlock).
+        past_f = self._foreign(f.dev, f.ts, ftrip)
+        if past_f.any():
+            f, ftrip = f.take(~past_f), ftrip[~past_f]
+        past_l = self._foreign(locks.dev, locks.ts, ltrip)
+        if past_l.any():
+            locks, ltrip = locks.take(~past_l), ltrip[~past_l]
         self.trips.dirty[ftrip[ftrip >= 0]] = True
         self.trips.dirty[ltrip[ltrip >= 0]] = True
         pre_valid = self.devices.m[f.dev, DC.VALID_TS]
@@ -568,12 +624,17 @@ class Engine:
 
     def _after(self, ctx: Ctx) -> None:
         """Drop finished trips and re-point devices of trips whose status changed."""
+        ended: dict[str, int] = {}
+        if ctx.status_changed:
+            for e in ctx.emit.events:
+                if isinstance(e, TripStatusChanged) and e.status in _ENDED:
+                    ended[e.trip_id] = e.ts
         for slot in sorted(ctx.status_changed):
             info = self.trips.info[slot]
             if info is None:
                 continue
             if self.trips.m[slot, TC.STATUS] in (COMPLETED, CANCELLED):
-                self._remove(slot)
+                self._remove(slot, ended.get(info.trip_id))
             else:
                 self._remap(info.device_slots)
         ctx.status_changed.clear()

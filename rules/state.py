@@ -27,6 +27,7 @@ __all__ = [
     "GF_OUT_TS",
     "GF_SINCE",
     "GF_SLOT",
+    "MAX_ENDED_SPANS",
     "RC",
     "STATUS_CODE",
     "STATUS_NAME",
@@ -422,6 +423,10 @@ class TripTable:
         return np.flatnonzero(self.gen >= 0)
 
 
+#: ended trips' spans kept per device (DeviceTable.note_ended)
+MAX_ENDED_SPANS = 8
+
+
 class DeviceTable:
     """Device slots: event-time state and the trip each device currently reports for."""
 
@@ -431,6 +436,11 @@ class DeviceTable:
         self.id_array = np.full(capacity, None, dtype=object)
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
+        # Event-time spans of trips the device served that have ended: its late data from
+        # them is theirs, not the next trip's (another shipper's). ``ended_to`` (latest end)
+        # lets a batch skip the exact span test for every message newer than all of them.
+        self.ended_to = np.full(capacity, -np.inf)
+        self.ended: dict[int, list[tuple[float, float]]] = {}
 
     def slot(self, device_id: str) -> int:
         """The slot of ``device_id``, allocated on first sight."""
@@ -441,11 +451,35 @@ class DeviceTable:
                 grow = self.m.shape[0]
                 self.m = np.vstack([self.m, np.tile(DEVICE_ROW, (grow, 1))])
                 self.trip = np.concatenate([self.trip, np.full(grow, -1, np.int64)])
+                self.ended_to = np.concatenate([self.ended_to, np.full(grow, -np.inf)])
                 self.id_array = np.concatenate([self.id_array, np.full(grow, None, object)])
             self.id_array[slot] = device_id
             self.ids.append(device_id)
             self.index[device_id] = slot
         return slot
+
+    def note_ended(self, slot: int, start_ms: float, end_ms: float) -> None:
+        """Record that the device served a trip from ``start_ms`` to ``end_ms`` (event time,
+        inclusive) which has ended. The newest ``MAX_ENDED_SPANS`` are kept: a backlog older
+        than that many trips of one device is not expected."""
+        if not (start_ms == start_ms and end_ms == end_ms):  # NaN: no span
+            return
+        spans = self.ended.setdefault(slot, [])
+        if (start_ms, end_ms) in spans:
+            return
+        spans.append((start_ms, max(start_ms, end_ms)))
+        spans.sort(key=lambda s: s[1])
+        del spans[:-MAX_ENDED_SPANS]
+        self.ended_to[slot] = spans[-1][1]
+
+    def in_ended(
+        self, dev: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """Per message: whether its ts lies in an ended trip's span of its device."""
+        out = np.zeros(dev.shape[0], dtype=bool)
+        for i, (d, t) in enumerate(zip(dev.tolist(), ts.tolist(), strict=True)):
+            out[i] = any(a <= t <= b for a, b in self.ended.get(d, ()))
+        return out
 
     def slots(self, device_ids: list[str]) -> npt.NDArray[np.int64]:
         """Slots of many ids (allocating unknown ones)."""

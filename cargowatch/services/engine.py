@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from rules import HISTORY_LOOKBACK_MS, Engine
 from rules.events import EngineEvent
 from telemetry.models import Fix, LockEvent
 from telemetry.store import Store
+from telemetry.store.spans import trip_span
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,26 @@ class EngineGate:
             self._stale = False
 
 
+def load_ended_spans(store: Store, engine: Engine, devices: Iterable[str]) -> None:
+    """Tell the engine the spans of the devices' trips that have ended (as the store's
+    track reads them, ``trip_span``): a late backlog from one of them is that trip's, after
+    a restart as before it, and not judged by the device's current trip. One read per
+    device; call before the engine processes the devices' stored messages."""
+    for device_id in dict.fromkeys(devices):
+        for other in store.trips_for_device(device_id):
+            if other.get("status") not in ("completed", "cancelled"):
+                continue
+            # the status events only when the document lacks its activation time
+            events = (
+                ()
+                if other.get("activated_at") is not None
+                else (store.trip_events(str(other.get("trip_id"))))
+            )
+            start, end = trip_span(other, events)
+            if end is not None and start < 2**62:
+                engine.note_ended_trip(device_id, start, end)
+
+
 def load_engine(
     store: Store,
     engine: Engine,
@@ -201,6 +222,7 @@ def load_engine(
     horizon = now_ms - HISTORY_LOOKBACK_MS
     fixes: list[Fix] = []
     events: list[LockEvent] = []
+    loaded_devices: list[str] = []
     for status in ("planned", "active"):
         for trip in store.list_trips(status=status, limit=1_000_000):
             trip_id = str(trip.get("trip_id"))
@@ -224,8 +246,10 @@ def load_engine(
                         exc,
                     )
             devices = [str(d) for d in trip.get("devices") or []]
+            loaded_devices += devices
             fixes += store.fixes(devices, horizon, received_since=since)
             events += store.lock_events(devices, horizon, received_since=since)
+    load_ended_spans(store, engine, loaded_devices)
     # What the checkpoints do not cover yet, in one engine call (event-time order per
     # device); what it emits again is recognised by the store and not raised twice.
     engine.process(fixes, events, now_ms)
