@@ -30,6 +30,7 @@ Prints one JSON object keyed by mode (and writes it to ``--out``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
@@ -171,6 +173,30 @@ class Mode:
             wanted = 2 * PARTITIONS
             wait_for(lambda: len(lease_pids(self.broker.url)) == wanted, 60, "partitions owned")
             time.sleep(2)  # the shares settle (a second worker takes half)
+
+    def stream_sizes(self, records: int) -> dict[str, Any] | None:
+        """NATS modes: what the two streams hold now (``records``: messages published)."""
+        if self.name == "mosquitto":
+            return None
+
+        async def read() -> dict[str, Any]:
+            nc = await nats.connect(self.broker.url)
+            try:
+                js = nc.jetstream()
+                out: dict[str, Any] = {}
+                for name in ("DEVICES", "TRIPS"):
+                    state = (await js.stream_info(name)).state
+                    out[name] = {"messages": state.messages, "bytes": state.bytes}
+                out["DEVICES"]["bytes_per_message"] = round(
+                    out["DEVICES"]["bytes"] / max(1, out["DEVICES"]["messages"]), 1
+                )
+                # TRIPS holds bundles: per re-keyed record
+                out["TRIPS"]["bytes_per_record"] = round(out["TRIPS"]["bytes"] / max(1, records), 1)
+                return out
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
 
     def _healthy(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -355,6 +381,7 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
     store = open_store(db)
     steps: list[dict[str, Any]] = []
     overload: dict[str, Any] | None = None
+    streams: dict[str, Any] | None = None
     try:
         mode.start()
         live = LiveReader(mode.http, ADMIN)
@@ -386,6 +413,7 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
             }
             print(json.dumps({name: {"overload": overload}}), file=sys.stderr)
         live.close()
+        streams = mode.stream_sizes(store.count_telemetry()["fixes"])
     finally:
         mode.stop()
         store.close()
@@ -399,6 +427,7 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
             "seed_s": round(seeded_s, 1),
         },
         "steps": steps,
+        "streams": streams,
         "max_sustained_msg_per_s": max(sustained, default=0),
     }
 
