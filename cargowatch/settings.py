@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     bus_trips_gib: float = Field(
         20.0, gt=0, description="bus: the TRIPS stream keeps at most this many GiB (2 days)"
     )
+    bus_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="bus: copies of each stream on a NATS cluster (3 on a 3-node cluster; "
+        "1 on a single server)",
+    )
     http: str = Field("127.0.0.1:8080", description="HOST:PORT the API listens on")
     admin_key: str | None = Field(
         None, description="this secret is an admin API key (simulate: the key for --api)"

@@ -193,7 +193,9 @@ class BusWorker:
             layout = await discover_layout(nc)
             self.trip_partitions = layout.trip_partitions
             self.device_partitions = layout.partitions
-            await ensure_streams(js, *stream_limits(self.settings))
+            await ensure_streams(
+                js, *stream_limits(self.settings), replicas=self.settings.bus_replicas
+            )
             kv = await lease_bucket(js)
             ttl = (await kv.status()).ttl or 10.0
             if self.hub.forward is None:  # a standalone worker: its live events go over NATS

@@ -277,3 +277,144 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class NatsCluster:
+    """Three (``size``) nats-server nodes on free loopback ports, each configured by
+    ``cargowatch broker-config nats DIR --server-name … --cluster … --routes …`` in its own
+    directory under ``workdir``, with the same engine password and device users (copied from
+    the first node's directory, as docs/scaling.md tells an operator to). ``kill(i)`` is a
+    ``kill -9`` of one node; ``stop()`` ends those still running, each by its own pid."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        size: int = 3,
+        partitions: int = 4,
+        devices: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cw-natsc-"))
+        self.size = size
+        self.partitions = partitions
+        self.devices = dict(devices or {})
+        self.ports = [free_port() for _ in range(size)]
+        self.mqtt_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.names = [f"n{i}" for i in range(size)]
+        self.dirs = [self.workdir / name for name in self.names]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        self.url = ""
+
+    def urls(self) -> list[str]:
+        """The engine's URL on each node (the same credentials everywhere)."""
+        head = self.url.rsplit("@", 1)[0]
+        return [f"{head}@127.0.0.1:{p}" for p in self.ports]
+
+    def configure(self) -> None:
+        import argparse
+        import io
+
+        from cargowatch import brokerconfig_nats
+        from telemetry.bus.config import write_users
+
+        routes = ",".join(f"127.0.0.1:{p}" for p in self.route_ports)
+        for i, d in enumerate(self.dirs):
+            d.mkdir(parents=True, exist_ok=True)
+            if i == 0:
+                write_users(d, self.devices)
+            else:  # the same users on every node
+                for name in ("engine.secret", "devices.json"):
+                    shutil.copy2(self.dirs[0] / name, d / name)
+            parser = argparse.ArgumentParser()
+            brokerconfig_nats.add_arguments(parser)
+            args = parser.parse_args(
+                [
+                    str(d),
+                    f"--listen=127.0.0.1:{self.ports[i]}",
+                    f"--mqtt=127.0.0.1:{self.mqtt_ports[i]}",
+                    f"--partitions={self.partitions}",
+                    f"--server-name={self.names[i]}",
+                    f"--cluster=127.0.0.1:{self.route_ports[i]}",
+                    f"--routes={routes}",
+                ]
+            )
+            out = io.StringIO()
+            if brokerconfig_nats.run(args, out) != 0:
+                raise RuntimeError(f"broker-config nats failed for {d}")
+            url = out.getvalue().splitlines()[1]
+            assert not self.url or url.rsplit("@", 1)[0] == self.url.rsplit("@", 1)[0]
+            self.url = self.url or url
+
+    def start_node(self, i: int) -> None:
+        from telemetry.bus.config import nats_server_binary
+
+        log = open(self.dirs[i] / "nats.log", "ab")  # noqa: SIM115 - owned by the process
+        self.procs[i] = subprocess.Popen(
+            [nats_server_binary(), "-c", str(self.dirs[i] / "nats.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def start(self) -> NatsCluster:
+        self.configure()
+        for i in range(self.size):
+            self.start_node(i)
+        for i in range(self.size):
+            _wait_port(self.ports[i], 15, self.procs[i])
+            _wait_port(self.mqtt_ports[i], 15, self.procs[i])
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until every running node answers a JetStream request (a meta leader is elected)."""
+        import asyncio
+
+        import nats
+
+        async def ready(url: str) -> bool:
+            try:
+                nc = await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+            except Exception:
+                return False
+            try:
+                await nc.jetstream().account_info()
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        deadline = time.monotonic() + timeout_s
+        for i, url in enumerate(self.urls()):
+            if self.procs[i] is None:
+                continue
+            while not asyncio.run(ready(url)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"JetStream not ready on node {i} after {timeout_s} s")
+                time.sleep(0.2)
+
+    def kill(self, i: int) -> None:
+        """``kill -9`` node ``i`` (its store stays on disk)."""
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self.procs[i] = None
+
+    def stop(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.procs[i] = None
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

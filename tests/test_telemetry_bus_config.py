@@ -36,3 +36,25 @@ def test_device_and_engine_passwords_are_stored_as_hashes(tmp_path: Path) -> Non
 def test_a_hash_is_not_hashed_again() -> None:
     once = password_hash("token")
     assert once.startswith("$2") and password_hash(once) == once
+
+
+def test_a_cluster_node_gets_its_name_routes_and_replicated_mqtt_state(tmp_path: Path) -> None:
+    import pytest
+
+    from telemetry.bus.config import write_nats_config
+
+    routes = ["127.0.0.1:6222", "nats-route://127.0.0.1:6223", "127.0.0.1:6224"]
+    write_nats_config(tmp_path, server_name="n1", cluster="127.0.0.1:6223", routes=routes)
+    conf = (tmp_path / "nats.conf").read_text()
+    assert 'server_name: "n1"' in conf
+    assert 'listen: "127.0.0.1:6223"' in conf and 'name: "cargowatch"' in conf
+    assert '"nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6223"' in conf
+    assert "stream_replicas: 3" in conf and "consumer_replicas: 3" in conf
+    single = tmp_path / "single"
+    write_nats_config(single)
+    assert "cluster {" not in (single / "nats.conf").read_text()
+    assert "stream_replicas" not in (single / "nats.conf").read_text()
+    with pytest.raises(ValueError, match="--server-name"):
+        write_nats_config(tmp_path, cluster="127.0.0.1:6223", routes=routes)
+    with pytest.raises(ValueError, match="--cluster"):
+        write_nats_config(tmp_path, server_name="n1", routes=routes)

@@ -60,7 +60,7 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import bcrypt
@@ -76,6 +76,8 @@ DEFAULT_PARTITIONS = 16
 CONFIG_SUBJECT = "cargowatch.config"
 """Mapped by the server onto ``cargowatch.config.{base64url of DIR}`` (``announce``)."""
 DEVICES_FILE = "devices.json"
+DEFAULT_SERVER_NAME = "cargowatch"
+DEFAULT_CLUSTER = "cargowatch"
 
 
 def nats_server_binary() -> str:
@@ -96,6 +98,15 @@ def _hostport(value: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def _route_addr(value: str) -> str:
+    """A route as HOST:PORT (``nats-route://`` or ``nats://`` allowed in front)."""
+    text = value.strip()
+    for scheme in ("nats-route://", "nats://"):
+        text = text.removeprefix(scheme)
+    host, port = _hostport(text)
+    return f"{host}:{port}"
 
 
 def engine_password(dir: Path) -> str:
@@ -201,22 +212,39 @@ def write_nats_config(
     partitions: int = DEFAULT_PARTITIONS,
     *,
     trip_partitions: int | None = None,
-    server_name: str = "cargowatch",
+    server_name: str = DEFAULT_SERVER_NAME,
     devices: Mapping[str, str] | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     tls_mqtt: str | None = None,
     announce: bool = False,
+    cluster: str | None = None,
+    routes: Sequence[str] = (),
+    cluster_name: str = DEFAULT_CLUSTER,
 ) -> tuple[str, str]:
     """Write the server's configuration into ``dir``; return (start command, ``--bus`` URL).
 
     ``devices``: the device users (``None`` keeps those of an earlier run). ``tls_cert`` and
     ``tls_key``: the MQTT listener speaks TLS, on ``tls_mqtt`` (default: ``mqtt``'s host, port
     8883). ``announce``: the server tells ``serve --bus`` where this directory is.
+
+    ``cluster`` (HOST:PORT): this server is a node of a cluster named ``cluster_name``, taking
+    routes from the other nodes on that address and connecting to ``routes`` (HOST:PORT or
+    ``nats-route://HOST:PORT`` of every node; its own address may be among them, the server
+    skips it). Each node needs its own ``server_name``.
     """
     trips = trip_partitions or partitions
     if partitions < 1 or trips < 1:
         raise ValueError("partitions must be >= 1")
+    route_addrs = [_route_addr(r) for r in routes]
+    if route_addrs and not cluster:
+        raise ValueError("--routes needs --cluster (this node's own route address)")
+    if cluster:
+        _hostport(cluster)
+        if server_name == DEFAULT_SERVER_NAME:
+            raise ValueError("a cluster node needs its own --server-name")
+        if not cluster_name or any(c in cluster_name for c in " .*>"):
+            raise ValueError(f"bad cluster name {cluster_name!r}")
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     if tls_mqtt and not tls_cert:
@@ -229,14 +257,32 @@ def write_nats_config(
     d.chmod(0o700)
     host, port = _hostport(listen)
     mqtt_host, mqtt_port = _hostport(mqtt)
-    mqtt_block = f"mqtt {{ listen: {_q(f'{mqtt_host}:{mqtt_port}')} }}\n"
+    mqtt_listen = f"{mqtt_host}:{mqtt_port}"
+    mqtt_tls = ""
     if tls_cert and tls_key:
         tls_host, tls_port = _hostport(tls_mqtt or f"{mqtt_host}:8883")
-        mqtt_block = (
-            f"mqtt {{\n  listen: {_q(f'{tls_host}:{tls_port}')}\n"
+        mqtt_listen = f"{tls_host}:{tls_port}"
+        mqtt_tls = (
             f"  tls {{ cert_file: {_q(str(Path(tls_cert).resolve()))},"
-            f" key_file: {_q(str(Path(tls_key).resolve()))} }}\n}}\n"
+            f" key_file: {_q(str(Path(tls_key).resolve()))} }}\n"
         )
+    cluster_block = ""
+    mqtt_replicas = ""
+    if cluster:
+        nodes = len({_route_addr(cluster), *route_addrs})
+        # The MQTT sessions ($MQTT_* streams) must survive a node as the devices' data does;
+        # the server would size them from the peers it knows when the first device connects,
+        # which during a rolling start can be one.
+        replicas = min(3, nodes)
+        mqtt_replicas = f"  stream_replicas: {replicas}\n  consumer_replicas: {replicas}\n"
+        cluster_block = (
+            "cluster {\n"
+            f"  name: {_q(cluster_name)}\n"
+            f"  listen: {_q(cluster)}\n"
+            f"  routes: [{', '.join(_q('nats-route://' + r) for r in route_addrs)}]\n"
+            "}\n"
+        )
+    mqtt_block = f"mqtt {{\n  listen: {_q(mqtt_listen)}\n{mqtt_tls}{mqtt_replicas}}}\n"
     store = d / "jetstream"
     store.mkdir(exist_ok=True)
     write_users(d, devices)
@@ -253,6 +299,7 @@ def write_nats_config(
         f"server_name: {_q(server_name)}\n"
         f"pid_file: {_q(str(d / 'nats.pid'))}\n"
         f"jetstream {{ store_dir: {_q(str(store))} }}\n"
+        f"{cluster_block}"
         f"{mqtt_block}"
         "accounts {\n"
         f"  {ACCOUNT} {{\n"

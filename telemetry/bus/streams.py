@@ -44,6 +44,8 @@ LAYOUT_SUBJECT = "cargowatch.layout"
 """Mapped by the server onto ``cargowatch.layout.{P}.{P2}`` (see ``config``)."""
 
 INSUFFICIENT_STORAGE = 10047  # JetStream API error code
+# "replicas > 1 not supported in non-clustered mode", "insufficient resources" (too few peers)
+REPLICA_ERRORS = frozenset({10074, 10023})
 DAY_S = 24 * 3600.0
 GIB = 1 << 30
 
@@ -127,7 +129,13 @@ def stream_configs(
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream, or bring an existing one to ``config``. Safe to race: every engine
-    process calls it at start and they all converge on the same configuration."""
+    process calls it at start and they all converge on the same configuration.
+
+    An existing stream with another number of replicas is scaled to ``config``'s (the server
+    copies it to the new peers, or drops copies, while it stays available): raising
+    ``CARGOWATCH_BUS_REPLICAS`` from 1 to 3 on a cluster is a restart of the workers. More
+    replicas than the cluster can place (or > 1 on a single server) is an ``APIError`` saying
+    so."""
     assert config.name is not None
     try:
         try:
@@ -139,14 +147,25 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             except nats.js.errors.BadRequestError:
                 await asyncio.sleep(0)  # created meanwhile by another process: update below
         await js.update_stream(config)
-    except nats.js.errors.ServerError as exc:
-        if exc.err_code == INSUFFICIENT_STORAGE:
+    except nats.js.errors.APIError as exc:
+        if isinstance(exc, nats.js.errors.ServerError) and exc.err_code == INSUFFICIENT_STORAGE:
             raise nats.js.errors.ServerError(
                 code=exc.code,
                 err_code=exc.err_code,
                 description=f"stream {config.name}: max_bytes {config.max_bytes} does not fit in "
                 "the server's JetStream file store (its max_file_store, by default 75 % of the "
                 "free disk); lower the stream's limit or give the server more storage",
+            ) from exc
+        replicas = config.num_replicas or 1
+        if replicas > 1 and (
+            exc.err_code in REPLICA_ERRORS or "replica" in (exc.description or "").lower()
+        ):
+            raise type(exc)(
+                code=exc.code,
+                err_code=exc.err_code,
+                description=f"stream {config.name}: {replicas} replicas need a NATS cluster of "
+                f"at least {replicas} JetStream nodes (CARGOWATCH_BUS_REPLICAS; 1 on a single "
+                f"server); the server said: {exc.description}",
             ) from exc
         raise
 
