@@ -39,17 +39,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
+import orjson
 
 from cargowatch.runtime import Runtime
 from cargowatch.settings import Settings
 from telemetry.store import open_store
-from tests.bus_support import LiveReader, lease_pids, spawn, trip_doc, wait_for
+from tests.bus_support import lease_pids, spawn, trip_doc, wait_for
 from tests.nats_service import NatsServer
 from tests.services import MosquittoServer, PostgresServer, free_port
 
@@ -114,6 +116,54 @@ def seed(db: str, trips: int, gps_per_trip: int) -> tuple[list[str], list[str]]:
     finally:
         runtime.close()
     return gps, locks
+
+
+class LiveReader:
+    """Reads ``/v1/live`` (SSE) in a thread like a desk would, keeping every event but
+    positions (counted): the test suite's reader parses and keeps every event, which at
+    10k positions a second cost this process a quarter of a core on the same 2 cores as the
+    system under test."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.times: list[float] = []  # time.time() each kept event arrived
+        self.positions = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._url = f"{base_url}/v1/live"
+        self._key = key
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {self._key}"}
+        with (
+            httpx.Client(timeout=httpx.Timeout(5.0, read=None)) as http,
+            http.stream("GET", self._url, headers=headers) as response,
+        ):
+            self.connected.set()
+            rest = b""
+            for chunk in response.iter_raw():
+                if self._stop.is_set():
+                    return
+                blocks = (rest + chunk).split(b"\n\n")
+                rest = blocks.pop()
+                now = time.time()
+                for block in blocks:
+                    if block.startswith(b"event: position"):
+                        self.positions += 1
+                        continue
+                    kind, data = "", None
+                    for line in block.split(b"\n"):
+                        if line.startswith(b"event: "):
+                            kind = line[7:].decode()
+                        elif line.startswith(b"data: "):
+                            data = orjson.loads(line[6:])
+                    if data is not None:
+                        self.times.append(now)
+                        self.events.append((kind, data))
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class Mode:
