@@ -18,7 +18,7 @@ from typing import Any
 from cargowatch.metrics import Metrics
 from cargowatch.services.engine import EngineGate
 from core.clock import Clock
-from rules import Engine, EngineResult
+from rules import Engine, EngineEvent, EngineResult
 from telemetry.errors import StoreError
 from telemetry.ingest import RawMessage
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent
@@ -61,13 +61,14 @@ def commit_batch(
     now: int,
     *,
     covers: int | None,
-    prepare: Callable[[Engine], None] | None = None,
+    prepare: Callable[[Engine], Sequence[EngineEvent]] | None = None,
 ) -> Committed:
     """Store, evaluate and record one batch in one transaction (``EngineGate.commit``):
     dead letters and telemetry first, then the rules on what was new (``prepare`` runs on
-    the engine before them), fix flags, alarms and, when due, checkpoints. Store errors
-    propagate (nothing kept: the caller leaves the batch unacknowledged); a rule bug keeps
-    the telemetry, counts the bug and rebuilds the engine from the store."""
+    the engine before them; what it returns is staged with their events), fix flags,
+    alarms and, when due, checkpoints. Store errors propagate (nothing kept: the caller
+    leaves the batch unacknowledged); a rule bug keeps the telemetry, counts the bug and
+    rebuilds the engine from the store."""
     store = gate.store
     out = Committed(fixes, events, EngineResult([]), [], {})
 
@@ -85,10 +86,13 @@ def commit_batch(
         out.marks["store"] = time.perf_counter()
 
     def evaluate(engine: Engine) -> EngineResult:
-        if prepare is not None:
-            prepare(engine)
+        # what preparing emitted (a trip loaded, its stored messages re-run) is staged first
+        early = list(prepare(engine)) if prepare is not None else []
         try:
-            return engine.process(out.fixes, out.events, now)
+            result = engine.process(out.fixes, out.events, now)
+            if early:
+                result.events[:0] = early
+            return result
         except StoreError:
             raise  # the store failed under the history read: retry the whole batch
         except Exception:

@@ -248,3 +248,23 @@ def test_a_trip_loaded_before_the_previous_one_ended_learns_its_span_when_told(
         assert len(w.store.fixes(["gps-1"], T0)) == 10 + 40
     finally:
         w.close()
+
+
+def test_the_batch_that_loads_a_trip_keeps_its_alarms(tmp_path: Path) -> None:
+    """A's partition never heard that the API created A (the control message is at most
+    once), so A's first batch loads it — and re-runs A's messages stored since the API's
+    checkpoint, this batch's included (stored just before, in the same transaction). What
+    that re-run raised is this batch's only record of it: a tamper must still be an alarm,
+    once, and the trip's activation a status change."""
+    w = World(tmp_path, deaf=(A,))
+    try:
+        w.create_a()
+        w.clock.set(T0 + 2 * MIN)
+        fixes = along_a(T0 + MIN, 0, 3)
+        tamper = LockEvent("lock-1", T0 + 90_000, LockEventType.TAMPER, seq=1)
+        w.send(A, [*fixes, tamper])
+        assert [a["type"] for a in w.alarms(A)] == ["LOCK_TAMPER"]
+        w.send(A, [tamper])  # redelivered: nothing twice
+        assert len(w.alarms(A, "LOCK_TAMPER")) == 1
+    finally:
+        w.close()

@@ -31,9 +31,9 @@ from alerts import AlarmService, LiveHub
 from cargowatch.busmode.codec import BUNDLE, decode, decode_bundle
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import commit_batch
-from cargowatch.services.engine import EngineGate
+from cargowatch.services.engine import EngineGate, load_ended_spans
 from core.clock import Clock
-from rules import HISTORY_LOOKBACK_MS, Engine
+from rules import HISTORY_LOOKBACK_MS, Engine, EngineEvent
 from telemetry.bus.consumer import BusMessage
 from telemetry.bus.partitions import trip_partition
 from telemetry.bus.rekey import TRIP_HEADER
@@ -46,36 +46,41 @@ ENDED = ("completed", "cancelled")
 SLOW_BATCH_S = 0.5
 
 
-def refresh_trip(store: Store, engine: Engine, trip_id: str, now_ms: int) -> None:
+def refresh_trip(store: Store, engine: Engine, trip_id: str, now_ms: int) -> list[EngineEvent]:
     """Bring one trip in ``engine`` up to the store: loaded when missing (its checkpoint,
     then its devices' messages received since, as ``load_engine`` does at a start), its
-    document taken over when loaded, dropped when ended or gone."""
+    document taken over when loaded, dropped when ended or gone. Returns what that emitted,
+    for the caller to stage: the messages re-run may include the very batch that named the
+    trip (stored just before, in the same transaction), whose alarms exist nowhere else;
+    what was emitted before is recognised by the store's identities."""
     doc = store.get_trip(trip_id)
     loaded = _loaded(engine, trip_id)
     if doc is None or doc.get("status") in ENDED:
         if loaded:
-            engine.upsert_trip({**(doc or {"trip_id": trip_id}), "status": "completed"})
-        return
+            return engine.upsert_trip({**(doc or {"trip_id": trip_id}), "status": "completed"})
+        return []
     if doc.get("status") not in ("planned", "active"):
-        return
-    engine.upsert_trip(doc, store.trip_events(trip_id))
+        return []
+    out = engine.upsert_trip(doc, store.trip_events(trip_id))
     if loaded:
-        return
+        return out
+    devices = [str(d) for d in doc.get("devices") or []]
+    # a backlog from the devices' earlier, ended trips is theirs, not this trip's
+    load_ended_spans(store, engine, devices)
     entry = store.engine_state(trip_id)
     if entry is None:
-        return  # a new trip: nothing of it stored yet
+        return out  # a new trip: nothing of it stored yet
     try:
         engine.import_trip_state(trip_id, entry[0])
     except rules.RulesError as exc:
         log.error("checkpoint of trip %s not used (%s)", trip_id, exc)
-        return
-    devices = [str(d) for d in doc.get("devices") or []]
+        return out
     horizon = now_ms - HISTORY_LOOKBACK_MS
     fixes = store.fixes(devices, horizon, received_since=entry[1])
     events = store.lock_events(devices, horizon, received_since=entry[1])
     if fixes or events:
-        # what this re-run emits again is recognised by the store's identities
-        engine.process(fixes, events, now_ms)
+        out += engine.process(fixes, events, now_ms).events
+    return out
 
 
 def _loaded(engine: Engine, trip_id: str) -> bool:
@@ -172,10 +177,12 @@ class TripPartition:
         now = self.clock.now_ms()
         received = [f.received_at for f in fixes] + [e.received_at for e in events]
 
-        def refresh(engine: Engine) -> None:
+        def refresh(engine: Engine) -> list[EngineEvent]:
+            out: list[EngineEvent] = []
             for trip_id in named:
                 if self.holds(trip_id):
-                    refresh_trip(self.store, engine, trip_id, now)
+                    out += refresh_trip(self.store, engine, trip_id, now)
+            return out
 
         with self.gate.lock:
             if self.closed:
@@ -239,9 +246,22 @@ class TripPartition:
                 return
             now = self.clock.now_ms()
             self.gate.commit(
-                lambda engine: refresh_trip(self.store, engine, trip_id, now), lambda _: ()
+                lambda engine: refresh_trip(self.store, engine, trip_id, now),
+                lambda events: events,
             )
             self._checked.add(trip_id)
+
+    def note_ended(self, devices: list[str]) -> None:
+        """A trip of these devices changed (maybe ended): the spans of their ended trips, for
+        the trips of this partition that share a device with it (the ended trip may sit in
+        another partition, whose engine alone saw it end)."""
+        with self.gate.lock:
+            if self.closed:
+                return
+            with self.gate.held() as engine:
+                mine = [d for d in devices if engine.device_trip(d) is not None]
+                if mine:
+                    load_ended_spans(self.store, engine, mine)
 
     def put_shipper(self, shipper: str) -> None:
         doc = self.store.get_shipper(shipper)
