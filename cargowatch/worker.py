@@ -318,10 +318,15 @@ class BusWorker:
         try:
             if "trip" in doc:
                 trip_id = str(doc["trip"])
-                self.devices.forget([str(d) for d in doc.get("devices") or []])
+                devices = [str(d) for d in doc.get("devices") or []]
+                self.devices.forget(devices)
                 part = self.trips.get(trip_partition(trip_id, self.trip_partitions or 1))
                 if part is not None:
                     await asyncio.to_thread(part.refresh, trip_id)
+                # the trip may have ended: its span is its devices' other trips' business too
+                for other in list(self.trips.values()):
+                    if other is not part:
+                        await asyncio.to_thread(other.note_ended, devices)
             elif "shipper" in doc:
                 for part in list(self.trips.values()):
                     await asyncio.to_thread(part.put_shipper, str(doc["shipper"]))
