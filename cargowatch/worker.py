@@ -196,7 +196,7 @@ class BusWorker:
             await ensure_streams(
                 js, *stream_limits(self.settings), replicas=self.settings.bus_replicas
             )
-            kv = await lease_bucket(js)
+            kv = await lease_bucket(js, replicas=self.settings.bus_replicas)
             ttl = (await kv.status()).ttl or 10.0
             if self.hub.forward is None:  # a standalone worker: its live events go over NATS
                 relay = LiveRelay(self.hub, nc, receive=False)

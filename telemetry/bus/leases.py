@@ -57,17 +57,23 @@ T = TypeVar("T")
 
 
 async def lease_bucket(
-    js: JetStreamContext, ttl_s: float = DEFAULT_TTL_S, name: str = LEASE_BUCKET
+    js: JetStreamContext,
+    ttl_s: float = DEFAULT_TTL_S,
+    name: str = LEASE_BUCKET,
+    *,
+    replicas: int = 1,
 ) -> KeyValue:
     """The lease bucket, created with TTL ``ttl_s`` if it does not exist yet. An existing bucket
-    keeps its TTL: ``PartitionLeases`` reads the TTL from the bucket, never assumes it."""
+    keeps its TTL: ``PartitionLeases`` reads the TTL from the bucket, never assumes it.
+    ``replicas``: as the streams' (on a cluster, a bucket on one node stops every worker's
+    renewals while that node is down)."""
     try:
         return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         pass
     try:
         return await js.create_key_value(
-            bucket=name, ttl=ttl_s, history=1, storage=StorageType.FILE
+            bucket=name, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
         )
     except nats.js.errors.BadRequestError:
         return await js.key_value(name)  # made meanwhile by another process
