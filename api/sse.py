@@ -65,8 +65,16 @@ async def event_stream(
                 event = finished.result()
             except StopAsyncIteration:
                 return
-            if accept(event):
-                yield format_event(str(event.get("type", "message")), event.get("data"))
+            # a burst goes out as one write: one wake-up per burst, not per event
+            ready = getattr(subscription, "ready", None)
+            burst = [event, *ready()] if callable(ready) else [event]
+            frames = [
+                format_event(str(e.get("type", "message")), e.get("data"))
+                for e in burst
+                if accept(e)
+            ]
+            if frames:
+                yield b"".join(frames)
     finally:
         for task in (nxt, stopping):
             if task is not None and not task.done():

@@ -83,6 +83,14 @@ class TripSpans:
             self._spans.popitem(last=False)
         return span
 
+    def known(self, trip_id: str) -> tuple[bool, Window | None]:
+        """``(True, span)`` when the trip's span is kept and fresh, else ``(False, None)``
+        (then ``span`` reads it): lets a burst of positions be decided without awaiting."""
+        cached = self._spans.get(trip_id)
+        if cached is not None and cached[0] > self._clock():
+            return True, cached[1]
+        return False, None
+
     def _read(self, trip_id: str) -> tuple[Window | None, bool]:
         try:
             trip = self._store.get_trip(trip_id)
@@ -100,18 +108,30 @@ class TripSpans:
     async def owns(self, event: Event) -> bool:
         """Whether a ``position`` event lies within its trip's span (a position of no trip,
         e.g. of an idle device, is not any trip's: it passes)."""
+        decided = self.owns_now(event)
+        if decided is not None:
+            return decided
+        data = event["data"]
+        return _within(data, await self.span(str(data["trip_id"])))
+
+    def owns_now(self, event: Event) -> bool | None:
+        """``owns`` without awaiting; None when the trip's span must be read first."""
         data = event.get("data")
         if not isinstance(data, dict) or data.get("trip_id") is None:
             return True
-        try:
-            ts = parse_time(data.get("ts"), "ts")  # type: ignore[arg-type]
-        except (BadTime, TypeError):
-            return False
-        span = await self.span(str(data["trip_id"]))
-        if span is None:
-            return False  # unknown trip, or the store is down: show nothing rather than leak
-        start, end = span
-        return start <= ts and (end is None or ts <= end)
+        hit, span = self.known(str(data["trip_id"]))
+        return _within(data, span) if hit else None
+
+
+def _within(data: dict[str, Any], span: Window | None) -> bool:
+    if span is None:
+        return False  # unknown trip, or the store is down: show nothing rather than leak
+    try:
+        ts = parse_time(data.get("ts"), "ts")  # type: ignore[arg-type]
+    except (BadTime, TypeError):
+        return False
+    start, end = span
+    return start <= ts and (end is None or ts <= end)
 
 
 class _OwnPositions:
@@ -124,17 +144,37 @@ class _OwnPositions:
         self._sub = subscription
         self._spans = spans
         self._wanted = wanted  # what the stream would send: only those need a span
+        self._held: collections.deque[Event] = collections.deque()  # taken, not yet decided
 
     def __aiter__(self) -> _OwnPositions:
         return self
 
     async def __anext__(self) -> Event:
         while True:
-            event: Event = await anext(self._sub)
+            event: Event = self._held.popleft() if self._held else await anext(self._sub)
             if event.get("type") != "position" or not self._wanted(event):
                 return event  # not a position, or one the stream's ``accept`` drops anyway
             if await self._spans.owns(event):
                 return event
+
+    def ready(self) -> list[Event]:
+        """What can be sent now without waiting, in order: the subscription's buffer, up to
+        the first position whose trip's span must be read (kept for ``__anext__``). The
+        stream sends a burst as one write instead of one wake-up per event."""
+        self._held.extend(self._sub.drain())
+        out: list[Event] = []
+        while self._held:
+            event = self._held[0]
+            if event.get("type") == "position" and self._wanted(event):
+                owned = self._spans.owns_now(event)
+                if owned is None:
+                    break
+                self._held.popleft()
+                if owned:
+                    out.append(event)
+                continue
+            out.append(self._held.popleft())
+        return out
 
     def close(self) -> None:
         self._sub.close()
