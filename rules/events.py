@@ -151,7 +151,7 @@ class TripStatusChanged:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # one per live fix: not frozen (see telemetry.models.Fix)
 class PositionUpdate:
     """Latest position of a device for the live feed (one per device per batch).
 
