@@ -172,3 +172,43 @@ async def test_cut_off_worker_stops_before_its_leases_expire(server: NatsServer)
         for nc in ncs:
             if not nc.is_closed:
                 await nc.close()
+
+
+async def test_a_partition_is_never_left_running_unowned_after_a_slow_start(
+    server: NatsServer,
+) -> None:
+    """``on_acquired`` restores a partition's engine, which can outlast the lease's validity:
+    the watchdog then stops the partition while it is still starting (nothing to stop yet).
+    What the start then started must be stopped at once, never left consuming a partition
+    this worker no longer owns (it ran on, and failed every batch, in the live benchmark)."""
+    ttl = 3.0
+    nc = await nats.connect(server.url)
+    try:
+        kv = await lease_bucket(nc.jetstream(), ttl_s=ttl, name="cw_leases_slow")
+        running: set[int] = set()
+
+        async def acquired(n: int) -> None:
+            await asyncio.sleep(ttl * 1.2)  # longer than the lease stays valid unrenewed
+            running.add(n)
+
+        async def lost(n: int) -> None:
+            running.discard(n)
+
+        leases = PartitionLeases(
+            kv, "slow", 2, ttl_s=ttl, group="gslow", on_acquired=acquired, on_lost=lost
+        )
+        task = asyncio.create_task(leases.run())
+        unowned: list[set[int]] = []
+        deadline = time.monotonic() + 3 * ttl
+        while time.monotonic() < deadline:
+            if running - leases.owned:
+                unowned.append(running - leases.owned)
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await leases.release_all()
+        assert unowned == []
+        assert running == set()
+    finally:
+        await nc.close()

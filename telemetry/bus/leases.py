@@ -162,18 +162,22 @@ class PartitionLeases:
         return await asyncio.wait_for(aw, self.op_timeout_s)
 
     async def run(self) -> None:
+        # Renewing has a task of its own: claiming awaits ``on_acquired``, which restores a
+        # partition's engine (seconds under load), and renewals waiting behind it let the
+        # leases already held expire.
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._rounds())
+            tg.create_task(self._every(self.renew, "renewal"))
+            tg.create_task(self._every(self.balance, "balancing"))
             tg.create_task(self._watchdog())
 
-    async def _rounds(self) -> None:
+    async def _every(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
             started = self.clock()
             try:
-                await self.round()
+                await step()
             except (TimeoutError, nats.errors.Error) as exc:
                 # The watchdog stops what cannot be renewed in time; keep trying.
-                log.warning("lease round of %s failed: %r", self.owner, exc)
+                log.warning("lease %s of %s failed: %r", what, self.owner, exc)
             await asyncio.sleep(max(0.0, self.renew_every_s - (self.clock() - started)))
 
     async def _watchdog(self) -> None:
@@ -191,9 +195,17 @@ class PartitionLeases:
                 await asyncio.wait_for(self._wake.wait(), min(wait, self.renew_every_s))
 
     async def round(self) -> None:
-        """One renewal round: heartbeat, renew, then claim or release towards the share."""
+        """One round: heartbeat, renew, then claim or release towards the share."""
+        await self.renew()
+        await self.balance()
+
+    async def renew(self) -> None:
+        """Heartbeat, and renew every lease held."""
         await self._op(self.kv.put(self._heartbeat_key(), self.owner.encode()))
         await asyncio.gather(*(self._renew(n) for n in list(self._owned)))
+
+    async def balance(self) -> None:
+        """Claim free partitions or release owned ones towards this worker's share."""
         held, live = await self._snapshot()
         share = math.ceil(self.partitions / max(1, live))
         excess = len(self._owned) - share
@@ -239,11 +251,16 @@ class PartitionLeases:
             revision = await self._op(self.kv.create(self._key(n), self.owner.encode()))
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # claimed by another worker since the snapshot
-        self._owned[n] = _Lease(revision, sent + self.ttl_s - self.margin_s)
+        lease = self._owned[n] = _Lease(revision, sent + self.ttl_s - self.margin_s)
         self._wake.set()
         log.info("%s claimed %s.%d", self.owner, self.group, n)
         try:
             await self.on_acquired(n)
+            if self._owned.get(n) is not lease:
+                # Lost while starting (the watchdog's ``on_lost`` came before the start
+                # finished, so it stopped nothing): stop what was just started.
+                log.warning("lease on %s.%d lost while starting: stopping", self.group, n)
+                await self.on_lost(n)
         except Exception:
             # Not consumable here (e.g. the consumer could not be made): let another try.
             log.exception("%s could not start %s.%d: releasing it", self.owner, self.group, n)
