@@ -73,8 +73,6 @@ a device batch's records each (``busmode.rekeyer``), so a few thousand records u
 MAX_HOLD_S = 15.0
 """Stage 1 holds a batch that runs ahead of another device partition at most this long (well
 within the consumer's AckWait, 30 s, after which the server would deliver it again)."""
-LAG_FRESH_S = 1.0
-"""A lag reading older than this (the tick loop stopped, or NATS is slow) holds nothing."""
 DEVICE_LAG_PERIOD_S = 0.2
 """How often a worker reads stage 1's lag for the wall-clock rules (``_device_horizon``)."""
 
@@ -171,13 +169,7 @@ class BusWorker:
             return
         oldest = min(m.timestamp_ns for m in batch) // 1_000_000
         deadline = time.monotonic() + MAX_HOLD_S
-        while (
-            ahead_of_others(n, oldest, self._device_lags)
-            and time.monotonic() < deadline
-            # a reading that stopped coming (the tick loop ends first at shutdown) holds
-            # nothing back
-            and time.monotonic() - self._horizon_read < LAG_FRESH_S
-        ):
+        while ahead_of_others(n, oldest, self._device_lags) and time.monotonic() < deadline:
             await asyncio.sleep(DEVICE_LAG_PERIOD_S)
 
     async def _trip_handler_for(self, n: int) -> BatchHandler:
