@@ -82,6 +82,9 @@ async def connect(url: str, name: str) -> Client:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1.0,
         connect_timeout=5,
+        # at shutdown, drain() waits for every subscription's callbacks; one stuck (a KV
+        # watch cancelled while it started) held a stopping serve for the default 30 s
+        drain_timeout=5,
     )
 
 
