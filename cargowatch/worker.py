@@ -37,7 +37,7 @@ from nats.js.errors import NotFoundError
 from alerts import LiveHub
 from cargowatch.busmode.control import CONTROL_SUBJECT
 from cargowatch.busmode.devicestage import DeviceStage
-from cargowatch.busmode.lag import device_horizon
+from cargowatch.busmode.lag import PartitionLag, ahead_of_others, device_lags, horizon_of
 from cargowatch.busmode.live import LiveRelay
 from cargowatch.busmode.rekeyer import PipelinedRekeyer
 from cargowatch.busmode.tripstage import TripPartition
@@ -70,6 +70,11 @@ the load is spread over many partitions. Adds at most 0.2 s to the detection lat
 TRIP_BATCH = 32
 """Messages of a trip partition handled (one store transaction) at a time: bundles of up to
 a device batch's records each (``busmode.rekeyer``), so a few thousand records under load."""
+MAX_HOLD_S = 15.0
+"""Stage 1 holds a batch that runs ahead of another device partition at most this long (well
+within the consumer's AckWait, 30 s, after which the server would deliver it again)."""
+LAG_FRESH_S = 1.0
+"""A lag reading older than this (the tick loop stopped, or NATS is slow) holds nothing."""
 DEVICE_LAG_PERIOD_S = 0.2
 """How often a worker reads stage 1's lag for the wall-clock rules (``_device_horizon``)."""
 
@@ -139,6 +144,7 @@ class BusWorker:
         self.device_partitions = 0
         self._horizon: int | None = None  # stage 1 re-keyed everything received before it
         self._horizon_read = 0.0
+        self._device_lags: dict[int, PartitionLag | None] = {}  # as last read
         self.device_reader: PartitionedReader | None = None
         self.trip_reader: PartitionedReader | None = None
         self.nc: Client | None = None
@@ -150,6 +156,7 @@ class BusWorker:
     def _device_handler_factory(self, rekeyer: Rekeyer) -> HandlerFactory:
         async def handler_for(n: int) -> BatchHandler:
             async def handle(batch: Sequence[BusMessage]) -> None:
+                await self._hold_while_ahead(n, batch)
                 items = await asyncio.to_thread(self.devices.validate, batch)
                 if items:
                     await rekeyer.publish(items)
@@ -157,6 +164,24 @@ class BusWorker:
             return handle
 
         return handler_for
+
+    async def _hold_while_ahead(self, n: int, batch: Sequence[BusMessage]) -> None:
+        """Wait while this device partition's batch is ``SKEW_HOLD_MS`` ahead of another
+        partition's oldest waiting message (``lag.ahead_of_others``; read every
+        ``DEVICE_LAG_PERIOD_S`` by the tick loop). At most ``MAX_HOLD_S``: a reading that
+        stopped coming must not stop stage 1."""
+        if not batch:
+            return
+        oldest = min(m.timestamp_ns for m in batch) // 1_000_000
+        deadline = time.monotonic() + MAX_HOLD_S
+        while (
+            ahead_of_others(n, oldest, self._device_lags)
+            and time.monotonic() < deadline
+            # a reading that stopped coming (the tick loop ends first at shutdown) holds
+            # nothing back
+            and time.monotonic() - self._horizon_read < LAG_FRESH_S
+        ):
+            await asyncio.sleep(DEVICE_LAG_PERIOD_S)
 
     async def _trip_handler_for(self, n: int) -> BatchHandler:
         part = TripPartition(
@@ -296,7 +321,8 @@ class BusWorker:
         t = time.monotonic()
         if self._horizon is None or t - self._horizon_read >= DEVICE_LAG_PERIOD_S:
             try:
-                self._horizon = await device_horizon(js, self.device_partitions, self.clock)
+                self._device_lags = await device_lags(js, self.device_partitions)
+                self._horizon = horizon_of(self._device_lags, self.clock)
                 self._horizon_read = t
             except (LookupError, TimeoutError, nats.errors.Error) as exc:
                 log.warning("device partitions' lag unreadable (%s): wall-clock rules wait", exc)

@@ -12,7 +12,15 @@ from pathlib import Path
 import nats
 from prometheus_client import CollectorRegistry
 
-from cargowatch.busmode.lag import REPORT_WAITING, LagMonitor, device_horizon, read_stage
+from cargowatch.busmode.lag import (
+    REPORT_WAITING,
+    SKEW_HOLD_MS,
+    LagMonitor,
+    PartitionLag,
+    ahead_of_others,
+    device_horizon,
+    read_stage,
+)
 from core.clock import SystemClock
 from telemetry.bus.consumer import BusMessage, PartitionConsumer, consumer_config, partition_filters
 from telemetry.bus.partitions import PART_PREFIX, partition_of
@@ -95,3 +103,21 @@ def test_device_stage_lag_is_backlog_until_consumed(tmp_path: Path) -> None:
     assert out["reasons_drained"] == []
     assert out["pending_drained"] == 0
     assert out["free"] is True
+
+
+def test_a_device_partition_ahead_of_another_by_more_than_the_hold_waits() -> None:
+    """Stage 1's skew bound: a batch waits while its oldest message was received more than
+    SKEW_HOLD_MS after another partition's oldest waiting one; the partition furthest behind
+    always proceeds, idle or unreadable partitions hold nothing back."""
+    t = 1_795_334_400_000
+    lags: dict[int, PartitionLag | None] = {
+        0: PartitionLag(500, 100, t),  # furthest behind
+        1: PartitionLag(10, 10, t + 25_000),
+        2: PartitionLag(0, 0, None),  # idle
+        3: None,  # unreadable
+    }
+    assert ahead_of_others(1, t + 25_000, lags) is True
+    assert ahead_of_others(1, t + SKEW_HOLD_MS, lags) is False  # at the bound: proceeds
+    assert ahead_of_others(0, t, lags) is False  # the one behind is never held
+    assert ahead_of_others(2, t + 10**6, {2: PartitionLag(5, 0, t), 3: None}) is False
+    assert ahead_of_others(1, t + 25_000, {**lags, 0: PartitionLag(0, 0, t)}) is False

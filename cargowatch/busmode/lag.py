@@ -127,13 +127,44 @@ def to_clock_ms(server_ms: int, clock: Clock) -> int:
     return clock.now_ms() - int(max(0, real_now - server_ms) * clock.speed)
 
 
+SKEW_HOLD_MS = 20_000
+"""Stage 1 holds a device partition's batch while its oldest message was received more than
+this after the oldest message waiting in any other device partition. A trip's devices sit
+in different device partitions; unbounded, one partition running ahead of another by more
+than the rules' cross-device skew (60 s) makes every batch of a lagging device rewind its
+trip — under load that multiplied the cost per message and the backlog ran away."""
+
+
+def ahead_of_others(
+    n: int, oldest_ms: int, lags: dict[int, PartitionLag | None], hold_ms: int = SKEW_HOLD_MS
+) -> bool:
+    """Whether device partition ``n``'s batch, whose oldest message the server received at
+    ``oldest_ms``, is more than ``hold_ms`` ahead of another partition's oldest waiting one.
+    The partition furthest behind is never ahead, so some partition always proceeds."""
+    others = [
+        lag.oldest_ms
+        for k, lag in lags.items()
+        if k != n and lag is not None and lag.behind and lag.oldest_ms is not None
+    ]
+    return bool(others) and oldest_ms > min(others) + hold_ms
+
+
+async def device_lags(js: JetStreamContext, partitions: int) -> dict[int, PartitionLag | None]:
+    """Every device partition's lag with its oldest waiting message's server time."""
+    return await read_stage(js, "devices", range(partitions), oldest=True)
+
+
 async def device_horizon(js: JetStreamContext, partitions: int, clock: Clock) -> int:
     """The time on ``clock`` up to which every device message received has been re-keyed:
     read now when no device partition is behind, else the receive time of the oldest message
     still waiting in stage 1 (a partition that cannot be read holds the horizon where it is:
     the caller keeps the previous one)."""
+    return horizon_of(await device_lags(js, partitions), clock)
+
+
+def horizon_of(lags: dict[int, PartitionLag | None], clock: Clock) -> int:
+    """``device_horizon`` of lags already read."""
     now = clock.now_ms()
-    lags = await read_stage(js, "devices", range(partitions), oldest=True)
     horizon = now
     for lag in lags.values():
         if lag is None:
