@@ -135,6 +135,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "achieved_msg_per_s": i / elapsed if elapsed else 0.0,
         "triggers": fired,
+        "cpu_s": time.process_time(),
     }
 
 

@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from telemetry.bus.consumer import BusMessage, PartitionConsumer
 from telemetry.bus.partitions import partition_of
 from telemetry.bus.rekey import Rekeyed, Rekeyer
-from telemetry.bus.streams import StreamLimits, ensure_streams
+from telemetry.bus.streams import DEVICE_STREAM, StreamLimits, ensure_streams, stream_name
 from tests.nats_service import NatsServer
 from tests.services import MosquittoServer
 
@@ -77,7 +77,7 @@ async def _drain(js: JetStreamContext, n: int, batch: int, durable_partition: in
     """Read partition 0 from the start with a fresh durable consumer; msgs/s until all n."""
     with_consumer = f"p{durable_partition}"
     with contextlib.suppress(nats.js.errors.NotFoundError):
-        await js.delete_consumer("DEVICES", with_consumer)
+        await js.delete_consumer(stream_name(DEVICE_STREAM, durable_partition), with_consumer)
     done = asyncio.Event()
     got = 0
 
@@ -87,7 +87,7 @@ async def _drain(js: JetStreamContext, n: int, batch: int, durable_partition: in
         if got >= n:
             done.set()
 
-    c = PartitionConsumer(js, "DEVICES", "part", durable_partition, handler, batch=batch)
+    c = PartitionConsumer(js, DEVICE_STREAM, "part", durable_partition, handler, batch=batch)
     t0, cpu0 = time.perf_counter(), time.process_time()
     await c.start()
     await asyncio.wait_for(done.wait(), 600)

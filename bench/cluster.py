@@ -7,10 +7,12 @@ baseline. Prints one JSON object:
 
 - ``throughput``: QoS 1 position fixes published over MQTT 3.1.1 as fast as the publishers
   get PUBACKs (one raw-socket publisher per node, each a device user, at most ``WINDOW``
-  unacknowledged), into the DEVICES stream with replicas 1 on the single server and replicas 3
-  on the cluster: PUBACKs per second and messages stored (the stream's count afterwards).
+  unacknowledged), into the DEVICES_{n} streams with replicas 1 on the single server and
+  replicas 3 on the cluster: PUBACKs per second and messages stored (the streams' count
+  afterwards).
 - ``failover``: the publishers (one starting on each node, each given all three MQTT ports)
-  send at a fixed total rate; the node that leads the DEVICES stream is killed with SIGKILL.
+  send at a fixed total rate; the node that leads the first device's ``DEVICES_{n}`` stream is
+  killed with SIGKILL.
   Reported: the seconds until another node leads the stream (stream info's cluster leader,
   asked of a surviving node), the largest gap in the stored messages' stream timestamps, the
   largest gap between PUBACKs each publisher saw and when the cut-off publisher was connected
@@ -37,19 +39,22 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nats
 import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from telemetry.bus.streams import DEVICE_STREAM, GIB, StreamLimits, ensure_streams
+from telemetry.bus.partitions import partition_of
+from telemetry.bus.streams import DEVICE_STREAM, GIB, StreamLimits, ensure_streams, stream_name
 from tests.nats_service import NatsServer
 from tests.services import NatsCluster, _str, _varlen
 
 WINDOW = 5_000  # unacknowledged messages per publisher at most (packet ids are 16-bit)
 PASSWORD = "bench-device-secret"
 LIMITS = StreamLimits(max_age_s=3600.0, max_bytes=4 * GIB)
+P = 4  # device partitions (a stream each)
 
 
 class Publisher:
@@ -219,9 +224,15 @@ def run_publishers(pubs: list[Publisher], duration_s: float, rate: float | None)
 
 
 async def _stream_info(url: str, timeout_s: float = 1.0) -> Any:
+    """The device streams as one: messages added up over the partitions' streams, and the
+    cluster (leader) of the stream the benchmark's first device writes to."""
     nc = await nats.connect(url, allow_reconnect=False, connect_timeout=2)
     try:
-        return await nc.jetstream(timeout=timeout_s).stream_info(DEVICE_STREAM)
+        js = nc.jetstream(timeout=timeout_s)
+        infos = [await js.stream_info(stream_name(DEVICE_STREAM, n)) for n in range(P)]
+        watched = infos[partition_of(devices(1)[0], P)]
+        messages = sum(i.state.messages for i in infos)
+        return SimpleNamespace(state=SimpleNamespace(messages=messages), cluster=watched.cluster)
     finally:
         await nc.close()
 
@@ -239,31 +250,33 @@ async def _create(url: str, replicas: int) -> None:
 
 
 async def _read_back(url: str, expected: int) -> list[tuple[str, int, float]]:
-    """Every message in DEVICES as (device, seq, stream timestamp in s)."""
+    """Every message in the DEVICES_{n} streams as (device, seq, stream timestamp in s)."""
     nc = await nats.connect(url)
     out: list[tuple[str, int, float]] = []
     try:
         js = nc.jetstream(timeout=10)
-        sub = await js.pull_subscribe(
-            "",
-            stream=DEVICE_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.ALL,
-                num_replicas=1,
-                mem_storage=True,
-            ),
-        )
-        deadline = time.monotonic() + 120
-        while len(out) < expected and time.monotonic() < deadline:
-            try:
-                msgs = await sub.fetch(5000, timeout=5)
-            except nats.errors.TimeoutError:
-                continue
-            for m in msgs:
-                device = m.subject.split(".")[3]
-                out.append((device, orjson.loads(m.data)["seq"], m.metadata.timestamp.timestamp()))
-        await sub.unsubscribe()
+        for n in range(P):
+            sub = await js.pull_subscribe(
+                "",
+                stream=stream_name(DEVICE_STREAM, n),
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.NONE,
+                    deliver_policy=DeliverPolicy.ALL,
+                    num_replicas=1,
+                    mem_storage=True,
+                ),
+            )
+            deadline = time.monotonic() + 120
+            while len(out) < expected and time.monotonic() < deadline:
+                try:
+                    msgs = await sub.fetch(5000, timeout=2)
+                except nats.errors.TimeoutError:
+                    break  # this partition's stream is read to its end
+                for m in msgs:
+                    device = m.subject.split(".")[3]
+                    ts = m.metadata.timestamp.timestamp()
+                    out.append((device, orjson.loads(m.data)["seq"], ts))
+            await sub.unsubscribe()
     finally:
         await nc.close()
     return out
@@ -367,7 +380,8 @@ def failover(cluster: NatsCluster, rate: float, before_s: float, after_s: float)
 async def _purge(url: str) -> None:
     nc = await nats.connect(url)
     try:
-        await nc.jetstream(timeout=10).purge_stream(DEVICE_STREAM)
+        for n in range(P):
+            await nc.jetstream(timeout=10).purge_stream(stream_name(DEVICE_STREAM, n))
     finally:
         await nc.close()
 
@@ -383,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     users = {d: PASSWORD for d in devices(3)}
     report: dict[str, Any] = {"bench": "cluster", "quick": args.quick}
     try:
-        with NatsServer(root / "single", partitions=4, devices=users) as single:
+        with NatsServer(root / "single", partitions=P, devices=users) as single:
             report["single_r1"] = throughput([single.mqtt_port] * 3, single.url, 1, seconds)
-        with NatsCluster(root / "cluster", size=3, partitions=4, devices=users) as cluster:
+        with NatsCluster(root / "cluster", size=3, partitions=P, devices=users) as cluster:
             report["cluster_r3"] = throughput(cluster.mqtt_ports, cluster.url, 3, seconds)
             report["cluster_r3"]["leader"] = stream_info(cluster.url).cluster.leader
             report["failover"] = failover(cluster, args.rate, before, after)

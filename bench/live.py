@@ -233,10 +233,14 @@ class Mode:
             nc = await nats.connect(self.broker.url)
             try:
                 js = nc.jetstream()
-                out: dict[str, Any] = {}
-                for name in ("DEVICES", "TRIPS"):
-                    state = (await js.stream_info(name)).state
-                    out[name] = {"messages": state.messages, "bytes": state.bytes}
+                out: dict[str, Any] = {
+                    name: {"messages": 0, "bytes": 0} for name in ("DEVICES", "TRIPS")
+                }
+                for info in await js.streams_info():  # a stream per partition: add them up
+                    family = str(info.config.name).split("_")[0]
+                    if family in out:
+                        out[family]["messages"] += info.state.messages
+                        out[family]["bytes"] += info.state.bytes
                 out["DEVICES"]["bytes_per_message"] = round(
                     out["DEVICES"]["bytes"] / max(1, out["DEVICES"]["messages"]), 1
                 )
@@ -252,6 +256,15 @@ class Mode:
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(f"{self.http}/healthz", timeout=2).status_code == 200
         return False
+
+    @property
+    def other_pids(self) -> dict[str, int]:
+        """The processes beside the engine's on the same cores: the broker, and in NATS
+        modes the API's ``serve`` (the publishers are counted apart)."""
+        out = {"broker": self.broker.proc.pid} if self.broker and self.broker.proc else {}
+        if self.name != "mosquitto":
+            out["serve"] = self.procs["serve"].pid
+        return out
 
     @property
     def engine_pids(self) -> dict[str, int]:
@@ -340,6 +353,8 @@ def run_step(
     pids = mode.engine_pids
     profilers = _profile(cfg.get("profile"), f"{mode.name}-{rate}", pids, step_s)
     cpu0 = {n: cpu_s(p) for n, p in pids.items()}
+    others = mode.other_pids
+    other0 = {n: cpu_s(p) for n, p in others.items()}
     stored0 = store.count_telemetry()["fixes"]
     events0 = len(live.events)
     t0 = time.monotonic()
@@ -357,8 +372,12 @@ def run_step(
                 peak[n] = max(peak[n], rss_mb(p))
         time.sleep(0.5)
     elapsed = time.monotonic() - t0
+    # while publishing only: who else took the cores the engine wanted
+    other_cpu = {n: round((cpu_s(p) - other0[n]) / elapsed, 2) for n, p in others.items()}
+    engine_cores = round(sum(cpu_s(p) - cpu0[n] for n, p in pids.items()) / elapsed, 2)
     stored1 = store.count_telemetry()["fixes"]
     results = [json.loads(out.read_text()) for _, out in specs]
+    other_cpu["publishers"] = round(sum(r.get("cpu_s", 0.0) for r in results) / elapsed, 2)
     fixes = sum(r["fixes"] for r in results)
     fired = {lock: ts for r in results for lock, ts in r["triggers"]}
 
@@ -414,6 +433,9 @@ def run_step(
         "peak_rss_mb": {n: round(v, 1) for n, v in peak.items()},
         "cpu_s": {n: round(v, 2) for n, v in cpu.items()},
         "engine_cpu_us_per_msg": round(1e6 * sum(cpu.values()) / max(1, drained), 1),
+        # cores the rest took while the step published (the engine's share is what remains)
+        "others_cores_while_publishing": other_cpu,
+        "engine_cores_while_publishing": engine_cores,
         "sustained": bool(
             p99 is not None and p99 <= 2.0 and len(latencies) == len(fired) and backlog <= 2 * rate
         ),

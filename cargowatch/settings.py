@@ -76,10 +76,16 @@ class Settings(BaseSettings):
         0, ge=0, description="serve --bus: engine workers run inside the serve process"
     )
     bus_devices_gib: float = Field(
-        50.0, gt=0, description="bus: the DEVICES stream keeps at most this many GiB (7 days)"
+        50.0,
+        gt=0,
+        description="bus: the device streams (one per partition) keep at most this many GiB "
+        "together (7 days)",
     )
     bus_trips_gib: float = Field(
-        20.0, gt=0, description="bus: the TRIPS stream keeps at most this many GiB (2 days)"
+        20.0,
+        gt=0,
+        description="bus: the trip streams (one per partition) keep at most this many GiB "
+        "together (2 days)",
     )
     bus_replicas: int = Field(
         1,
@@ -87,6 +93,20 @@ class Settings(BaseSettings):
         le=5,
         description="bus: copies of each stream on a NATS cluster (3 on a 3-node cluster; "
         "1 on a single server)",
+    )
+    bus_linger_ms: int = Field(
+        100,
+        ge=0,
+        le=1000,
+        description="bus: a partition's batch waits this long for more messages, in each "
+        "of the two stages (a batch's cost is mostly fixed; adds up to twice this to the "
+        "detection latency)",
+    )
+    bus_skew_hold_s: float = Field(
+        20.0,
+        ge=0,
+        description="bus: stage 1 holds a device partition's batch while it is this many "
+        "seconds ahead of another partition's oldest waiting message (0: never)",
     )
     http: str = Field("127.0.0.1:8080", description="HOST:PORT the API listens on")
     admin_key: str | None = Field(

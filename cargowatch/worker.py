@@ -58,15 +58,12 @@ from telemetry.bus.streams import (
     StreamLimits,
     discover_layout,
     ensure_streams,
+    stream_name,
 )
 from telemetry.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-LINGER_S = 0.1
-"""A partition's batch waits this long for more messages (each stage): the cost of a batch
-(a store transaction, an engine call) is mostly fixed, so batches must not stay tiny when
-the load is spread over many partitions. Adds at most 0.2 s to the detection latency."""
 TRIP_BATCH = 32
 """Messages of a trip partition handled (one store transaction) at a time: bundles of up to
 a device batch's records each (``busmode.rekeyer``), so a few thousand records under load."""
@@ -125,7 +122,7 @@ class BusWorker:
         owner: str | None = None,
         batch: int = 1000,
         trip_batch: int = TRIP_BATCH,
-        linger_s: float = LINGER_S,
+        linger_s: float | None = None,
     ) -> None:
         if not settings.bus_url:
             raise ValueError("a worker needs the bus URL (--bus)")
@@ -137,7 +134,7 @@ class BusWorker:
         self.owner = owner or default_owner()
         self.batch = batch
         self.trip_batch = trip_batch
-        self.linger_s = linger_s
+        self.linger_s = settings.bus_linger_ms / 1000 if linger_s is None else linger_s
         self.devices = DeviceStage(store, clock, self.metrics)
         self.trips: dict[int, TripPartition] = {}
         self.trip_partitions = 0
@@ -166,16 +163,17 @@ class BusWorker:
         return handler_for
 
     async def _hold_while_ahead(self, n: int, batch: Sequence[BusMessage]) -> None:
-        """Wait while this device partition's batch is ``SKEW_HOLD_MS`` ahead of another
+        """Wait while this device partition's batch is ``bus_skew_hold_s`` ahead of another
         partition's oldest waiting message (``lag.ahead_of_others``; read every
         ``DEVICE_LAG_PERIOD_S`` by the tick loop). At most ``MAX_HOLD_S``: a reading that
         stopped coming must not stop stage 1."""
-        if not batch:
+        hold_ms = int(self.settings.bus_skew_hold_s * 1000)
+        if not batch or not hold_ms:
             return
         oldest = min(m.timestamp_ns for m in batch) // 1_000_000
         deadline = time.monotonic() + MAX_HOLD_S
         while (
-            ahead_of_others(n, oldest, self._device_lags)
+            ahead_of_others(n, oldest, self._device_lags, hold_ms)
             and time.monotonic() < deadline
             # a reading that stopped coming (the tick loop ends first at shutdown) holds
             # nothing back
@@ -222,7 +220,10 @@ class BusWorker:
             self.trip_partitions = layout.trip_partitions
             self.device_partitions = layout.partitions
             await ensure_streams(
-                js, *stream_limits(self.settings), replicas=self.settings.bus_replicas
+                js,
+                *stream_limits(self.settings),
+                replicas=self.settings.bus_replicas,
+                layout=layout,
             )
             kv = await lease_bucket(js, replicas=self.settings.bus_replicas)
             ttl = (await kv.status()).ttl or 10.0
@@ -332,7 +333,9 @@ class BusWorker:
         """Messages of trip partition n wait (in the stream, or delivered and not yet
         acknowledged): the wall-clock rules then judge only up to what was evaluated."""
         try:
-            info = await asyncio.wait_for(js.consumer_info(TRIP_STREAM, f"p{n}"), 1.0)
+            info = await asyncio.wait_for(
+                js.consumer_info(stream_name(TRIP_STREAM, n), f"p{n}"), 1.0
+            )
         except (TimeoutError, NotFoundError, nats.errors.Error):
             return True
         return bool(info.num_pending or info.num_ack_pending)

@@ -251,7 +251,8 @@ def consumer_states(url: str) -> dict[str, tuple[int, int, int, int]]:
         out = {}
         try:
             js = nc.jetstream()
-            for stream in ("DEVICES", "TRIPS"):
+            streams = [str(i.config.name) for i in await js.streams_info()]
+            for stream in (s for s in streams if s.startswith(("DEVICES_", "TRIPS_"))):
                 for info in await js.consumers_info(stream):
                     out[f"{stream}.{info.name}"] = (
                         info.num_pending or 0,

@@ -16,19 +16,22 @@ import pytest
 
 from cargowatch.settings import load_settings
 from cargowatch.worker import stream_limits
-from telemetry.bus.streams import DEVICE_STREAM, GIB, StreamLimits, ensure_streams
+from telemetry.bus.partitions import partition_of
+from telemetry.bus.streams import DEVICE_STREAM, GIB, StreamLimits, ensure_streams, stream_name
 from tests.bus_support import PASSWORD, Device, fix, wait_for
 from tests.nats_service import NatsServer
 from tests.services import NatsCluster
 
 GPS = "gps.cluster:1"
 N = 20
+P = 4
+STREAM = stream_name(DEVICE_STREAM, partition_of(GPS, P))  # the GPS unit's partition's stream
 
 
 async def _info(url: str) -> Any:
     nc = await nats.connect(url, allow_reconnect=False)
     try:
-        return await nc.jetstream(timeout=2).stream_info(DEVICE_STREAM)
+        return await nc.jetstream(timeout=2).stream_info(STREAM)
     finally:
         await nc.close()
 
@@ -49,10 +52,10 @@ async def _stored(url: str) -> list[int]:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=5)
-        state = (await js.stream_info(DEVICE_STREAM)).state
+        state = (await js.stream_info(STREAM)).state
         out = []
         for seq in range(state.first_seq, state.last_seq + 1):
-            msg = await js.get_msg(DEVICE_STREAM, seq)
+            msg = await js.get_msg(STREAM, seq)
             assert msg.data is not None
             out.append(orjson.loads(msg.data)["seq"])
         return out
@@ -63,7 +66,7 @@ async def _stored(url: str) -> list[int]:
 def test_a_node_dies_and_every_acknowledged_fix_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with NatsCluster(tmp_path, size=3, partitions=4, devices={GPS: PASSWORD}) as cluster:
+    with NatsCluster(tmp_path, size=3, partitions=P, devices={GPS: PASSWORD}) as cluster:
         monkeypatch.setenv("CARGOWATCH_BUS_REPLICAS", "3")
         settings = load_settings(bus_url=cluster.url, bus_devices_gib=1, bus_trips_gib=1)
         assert settings.bus_replicas == 3

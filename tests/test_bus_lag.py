@@ -22,9 +22,9 @@ from cargowatch.busmode.lag import (
     read_stage,
 )
 from core.clock import SystemClock
-from telemetry.bus.consumer import BusMessage, PartitionConsumer, consumer_config, partition_filters
+from telemetry.bus.consumer import BusMessage, PartitionConsumer, consumer_config
 from telemetry.bus.partitions import PART_PREFIX, partition_of
-from telemetry.bus.streams import DEVICE_STREAM, GIB, StreamLimits, ensure_streams
+from telemetry.bus.streams import DEVICE_STREAM, GIB, StreamLimits, ensure_streams, stream_name
 from tests.nats_service import NatsServer
 
 P = 4
@@ -52,9 +52,7 @@ async def scenario(url: str) -> dict[str, object]:
         horizon = await device_horizon(js, P, clock)
         out["held_unclaimed"] = before - 1000 <= horizon < clock.now_ms() - 100
         # a worker's durable exists but has read nothing: REPORT_WAITING+ messages waiting
-        await js.add_consumer(
-            DEVICE_STREAM, consumer_config(f"p{n}", partition_filters(PART_PREFIX, n))
-        )
+        await js.add_consumer(stream_name(DEVICE_STREAM, n), consumer_config(f"p{n}", ()))
         monitor = LagMonitor(period_s=0.1)
         registry = CollectorRegistry()
         monitor.bind(registry)

@@ -27,8 +27,8 @@ async def test_messages_left_by_a_dead_owner_come_first_and_none_is_lost(tmp_pat
             for i in range(10):
                 await js.publish("trip.2.dev-a.position", str(i).encode())
             # the dead owner: pulled 6, acknowledged the first 2 (AckAll), then vanished
-            await js.add_consumer("TRIPS", consumer_config("p2", ["trip.2.>"], batch=100))
-            sub = await js.pull_subscribe_bind("p2", "TRIPS")
+            await js.add_consumer("TRIPS_2", consumer_config("p2", (), batch=100))
+            sub = await js.pull_subscribe_bind("p2", "TRIPS_2")
             held = await sub.fetch(6, timeout=2)
             await held[1].ack_sync()
             await sub.unsubscribe()
@@ -47,7 +47,7 @@ async def test_messages_left_by_a_dead_owner_come_first_and_none_is_lost(tmp_pat
             await c.stop()
             assert got == list(range(2, 15)), got  # in order, none lost, not after AckWait
             assert time.monotonic() - t0 < 10
-            info = await js.consumer_info("TRIPS", "p2")
+            info = await js.consumer_info("TRIPS_2", "p2")
             assert info.num_ack_pending == 0 and info.num_pending == 0
         finally:
             await nc.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import nats
 import paho.mqtt.client as paho
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from paho.mqtt.enums import CallbackAPIVersion
 
 from telemetry.bus.config import write_nats_config
@@ -173,7 +174,14 @@ async def test_device_may_publish_only_its_own_topic(server: NatsServer) -> None
     try:
         js = nc.jetstream()
         await ensure_streams(js, SMALL, SMALL)
-        before = (await js.stream_info("DEVICES")).state.messages
+        own = f"DEVICES_{partition_of('truck-12', P)}"
+
+        async def stored() -> tuple[int, int]:
+            """(messages in every device partition's stream, in truck-12's)."""
+            infos = [await js.stream_info(f"DEVICES_{n}") for n in range(P)]
+            return sum(i.state.messages for i in infos), (await js.stream_info(own)).state.messages
+
+        before, before_own = await stored()
         rc = await asyncio.to_thread(
             mqtt_session,
             server.mqtt_port,
@@ -184,10 +192,9 @@ async def test_device_may_publish_only_its_own_topic(server: NatsServer) -> None
         assert rc == 0
         await asyncio.sleep(0.5)
         # only its own message arrived: the one on a.b's topic was refused by the server
-        info = await js.stream_info("DEVICES")
-        assert info.state.messages == before + 1
-        last = await js.get_last_msg("DEVICES", f"part.{partition_of('truck-12', P)}.>")
-        assert last.seq == before + 1 and last.subject.endswith(".truck-12.position")
+        assert await stored() == (before + 1, before_own + 1)
+        last = await js.get_last_msg(own, f"part.{partition_of('truck-12', P)}.>")
+        assert last.seq == before_own + 1 and last.subject.endswith(".truck-12.position")
         # wrong password, and a NATS-protocol login as a device: refused
         assert await asyncio.to_thread(mqtt_session, server.mqtt_port, "truck-12", "bad") != 0
         with pytest.raises(Exception):  # noqa: B017 - the client raises its own auth error
@@ -264,3 +271,37 @@ async def test_broker_config_prints_a_working_command_and_url(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+async def test_a_stream_per_partition_and_the_single_stream_layout_retired(
+    tmp_path: Path,
+) -> None:
+    """Each partition gets its own stream; an earlier version's single DEVICES/TRIPS streams
+    (their subjects overlap) stop the start while a message in them is unhandled, and are
+    removed once drained."""
+    with NatsServer(tmp_path / "nats", partitions=2) as srv:
+        nc = await nats.connect(srv.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(
+                StreamConfig(name="DEVICES", subjects=["part.*.devices.*.*", "devices.>"])
+            )
+            await js.add_stream(StreamConfig(name="TRIPS", subjects=["trip.*.>"]))
+            await js.publish("devices.d1.position", b"{}")
+            await js.add_consumer(
+                "DEVICES", ConsumerConfig(durable_name="p0", ack_policy=AckPolicy.ALL)
+            )
+            with pytest.raises(RuntimeError, match="drained"):
+                await ensure_streams(js, SMALL, SMALL)
+            sub = await js.pull_subscribe_bind("p0", "DEVICES")
+            (msg,) = await sub.fetch(1, timeout=2)
+            await msg.ack_sync()
+            await ensure_streams(js, SMALL, SMALL)
+            names = sorted(str(i.config.name) for i in await js.streams_info())
+            assert names == ["DEVICES_0", "DEVICES_1", "TRIPS_0", "TRIPS_1"]
+            ack = await js.publish("devices.d1.position", b"{}")
+            assert ack.stream == f"DEVICES_{partition_of('d1', 2)}"
+            # a device topic of the wrong shape is kept (for a dead letter) by partition 0's
+            assert (await js.publish("devices.x.position.extra", b"{}")).stream == "DEVICES_0"
+        finally:
+            await nc.close()

@@ -31,13 +31,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from core.clock import Clock, ScaledClock
-from telemetry.bus.consumer import partition_filters
-from telemetry.bus.partitions import PART_PREFIX, TRIP_PREFIX
-from telemetry.bus.streams import DEVICE_STREAM, TRIP_STREAM
+from telemetry.bus.streams import DEVICE_STREAM, TRIP_STREAM, stream_name
 
 log = logging.getLogger(__name__)
 
-STAGES = {"devices": (DEVICE_STREAM, PART_PREFIX), "trips": (TRIP_STREAM, TRIP_PREFIX)}
+STAGES = {"devices": DEVICE_STREAM, "trips": TRIP_STREAM}
 REPORT_WAITING = 1000
 """``/healthz`` says ``degraded`` when a stage has at least this many messages not yet delivered
 to its workers (one full batch beyond the ones in flight): a few in transit are normal."""
@@ -74,30 +72,19 @@ async def read_partition(
 ) -> PartitionLag:
     """One partition's lag; ``oldest``: also the receive time of its oldest waiting message.
     Raises (a NATS error, a timeout) when it cannot be read: callers count that as behind."""
-    stream, prefix = STAGES[stage]
+    stream = stream_name(STAGES[stage], n)
     try:
         info = await asyncio.wait_for(js.consumer_info(stream, f"p{n}"), READ_TIMEOUT_S)
     except NotFoundError:  # never claimed: everything of the partition waits
-        first = await asyncio.wait_for(
-            _oldest_ms(js, stream, partition_filters(prefix, n), 0), READ_TIMEOUT_S
-        )
+        first = await asyncio.wait_for(_oldest_ms(js, stream, [None], 0), READ_TIMEOUT_S)
         if first is None:
             return PartitionLag(0, 0)
         return PartitionLag(1, 0, first)  # how many is unknown without a scan; at least one
     lag = PartitionLag(info.num_pending or 0, info.num_ack_pending or 0)
     if oldest and lag.behind:
+        # the partition's stream holds it alone: the message after the floor is its oldest
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        # The message right after the floor in the whole stream, not the partition's own
-        # next one: the stream is in arrival order, so its time is a bound at or before the
-        # oldest waiting message's (the horizon only waits a little longer). The partition's
-        # own, a lookup by wildcard subject, cost the server a walk over every device's
-        # subject: read by every worker every 0.2 s, it was a large part of its CPU at 10k
-        # msg/s.
         at = await asyncio.wait_for(_oldest_ms(js, stream, [None], floor or 0), READ_TIMEOUT_S)
-        if at is None:  # that message is gone (the stream's limits): the partition's own
-            at = await asyncio.wait_for(
-                _oldest_ms(js, stream, partition_filters(prefix, n), floor or 0), READ_TIMEOUT_S
-            )
         lag = PartitionLag(lag.waiting, lag.in_flight, at)
     return lag
 

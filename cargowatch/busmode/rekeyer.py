@@ -32,7 +32,7 @@ from nats.js.api import PubAck
 from cargowatch.busmode.codec import BUNDLE, encode_bundle
 from telemetry.bus.partitions import trip_partition, trip_subject
 from telemetry.bus.rekey import MSG_ID, TRIP_HEADER, Rekeyed, Rekeyer, msg_id, payload_of
-from telemetry.bus.streams import TRIP_STREAM
+from telemetry.bus.streams import TRIP_STREAM, stream_name
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 MAX_BUNDLE_BYTES = 512 * 1024  # well below the server's max_payload (1 MB by default)
@@ -74,7 +74,7 @@ def _split(m: int, chunk: Sequence[Rekeyed], out: list[Outgoing]) -> None:
         _split(m, chunk[half:], out)
         return
     ident = f"{BUNDLE}|{msg_id(chunk[0])}|{msg_id(chunk[-1])}|{len(chunk)}"
-    headers = {MSG_ID: ident, EXPECTED_STREAM: TRIP_STREAM}
+    headers = {MSG_ID: ident, EXPECTED_STREAM: stream_name(TRIP_STREAM, m)}
     out.append(Outgoing(trip_subject(m, chunk[0].device_id, BUNDLE), payload, headers, len(chunk)))
 
 
@@ -136,7 +136,8 @@ class PipelinedRekeyer(Rekeyer):
             return bundles(items, self.trip_partitions)
         out = []
         for item in items:
-            headers = {MSG_ID: msg_id(item), EXPECTED_STREAM: TRIP_STREAM}
+            stream = stream_name(TRIP_STREAM, self.partition(item))
+            headers = {MSG_ID: msg_id(item), EXPECTED_STREAM: stream}
             if item.trip_id is not None:
                 headers[TRIP_HEADER] = item.trip_id
             out.append(Outgoing(self.subject(item), payload_of(item), headers, 1))

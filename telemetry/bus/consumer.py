@@ -1,10 +1,10 @@
 """Reading one partition: a durable pull consumer, fetched in batches, acknowledged after the
 handler (the store commit) returns.
 
-One ``PartitionConsumer`` per partition a worker owns (``leases``): durable ``p{n}`` on the
-stream, filtered to ``part.{n}.>`` (device stream) or ``trip.{n}.>`` (trip stream). Its
-position lives in the server, so whichever worker owns the partition next resumes where the
-last acknowledgement left it.
+One ``PartitionConsumer`` per partition a worker owns (``leases``): durable ``p{n}``, unfiltered,
+on the partition's own stream (``DEVICES_{n}`` or ``TRIPS_{n}``, see ``streams``). Its position
+lives in the server, so whichever worker owns the partition next resumes where the last
+acknowledgement left it.
 
 Choices:
 
@@ -45,6 +45,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
 from telemetry.bus.partitions import DEVICE_PREFIX, PART_PREFIX, parse_subject
+from telemetry.bus.streams import stream_name
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class PartitionConsumer:
         linger_s: float = 0.0,
     ) -> None:
         self.js = js
-        self.stream = stream
+        self.stream = stream_name(stream, partition)  # ``stream``: the family
         self.prefix = prefix
         self.partition = partition
         self.handler = handler
@@ -179,8 +180,8 @@ class PartitionConsumer:
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
-        filters = partition_filters(self.prefix, self.partition)
-        config = consumer_config(self.durable, filters, self.batch)
+        # unfiltered: the partition's stream holds the partition alone (``streams``)
+        config = consumer_config(self.durable, (), self.batch)
         try:
             info = await self.js.consumer_info(self.stream, self.durable)
         except nats.js.errors.NotFoundError:
@@ -281,9 +282,7 @@ class PartitionConsumer:
             self.durable,
             self._floor,
         )
-        config = consumer_config(
-            self.durable, partition_filters(self.prefix, self.partition), self.batch
-        )
+        config = consumer_config(self.durable, (), self.batch)
         config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
         config.opt_start_seq = self._floor + 1
         try:

@@ -33,7 +33,7 @@ from nats.js.api import PubAck
 
 from telemetry.bus.consumer import BatchHandler, BusMessage
 from telemetry.bus.partitions import trip_partition, trip_subject
-from telemetry.bus.streams import TRIP_STREAM
+from telemetry.bus.streams import TRIP_STREAM, stream_name
 
 MSG_ID = "Nats-Msg-Id"
 TRIP_HEADER = "Cw-Trip"
@@ -78,9 +78,12 @@ class Rekeyer:
         self.published = 0
         self.duplicates = 0
 
+    def partition(self, item: Rekeyed) -> int:
+        """The trip partition of ``item`` (by trip; a record on no trip by its device)."""
+        return trip_partition(item.trip_id or item.device_id, self.trip_partitions)
+
     def subject(self, item: Rekeyed) -> str:
-        key = item.trip_id or item.device_id
-        return trip_subject(trip_partition(key, self.trip_partitions), item.device_id, item.kind)
+        return trip_subject(self.partition(item), item.device_id, item.kind)
 
     async def publish(self, items: Sequence[Rekeyed]) -> list[PubAck]:
         """Publish every item (pipelined), then wait for all the server's confirmations.
@@ -95,7 +98,10 @@ class Rekeyer:
                 headers[TRIP_HEADER] = item.trip_id
             futures.append(
                 await self.js.publish_async(
-                    self.subject(item), payload_of(item), stream=TRIP_STREAM, headers=headers
+                    self.subject(item),
+                    payload_of(item),
+                    stream=stream_name(TRIP_STREAM, self.partition(item)),
+                    headers=headers,
                 )
             )
         acks: list[PubAck] = await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
