@@ -45,6 +45,7 @@ from cargowatch.metrics import Metrics
 from cargowatch.settings import Settings
 from core.clock import Clock, ScaledClock
 from telemetry.bus.consumer import BatchHandler, BusMessage
+from telemetry.bus.headers import cache_headers
 from telemetry.bus.leases import default_owner, lease_bucket
 from telemetry.bus.partitions import PART_PREFIX, TRIP_PREFIX, trip_partition
 from telemetry.bus.reader import HandlerFactory, PartitionedReader
@@ -77,8 +78,9 @@ DEVICE_LAG_PERIOD_S = 0.2
 
 
 async def connect(url: str, name: str) -> Client:
-    """A NATS connection that reconnects for ever (a worker outlives a server restart)."""
-    return await nats.connect(
+    """A NATS connection that reconnects for ever (a worker outlives a server restart), its
+    header blocks parsed once (``telemetry.bus.headers``)."""
+    nc = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -88,6 +90,8 @@ async def connect(url: str, name: str) -> Client:
         # watch cancelled while it started) held a stopping serve for the default 30 s
         drain_timeout=5,
     )
+    cache_headers(nc)
+    return nc
 
 
 def stream_limits(settings: Settings) -> tuple[StreamLimits, StreamLimits]:

@@ -10,14 +10,16 @@ One stream per partition, in two families:
   that one worker reads all of a trip's devices. Its duplicate window makes the re-key
   idempotent (``Nats-Msg-Id``, see ``rekey``).
 
-**Why a stream per partition, not one stream filtered by partition.** A consumer filtered by a
-wildcard on a stream of many subjects (every device is a subject) is cheap only while it reads
-at the stream's tail: once it is behind, the server looks for each next message among the
-subjects of the stream's blocks. Measured here with 21,000 devices in 4 partitions: a filtered
-consumer 200k messages behind drained 716 msg/s at 950 µs of server CPU per message, so any
-backlog (a worker restarting, a load peak) never drained and took the server's CPU from the
-ingest; a stream per partition read by an unfiltered consumer drained 44,000 msg/s at 2.4 µs,
-and the server stores into P streams in parallel (44k against 24k msg/s published).
+**Why a stream per partition, not one stream filtered by partition.** Partition 0 also reads
+the device topics the mapping leaves alone, so in one shared stream its consumer had two
+filters (``part.0.>`` and ``devices.>``); a consumer with several filters that is behind the
+stream's tail costs the server a search per message. Measured here (``python -m
+bench.streams``: 100,000 messages from 21,000 devices over 4 partitions, partition 0 drained
+from the start): 1,477 msg/s at 726 µs of server CPU a message with the two filters, against
+42,800 msg/s at 3.6 µs with one filter and 44,200 msg/s at 2.4 µs with a stream per partition
+and no filter. So once partition 0 fell behind (a restart, a peak), it never caught up and
+took the server's CPU from everything else. With a stream per partition no consumer needs a
+filter, and the server stores into P streams independently.
 
 **Retention (defaults, configurable through ``StreamLimits``; a family's bytes are shared
 equally by its P streams).** The streams are a buffer in front of the store, not an archive
