@@ -44,7 +44,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
-from telemetry.bus.partitions import DEVICE_PREFIX, PART_PREFIX, parse_subject
+from telemetry.bus.partitions import DEVICE_PREFIX, parse_subject
 from telemetry.bus.streams import stream_name
 
 log = logging.getLogger(__name__)
@@ -116,16 +116,6 @@ def consumer_config(
     )
 
 
-def partition_filters(prefix: str, partition: int) -> list[str]:
-    """Subjects of a partition. Device partition 0 also reads device-topic subjects the
-    server's mapping did not match (a topic of the wrong shape), so they become dead letters
-    instead of vanishing."""
-    filters = [f"{prefix}.{partition}.>"]
-    if prefix == PART_PREFIX and partition == 0:
-        filters.append(f"{DEVICE_PREFIX}.>")
-    return filters
-
-
 class PartitionConsumer:
     """Reads partition ``partition`` of ``stream`` in batches and hands them to ``handler``.
 
@@ -153,7 +143,7 @@ class PartitionConsumer:
     ) -> None:
         self.js = js
         self.stream = stream_name(stream, partition)  # ``stream``: the family
-        self.prefix = prefix
+        self.prefix = prefix  # part or trip; no filter: the stream holds the partition alone
         self.partition = partition
         self.handler = handler
         self.batch = batch
