@@ -70,7 +70,8 @@ class Settings(BaseSettings):
         None,
         validation_alias=ENV_NAMES["bus_url"],
         description="partitioned engine: NATS JetStream, nats://USER:PASS@HOST:PORT "
-        "(`broker-config nats` prints it); set: devices are read from the bus, not --mqtt",
+        "(`broker-config nats` prints it; a cluster's nodes separated by commas); set: devices "
+        "are read from the bus, not --mqtt",
     )
     workers: int = Field(
         0, ge=0, description="serve --bus: engine workers run inside the serve process"
@@ -218,7 +219,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_bus_url(cls, v: str | None) -> str | None:
         if v is not None:
-            bus_address(v)
+            bus_servers(v)
         return v
 
     @field_validator("db_url")
@@ -317,6 +318,17 @@ def broker_address(url: str) -> tuple[str, int]:
 def bus_address(url: str) -> tuple[str, int]:
     """``nats://[user:pass@]host[:port]`` -> (host, port); ValueError for anything else."""
     return _service_address(url, ("nats", "tls"), 4222, "the bus URL", "nats://USER:PASS@HOST:PORT")
+
+
+def bus_servers(url: str) -> list[str]:
+    """The bus URL's servers: one URL, or several separated by commas (the nodes of a NATS
+    cluster, so that a process starts while one of them is down); each checked."""
+    servers = [u.strip() for u in url.split(",")]
+    for server in servers:
+        if not server:
+            raise ValueError("the bus URL lists an empty server (two commas, or one at an end)")
+        bus_address(server)
+    return servers
 
 
 def check_db_url(url: str) -> None:

@@ -42,7 +42,7 @@ from cargowatch.busmode.live import LiveRelay
 from cargowatch.busmode.rekeyer import PipelinedRekeyer
 from cargowatch.busmode.tripstage import TripPartition
 from cargowatch.metrics import Metrics
-from cargowatch.settings import Settings
+from cargowatch.settings import Settings, bus_servers
 from core.clock import Clock, ScaledClock
 from telemetry.bus.consumer import BatchHandler, BusMessage
 from telemetry.bus.headers import cache_headers
@@ -81,7 +81,7 @@ async def connect(url: str, name: str) -> Client:
     """A NATS connection that reconnects for ever (a worker outlives a server restart), its
     header blocks parsed once (``telemetry.bus.headers``)."""
     nc = await nats.connect(
-        url,
+        servers=bus_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1.0,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cargowatch.busmode.runtime import BusRuntime
 from cargowatch.settings import Settings
+from cargowatch.worker import connect
 from telemetry.bus.partitions import partition_of
 from tests.bus_support import (
     PASSWORD,
@@ -22,6 +23,7 @@ from tests.bus_support import (
     wait_for,
 )
 from tests.nats_service import NatsServer
+from tests.services import free_port
 
 P = 4
 FIXES = 30
@@ -110,3 +112,17 @@ def test_one_worker_stores_every_fix_once_and_keeps_each_trip_together(
         assert [d["reason"] for d in dead] == ["unknown_device"], dead
         assert dead[0]["device_id"] == ghost
         api.close()
+
+
+async def test_the_bus_url_may_list_several_servers(tmp_path: Path) -> None:
+    """A cluster's nodes in one --bus (comma-separated): a process connects while the first
+    listed is down."""
+    with NatsServer(tmp_path / "nats", partitions=2) as srv:
+        user = srv.url.split("//", 1)[1].split("@", 1)[0]
+        down = f"nats://{user}@127.0.0.1:{free_port()}"
+        nc = await connect(f"{down},{srv.url}", "cargowatch-test")
+        try:
+            assert nc.is_connected
+            assert nc.connected_url is not None and nc.connected_url.port == srv.port
+        finally:
+            await nc.close()

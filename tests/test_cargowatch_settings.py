@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from cargowatch.settings import FLAGS, Settings, SettingsError, env_name, load_settings
+from cargowatch.settings import (
+    FLAGS,
+    Settings,
+    SettingsError,
+    bus_servers,
+    env_name,
+    load_settings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| `(\w+)` \| ([^|]*) \| `(\w+)` \| ([^|]*) \| ([^|]+) \|$")
@@ -80,6 +87,8 @@ def test_variables_are_read_by_their_cargowatch_names_only(
         ({"batch_max": 0}, "CARGOWATCH_BATCH_MAX"),
         ({"topic_prefix": "devices/+"}, "CARGOWATCH_TOPIC_PREFIX"),
         ({"clock_speed": float("inf")}, "CARGOWATCH_CLOCK_SPEED"),
+        ({"bus_url": "nats://a:4222,,nats://b:4222"}, "--bus / CARGOWATCH_BUS: the bus URL lists"),
+        ({"bus_url": "nats://a:4222,http://b:4222"}, "--bus / CARGOWATCH_BUS"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_flag_or_variable(
@@ -96,6 +105,13 @@ def test_a_bad_variable_is_reported_by_its_name(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CARGOWATCH_HTTP", "localhost")
     with pytest.raises(SettingsError, match=r"^CARGOWATCH_HTTP: .*explicit port"):
         load_settings()
+
+
+def test_the_bus_url_may_list_a_clusters_nodes() -> None:
+    url = "nats://engine:pw@a:4222, nats://engine:pw@b:4223"
+    assert load_settings(bus_url=url).bus_url == url
+    assert bus_servers(url) == ["nats://engine:pw@a:4222", "nats://engine:pw@b:4223"]
+    assert bus_servers("nats://engine:pw@a") == ["nats://engine:pw@a"]
 
 
 def test_the_http_address_splits_into_host_and_port() -> None:

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import nats
 from nats.aio.msg import Msg
 
+from cargowatch.settings import bus_servers
 from telemetry.bus.config import CONFIG_SUBJECT, dir_of_token, reload, set_device
 from telemetry.errors import BrokerUnavailable
 
@@ -36,7 +37,10 @@ async def discover_config_dir(url: str, timeout_s: float = 5.0) -> Path | None:
     the answer comes at once either way.
     """
     nc = await nats.connect(
-        url, name="cargowatch-credentials", allow_reconnect=False, connect_timeout=timeout_s
+        servers=bus_servers(url),
+        name="cargowatch-credentials",
+        allow_reconnect=False,
+        connect_timeout=timeout_s,
     )
     try:
         got: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -110,7 +114,8 @@ class NatsDeviceUsers:
                 "the directory broker-config nats wrote is (the server's host)",
                 dir=str(found),
             ) from exc
-        if unquote(urlsplit(self._url).password or "") != expected:
+        first = bus_servers(self._url)[0]  # a cluster's nodes share the credentials
+        if unquote(urlsplit(first).password or "") != expected:
             raise BrokerUnavailable(
                 "the configuration the NATS server names is not the one of the --bus URL "
                 "(its engine password differs)",
