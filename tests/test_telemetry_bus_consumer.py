@@ -116,7 +116,11 @@ async def test_redelivered_in_order_after_handler_failure(js: JetStreamContext) 
         if len(calls) == 1:
             raise RuntimeError("store down")
 
-    c = PartitionConsumer(js, "DEVICES", "part", 2, flaky, batch=10, retry_delay_s=0.1)
+    # linger: the first batch is all of the first ten messages however they trickle in (a
+    # busy machine delivered one alone once)
+    c = PartitionConsumer(
+        js, "DEVICES", "part", 2, flaky, batch=10, retry_delay_s=0.1, linger_s=0.5
+    )
     await c.start()
     await _until(lambda: c.handled == 30)
     await c.stop()
