@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import nats
 
 from cargowatch.busmode.runtime import BusRuntime
 from cargowatch.services.keys import hash_key
@@ -189,3 +190,21 @@ def test_two_serve_processes_share_alarms_webhooks_and_the_live_feed(
             assert all(raised[i] == 1 for i in ids), raised
         assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
         api.close()
+
+
+async def test_serve_without_workers_creates_the_streams(tmp_path: Path, pg_url: str) -> None:
+    """``serve --bus --workers 0`` started first: the devices' messages have their streams."""
+    with NatsServer(tmp_path / "nats", partitions=2) as srv:
+        settings = Settings(db_url=pg_url, bus_url=srv.url, bus_devices_gib=1, bus_trips_gib=1)
+        api = BusRuntime.open(settings)
+        try:
+            async with api.running():
+                nc = await nats.connect(srv.url)
+                try:
+                    infos = await nc.jetstream().streams_info()
+                finally:
+                    await nc.close()
+        finally:
+            api.close()
+    names = sorted(str(i.config.name) for i in infos if not str(i.config.name).startswith("KV_"))
+    assert names == ["DEVICES_0", "DEVICES_1", "TRIPS_0", "TRIPS_1"]

@@ -29,9 +29,9 @@ from cargowatch.busmode.live import LiveRelay
 from cargowatch.runtime import Runtime
 from cargowatch.services import EngineGate
 from cargowatch.settings import Settings
-from cargowatch.worker import BusWorker, connect
+from cargowatch.worker import BusWorker, connect, stream_limits
 from core.clock import Clock
-from telemetry.bus.streams import discover_layout
+from telemetry.bus.streams import discover_layout, ensure_streams
 from telemetry.store import Store
 
 
@@ -66,6 +66,13 @@ class BusRuntime(Runtime):
         ]
         try:
             layout = await discover_layout(nc)
+            # serve may start before any worker: the devices' messages need their streams
+            await ensure_streams(
+                nc.jetstream(),
+                *stream_limits(self.settings),
+                replicas=self.settings.bus_replicas,
+                layout=layout,
+            )
             async with asyncio.TaskGroup() as tg:
                 loops = [
                     tg.create_task(self.alarms.run(), name="escalation"),
