@@ -14,13 +14,17 @@ engine as real processes:
 A fleet of active trips (full: 1,400 trips with 21,000 GPS units and 1,400 locks; ``--quick``:
 600 / 9,000 / 600) is registered first. Then, step by step at rising fixed rates (full: 60 s a
 step; quick: 10 s), separate publisher processes (``bench._live_pub``, QoS 1) send fixes
-stamped with their send time, plus timed ``tamper`` triggers, each on a lock of its own;
-latency = the alarm's arrival on ``/v1/live`` (an SSE reader in this process) − the trigger's
-``ts``. Between steps the backlog drains. Before the first step, an unreported warm-up (10 s
-at the first rate) lets every worker load its trips. Per step: offered and achieved rates, stored
-rows/s, p50/p99/max latency, peak RSS and CPU time per stored message of the engine
-processes, and the backlog left at the step's end. ``max_sustained_msg_per_s`` = the highest
-step with p99 ≤ 2 s, every trigger alarmed, and at most 2 s of input waiting at its end.
+stamped with their send time (each unit at its own phase: the units are dealt out in a fixed
+shuffled order, as a fleet's trackers report independently; ``--order by-trip`` sends a trip's
+15 units back to back instead, the engine's worst case: every trip then has up to 15 fixes in
+one batch, and the rules take a round per fix of a trip), plus timed ``tamper`` triggers, each
+on a lock of its own; latency = the alarm's arrival on ``/v1/live`` (an SSE reader in this
+process) − the trigger's ``ts``. Between steps the backlog drains. Before the first step, an
+unreported warm-up (10 s at the first rate) lets every worker load its trips. Per step: offered
+and achieved rates, stored rows/s, p50/p99/max latency, peak RSS and CPU time per stored
+message of the engine processes, and the backlog left at the step's end.
+``max_sustained_msg_per_s`` = the highest step with p99 ≤ 2 s, every trigger alarmed, and at
+most 2 s of input waiting at its end.
 Then an **overload** step at twice that rate for a step's length (``--no-overload`` skips it):
 its stored rate against the sustained rate, peak memory, and whether and how fast every
 message published was stored afterwards (``drain_s``).
@@ -36,6 +40,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -58,6 +63,7 @@ from tests.services import MosquittoServer, PostgresServer, free_port
 ADMIN = "cw_bench_live_admin_key_000000000001"
 PUB_USER, PUB_PASSWORD = "bench-pub", "bench-pub-secret"
 PARTITIONS = 4
+ORDER_SEED = 16  # the fleet's publishing order (shuffled)
 PER_PUBLISHER = 8000  # msg/s one publisher process is asked for at most
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -449,6 +455,8 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
     t = time.monotonic()
     gps, locks = seed(db, cfg["trips"], cfg["gps"])
     seeded_s = time.monotonic() - t
+    if cfg.get("order", "shuffled") == "shuffled":
+        random.Random(ORDER_SEED).shuffle(gps)
     mode = Mode(name, workdir, db, cfg.get("env") or {})
     store = open_store(db)
     steps: list[dict[str, Any]] = []
@@ -497,6 +505,7 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
             "gps": cfg["trips"] * cfg["gps"],
             "locks": cfg["trips"],
             "seed_s": round(seeded_s, 1),
+            "order": cfg.get("order", "shuffled"),
         },
         "steps": steps,
         "streams": streams,
@@ -525,6 +534,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a setting for the engine processes, e.g. CARGOWATCH_BATCH_MS=200 (repeatable)",
     )
     parser.add_argument(
+        "--order",
+        choices=("shuffled", "by-trip"),
+        default="shuffled",
+        help="the GPS units' publishing order: independent phases (default) or a trip's units "
+        "back to back",
+    )
+    parser.add_argument(
         "--profile",
         help="record each engine process with py-spy during every step (speedscope files in DIR)",
     )
@@ -537,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trips:
         cfg["trips"] = args.trips
     cfg["profile"] = args.profile
+    cfg["order"] = args.order
     cfg["overload"] = not args.no_overload
     cfg["env"] = dict(e.split("=", 1) for e in args.env)
     root = Path(tempfile.mkdtemp(prefix="cw-live-"))
@@ -545,7 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     pg = PostgresServer(root / "pg").start()
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench.live" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.live"
+        + (" --quick" if args.quick else "")
+        + (f" --order {args.order}" if args.order != "shuffled" else ""),
         "cpus": os.cpu_count(),
     }
     try:

@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from rules.errors import RulesError
 from rules.plan import FencePlan, TripPlan
-from rules.state import DC, GF_SLOT, TC, DeviceTable, StopProgress, TripTable
+from rules.state import DC, GF_SLOT, TC, DeviceTable, StopProgress, TripInfo, TripTable
 
 __all__ = ["FORMAT", "VERSION", "dump_trip", "load_trip", "plan_digest"]
 
@@ -83,12 +84,37 @@ def plan_digest(plan: TripPlan, route_digest: bytes) -> str:
     return h.hexdigest()
 
 
+def _plan_digest_of(info: TripInfo) -> str:
+    """``plan_digest`` of the trip's current plan, computed once per plan."""
+    memo = info.plan_digest_memo
+    if memo is not None and memo[0] is info.plan and memo[1] == info.route_digest:
+        return memo[2]
+    digest = plan_digest(info.plan, info.route_digest)
+    info.plan_digest_memo = (info.plan, info.route_digest, digest)
+    return digest
+
+
 def _num(v: float) -> float | str | None:
     if math.isnan(v):
         return None
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
     return float(v)
+
+
+_TC_NAMES = tuple(c.name for c in TC)
+_DC_NAMES = tuple(c.name for c in DC)
+_VALID_DEV = TC.VALID_DEV.name
+_BAT_TRIP = DC.BAT_TRIP.name
+_GF_SLOT_COLS = tuple(GF_SLOT.tolist())
+
+
+def _nums(values: list[float]) -> list[float | str | None]:
+    """``_num`` over a row (``ndarray.tolist()``: Python floats)."""
+    return [
+        v if -math.inf < v < math.inf else None if v != v else "inf" if v > 0 else "-inf"
+        for v in values
+    ]
 
 
 def _unnum(v: object) -> float:
@@ -133,27 +159,29 @@ def dump_trip(
     """The blob of trip ``slot``; ``geofence_id`` names a global geofence slot (None: gone)."""
     info, prog = trips.info[slot], trips.progress[slot]
     assert info is not None and prog is not None
-    m = trips.m[slot]
-    trip = {c.name: _num(m[c]) for c in TC}
-    dev = m[TC.VALID_DEV]
-    trip[TC.VALID_DEV.name] = None if math.isnan(dev) else devices.ids[int(dev)]
-    for col in GF_SLOT.tolist():
-        fence = int(m[col])
-        trip[TC(col).name] = geofence_id(fence) if fence >= 0 else None
+    # Whole rows through tolist() and names computed once: a checkpoint dumps every changed
+    # trip of a partition (hundreds, each with its devices) in one transaction.
+    values = trips.m[slot].tolist()
+    trip = dict(zip(_TC_NAMES, _nums(values), strict=True))
+    dev = values[TC.VALID_DEV]
+    trip[_VALID_DEV] = None if math.isnan(dev) else devices.ids[int(dev)]
+    for col in _GF_SLOT_COLS:
+        fence = int(values[col])
+        trip[_TC_NAMES[col]] = geofence_id(fence) if fence >= 0 else None
     owned = {}
     for d in info.device_slots:
         if devices.trip[d] != slot:
             continue
-        r = devices.m[d]
-        cols = {c.name: _num(r[c]) for c in DC}
+        r = devices.m[d].tolist()
+        cols = dict(zip(_DC_NAMES, _nums(r), strict=True))
         bat_trip = int(r[DC.BAT_TRIP])
-        cols[DC.BAT_TRIP.name] = trips.names[bat_trip] if bat_trip >= 0 else None
+        cols[_BAT_TRIP] = trips.names[bat_trip] if bat_trip >= 0 else None
         owned[devices.ids[d]] = cols
     body = {
         "format": FORMAT,
         "version": VERSION,
         "trip_id": info.trip_id,
-        "plan": plan_digest(info.plan, info.route_digest),
+        "plan": _plan_digest_of(info),
         "trip": trip,
         "devices": owned,
         "progress": {"arrived": prog.arrived, "unsealed": prog.unsealed, "left": prog.left},
@@ -161,9 +189,9 @@ def dump_trip(
         "late_done": sorted(info.late_done),
         "signal_episode": info.signal_episode,
         "signal_open": bool(trips.signal_open[slot]),
-        "heard": _num(trips.heard[slot]),
+        "heard": _num(float(trips.heard[slot])),
     }
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return orjson.dumps(body)
 
 
 def _ints(values: object, n: int) -> tuple[int, ...]:
@@ -207,7 +235,7 @@ def load_trip(
         )
     if body.get("trip_id") != tid:
         raise RulesError("trip state of another trip", trip_id=tid, found=body.get("trip_id"))
-    if body.get("plan") != plan_digest(info.plan, info.route_digest):
+    if body.get("plan") != _plan_digest_of(info):
         raise RulesError("trip state of another plan", trip_id=tid)
     n = len(info.plan.stops)
     try:

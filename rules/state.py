@@ -269,6 +269,8 @@ class TripInfo:
     created: object | None = None  # rewind snapshot taken at (re)configuration
     route_digest: bytes = b""
     doc_digest: bytes = b""
+    # (plan, route digest, plan_digest of them): a checkpoint of an unchanged plan reuses it
+    plan_digest_memo: tuple[TripPlan, bytes, str] | None = None
 
     @property
     def trip_id(self) -> str:

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cargowatch.busmode.devicestage import DeviceStage, mark_of, stream_mark
+from cargowatch.busmode.devicestage import (
+    DeviceStage,
+    current_trip,
+    current_trips,
+    mark_of,
+    stream_mark,
+)
 from cargowatch.metrics import Metrics
 from core.clock import SystemClock
 from telemetry.bus.consumer import BusMessage
@@ -118,3 +126,22 @@ def test_the_device_trip_map_is_read_whole_and_follows_changes(store: Store) -> 
     trip("D", "completed", NOW_MS, ["gps-1", "gps-3"])
     clock[0] += stage.ttl_s
     assert (stage.trip_of("gps-1"), stage.trip_of("gps-3")) == (None, "B")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["d1", "d2", "d3"]),
+            st.sampled_from(["active", "planned", "completed"]),
+        ),
+        max_size=12,
+    )
+)
+def test_the_whole_map_chooses_as_the_per_device_look_up(rows: list[tuple[str, str]]) -> None:
+    """Rows in the store's trip order (trip i before i+1): each device gets the trip that
+    ``current_trip`` picks from that device's trips in the same order."""
+    listed = [(d, f"T{i}", status) for i, (d, status) in enumerate(rows)]
+    chosen = current_trips(listed)
+    for device in ("d1", "d2", "d3"):
+        trips = [{"trip_id": t, "status": s} for d, t, s in listed if d == device]
+        assert chosen.get(device) == current_trip(trips)

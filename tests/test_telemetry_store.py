@@ -432,6 +432,27 @@ def test_trips_for_device_order_and_edges(store: Store) -> None:
     assert store.trips_for_device("lock-1") == []
 
 
+def test_device_trips_map_every_device_in_trip_order(store: Store) -> None:
+    assert store.device_trips(["active", "planned"]) == []
+    store.put_trip(trip("T1", devices=["gps-1", "gps-1", "lock-1"], planned_start=None))
+    store.put_trip(trip("T2", devices=["gps-1"], planned_start=T0))
+    store.put_trip(trip("T3", devices=["gps-2"], planned_start=T0, status="active"))
+    store.put_trip(trip("T4", devices=["gps-3"], status="completed"))
+    rows = store.device_trips(["active", "planned"])
+    # trip order as trips_for_device gives it; a trip's devices in any order, each once
+    assert [t for _, t, _ in rows] == ["T3", "T2", "T1", "T1"]
+    assert sorted(rows) == [
+        ("gps-1", "T1", "planned"),
+        ("gps-1", "T2", "planned"),
+        ("gps-2", "T3", "active"),
+        ("lock-1", "T1", "planned"),
+    ]
+    assert store.device_trips(["completed"]) == [("gps-3", "T4", "completed")]
+    assert store.device_trips([]) == []
+    store.put_trip(trip("T1", devices=["gps-9"], status="cancelled"))  # replaced: gone
+    assert ("lock-1", "T1", "planned") not in store.device_trips(["planned"])
+
+
 def test_trip_events_are_kept_in_order(store: Store) -> None:
     store.put_trip(trip("T1"))
     events = [

@@ -265,6 +265,12 @@ class Store(abc.ABC):
         that status), newest ``planned_start`` first."""
 
     @abc.abstractmethod
+    def device_trips(self, statuses: Sequence[str]) -> list[tuple[str, str, str]]:
+        """``(device_id, trip_id, status)`` for every device of every trip in one of
+        ``statuses``, newest ``planned_start`` first as in ``trips_for_device``: the whole
+        device → trip map in one read, without the trip documents."""
+
+    @abc.abstractmethod
     def add_trip_event(self, trip_id: str, event: Doc) -> None:
         """Append a milestone / status change (``kind``, ``ts``, ...). Never deleted."""
 

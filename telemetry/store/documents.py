@@ -293,6 +293,15 @@ class SqlStore(Store):
         params = {"device_id": device_id, "status": status}
         return self._docs(Q.TRIPS_FOR_DEVICE.format(status=extra), params, "trips_for_device")
 
+    def device_trips(self, statuses: Sequence[str]) -> list[tuple[str, str, str]]:
+        wanted = [str(s) for s in statuses]
+        if not wanted:
+            return []
+        names = [f"s{i}" for i in range(len(wanted))]
+        sql = Q.DEVICE_TRIPS.format(statuses=", ".join(f":{n}" for n in names))
+        rows = self._fetch(sql, dict(zip(names, wanted, strict=True)), "device_trips")
+        return [(str(d), str(t), str(st)) for d, t, st in rows]
+
     def add_trip_event(self, trip_id: str, event: Doc) -> None:
         if not isinstance(event, dict):
             raise StoreError("a trip event must be a JSON object", trip_id=trip_id)

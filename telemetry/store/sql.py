@@ -229,6 +229,12 @@ TRIPS_FOR_DEVICE = (
     "WHERE d.device_id = :device_id{status} "
     "ORDER BY t.planned_start DESC NULLS LAST, t.trip_id DESC"
 )
+DEVICE_TRIPS = (
+    "SELECT d.device_id, t.trip_id, t.status FROM trips t "
+    "JOIN trip_devices d ON d.trip_id = t.trip_id "
+    "WHERE t.status IN ({statuses}) "
+    "ORDER BY t.planned_start DESC NULLS LAST, t.trip_id DESC"
+)
 # Appends that name a missing parent insert nothing, which the caller reports as NotFound.
 ADD_TRIP_EVENT = (
     "INSERT INTO trip_events (trip_id, kind, ts, event) "
