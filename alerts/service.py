@@ -27,9 +27,11 @@ from alerts.errors import AlarmNotFound, ConflictError
 from alerts.live import LiveHub
 from alerts.metrics import AlertMetrics, NullAlertMetrics
 from alerts.outbox import WEBHOOK_EVENTS, enqueue_event, jsonable, stable_event_id
+from alerts.positions import position_events
 from alerts.render import iso, render_alarm
 from core.clock import Clock
 from core.errors import Unavailable
+from rules import PositionBatch
 from rules.events import (
     AlarmSignal,
     AlarmWithdrawn,
@@ -95,9 +97,13 @@ class AlarmService:
         with self._lock:
             yield
 
-    def stage(self, events: Sequence[EngineEvent]) -> tuple[list[Doc], Live]:
+    def stage(
+        self, events: Sequence[EngineEvent], positions: PositionBatch | None = None
+    ) -> tuple[list[Doc], Live]:
         """Record engine events in the caller's unit of work, publishing nothing: returns
         the new alarms and the live events to :meth:`publish` once that work committed.
+        ``positions``: a batch's positions in columns (an engine built with
+        ``position_events=False``), for the live feed like PositionUpdates.
         Each event is a savepoint, all of the event or none, so a bad one is skipped and
         the rest kept; an unavailable store fails the whole call (the caller retries)."""
         created: list[Doc] = []
@@ -105,6 +111,8 @@ class AlarmService:
         batch = _BatchLookups(self._store, self._default_sla)
         if self._hub.subscriber_count > 0:
             live.extend(_position_event(e) for e in events if isinstance(e, PositionUpdate))
+            if positions is not None:
+                live.extend(position_events(positions))
         stored = [e for e in events if not isinstance(e, PositionUpdate)]
         with self._lock, self._store.unit_of_work():
             for event in stored:

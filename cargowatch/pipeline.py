@@ -113,7 +113,12 @@ def commit_batch(
         out.marks["rules"] = time.perf_counter()
 
     out.result, out.created = gate.commit(
-        evaluate, lambda r: r.events, before=store_batch, after=flag, covers=covers
+        evaluate,
+        lambda r: r.events,
+        before=store_batch,
+        after=flag,
+        covers=covers,
+        positions_of=lambda r: r.positions,
     )
     if "rule_bug" in out.marks:
         gate.reload()

@@ -25,7 +25,7 @@ from cargowatch.busmode.control import Notify
 from cargowatch.busmode.tripstage import refresh_trip
 from cargowatch.services.engine import EngineGate
 from core.clock import Clock
-from rules import Engine, TripStatus
+from rules import Engine, PositionBatch, TripStatus
 from rules.events import EngineEvent
 from telemetry.store import Store
 
@@ -124,13 +124,19 @@ class ApiGate(EngineGate):
         before: Callable[[], None] | None = None,
         after: Callable[[T], None] | None = None,
         covers: int | None = None,
+        positions_of: Callable[[T], PositionBatch] | None = None,
     ) -> tuple[T, list[dict[str, Any]]]:
         with self.lock:
             self.engine = engine = self._new_engine()
             self._touched = set()
             # A created trip's checkpoint covers what was received before it existed.
             out = super().commit(
-                change, events_of, before=before, after=after, covers=self.clock.now_ms()
+                change,
+                events_of,
+                before=before,
+                after=after,
+                covers=self.clock.now_ms(),
+                positions_of=positions_of,
             )
             touched, self._touched = self._touched, set()
         # Committed: the workers reload what changed.

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from alerts import AlarmService
 from core.clock import Clock
-from rules import HISTORY_LOOKBACK_MS, Engine
+from rules import HISTORY_LOOKBACK_MS, Engine, PositionBatch
 from rules.events import EngineEvent
 from telemetry.models import Fix, LockEvent
 from telemetry.store import Store
@@ -72,7 +72,9 @@ class EngineGate:
         self._stale = False
 
     def _new_engine(self) -> Engine:
-        return Engine(history=self._history)
+        # Positions stay in columns (EngineResult.positions): the live feed's events are
+        # built from them, and only with a reader (alerts.positions).
+        return Engine(history=self._history, position_events=False)
 
     def _history(
         self, device_ids: Sequence[str], since_ms: int, until_ms: int
@@ -98,6 +100,7 @@ class EngineGate:
         before: Callable[[], None] | None = None,
         after: Callable[[T], None] | None = None,
         covers: int | None = None,
+        positions_of: Callable[[T], PositionBatch] | None = None,
     ) -> tuple[T, list[Doc]]:
         """Apply ``change`` to the engine and record its events and checkpoint in one
         transaction; ``before`` runs first in that transaction (the batch's telemetry),
@@ -113,7 +116,8 @@ class EngineGate:
                     if before is not None:
                         before()
                     result = change(self.engine)
-                    created, live = self.alarms.stage(events_of(result))
+                    positions = positions_of(result) if positions_of is not None else None
+                    created, live = self.alarms.stage(events_of(result), positions)
                     if after is not None:
                         after(result)
                     covered = max(self.covered_to, covers or 0)
