@@ -128,6 +128,31 @@ def test_the_device_trip_map_is_read_whole_and_follows_changes(store: Store) -> 
     assert (stage.trip_of("gps-1"), stage.trip_of("gps-3")) == (None, "B")
 
 
+def test_while_another_thread_reads_the_map_an_expired_entry_is_used(store: Store) -> None:
+    """No query per message while another partition's thread reloads the whole map: a device
+    with an (expired) entry keeps it; a forgotten one is looked up alone."""
+    store.put_trip(
+        {"trip_id": "A", "status": "active", "planned_start": NOW_MS, "devices": ["g1", "g2"]}
+    )
+    clock = [0.0]
+    stage = DeviceStage(store, SystemClock(), Metrics(), monotonic=lambda: clock[0])
+    assert stage.trip_of("g1") == "A" and stage.trip_of("g2") == "A"
+    asked: list[str] = []
+    alone = store.trips_for_device
+
+    def spy(device_id: str, status: str | None = None) -> list[dict]:
+        asked.append(device_id)
+        return alone(device_id, status)
+
+    store.trips_for_device = spy  # type: ignore[method-assign]
+    clock[0] += stage.ttl_s  # every entry expired: the map is due
+    stage.forget(["g2"])
+    with stage._reloading:  # another thread is reading it
+        assert stage.trip_of("g1") == "A"
+        assert stage.trip_of("g2") == "A"
+    assert asked == ["g2"]
+
+
 @given(
     st.lists(
         st.tuples(

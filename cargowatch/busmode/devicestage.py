@@ -112,7 +112,10 @@ class DeviceStage:
         if cached is not None and cached[1] > now:
             return cached[0]
         if self._map_until <= now:
-            self._reload(now)
+            if not self._reload(now) and cached is not None:
+                # Another partition's thread is reading the whole map: its entry, expired
+                # by at most that read, rather than one query per message meanwhile.
+                return cached[0]
             with self._lock:
                 cached = self._trips.get(device_id)
             if cached is not None and cached[1] > now:
@@ -123,7 +126,7 @@ class DeviceStage:
             self._trips[device_id] = (trip, now + self.ttl_s)
         return trip
 
-    def _reload(self, now: float) -> None:
+    def _reload(self, now: float) -> bool:
         """Every device of every active or planned trip → its current trip, in one read of
         ids (``Store.device_trips``) instead of one look-up per device: with ``ttl_s``
         expiring on each of a fleet's devices in turn, the per-device look-up (each reading
@@ -132,7 +135,7 @@ class DeviceStage:
         rows come newest ``planned_start`` first, as ``trips_for_device`` gives them). A
         device on no current trip is not in the map and is looked up alone."""
         if not self._reloading.acquire(blocking=False):
-            return  # another partition's thread is reloading: ask for this device alone
+            return False  # another partition's thread is reloading
         try:
             rows = self.store.device_trips(("active", "planned"))
             until = now + self.ttl_s
@@ -142,6 +145,7 @@ class DeviceStage:
                 self._map_until = until
         finally:
             self._reloading.release()
+        return True
 
     # -- one batch --------------------------------------------------------------------------
     def received_at(self, message: BusMessage) -> int:
