@@ -106,6 +106,27 @@ async def test_ack_after_handler_success(js: JetStreamContext) -> None:
     assert [m.stream_seq for m in again] == [251]
 
 
+async def test_a_stray_message_on_the_inbox_is_ignored(js: JetStreamContext) -> None:
+    """A message on the consumer's inbox that is no JetStream delivery (its reply is not an
+    acknowledgement subject) is logged and dropped; reading and the connection go on."""
+    device = _device_in(3)
+    got: list[BusMessage] = []
+
+    async def handler(batch: Sequence[BusMessage]) -> None:
+        got.extend(batch)
+
+    c = PartitionConsumer(js, "DEVICES", "part", 3, handler, batch=10)
+    await c.start()
+    nc = js._nc
+    await nc.publish(c._inbox, b"stray", reply="not.an.ack")
+    await nc.publish(c._inbox, b"stray too")
+    await _publish(js, device, 5)
+    await _until(lambda: c.handled == 5)
+    await c.stop()
+    assert nc.is_connected
+    assert [m.data for m in got] == [f'{{"i": {i}}}'.encode() for i in range(5)]
+
+
 async def test_redelivered_in_order_after_handler_failure(js: JetStreamContext) -> None:
     device = _device_in(2)
     await _publish(js, device, 30)

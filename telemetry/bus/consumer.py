@@ -224,10 +224,19 @@ class PartitionConsumer:
                 if status == "409":
                     log.info("pull %s.%s: %s", self.stream, self.durable, headers)
         elif reply:
+            try:
+                message = bus_message(subject, reply, data, headers)
+            except (ValueError, IndexError):
+                # not a JetStream delivery (its reply is no acknowledgement subject): this runs
+                # in the client's reading, which must not fail on it
+                log.warning(
+                    "%s.%s: ignored a message with reply %r", self.stream, self.durable, reply
+                )
+                return
             self._pull_left = max(0, self._pull_left - 1)
             if not self._buf:
                 self._first_at = asyncio.get_running_loop().time()
-            self._buf.append(bus_message(subject, reply, data, headers))
+            self._buf.append(message)
         self._wake.set()
 
     async def _pull(self) -> None:
