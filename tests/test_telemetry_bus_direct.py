@@ -72,6 +72,25 @@ async def test_a_routed_subscription_reaches_the_sink_and_others_their_callback(
     assert queued[0].data == b"four" and len(direct) == 2
 
 
+async def test_a_failing_sink_does_not_stop_the_client(nc: Client) -> None:
+    got: list[bytes] = []
+
+    def sink(subject: bytes, reply: bytes, data: bytes, headers: object) -> None:
+        if data == b"bad":
+            raise ValueError("a bug in the sink")
+        got.append(data)
+
+    async def never(msg: Msg) -> None:
+        raise AssertionError("routed")
+
+    sub = await nc.subscribe("in.failing", cb=never)
+    route(nc, sub._id, sink)
+    for data in (b"bad", b"good"):
+        await nc.publish("in.failing", data)
+    await _until(lambda: got == [b"good"])
+    assert nc.is_connected
+
+
 async def test_installed_once_per_client(nc: Client) -> None:
     first = direct_delivery(nc)
     assert first is not None

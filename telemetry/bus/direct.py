@@ -59,8 +59,12 @@ def _bypass(nc: Client, process: ProcessMsg, routes: dict[int, Sink]) -> Process
         if sink is None:
             await process(sid, subject, reply, data, headers)
             return
-        parsed = await nc._process_headers(headers) if headers else None
-        sink(subject, reply, data, parsed)
+        try:
+            parsed = await nc._process_headers(headers) if headers else None
+            sink(subject, reply, data, parsed)
+        except Exception:
+            # the client's reading must go on (an error here would drop the connection)
+            log.exception("a delivery on subscription %d could not be handed over", sid)
 
     return process_msg
 
