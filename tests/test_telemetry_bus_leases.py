@@ -95,13 +95,24 @@ class Worker:
 
     async def kill(self) -> None:
         """Cancel without releasing anything: the leases are left to expire, as after kill -9."""
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await _cancel(self.task)
 
     async def stop(self) -> None:
         await self.kill()
         await self.leases.release_all()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end: within 10 s, or the test fails (a cancellation
+    swallowed inside the client would otherwise hang the suite)."""
+    for _ in range(10):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError):
+                task.result()
+            return
+    raise AssertionError("the leases task did not stop when cancelled")
 
 
 async def _until(cond: object, timeout_s: float) -> float:
@@ -204,9 +215,7 @@ async def test_a_partition_is_never_left_running_unowned_after_a_slow_start(
             if running - leases.owned:
                 unowned.append(running - leases.owned)
             await asyncio.sleep(0.02)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _cancel(task)
         await leases.release_all()
         assert unowned == []
         assert running == set()

@@ -159,7 +159,10 @@ class PartitionLeases:
         return f"{self.group}.w.{self.owner}"
 
     async def _op(self, aw: Awaitable[T]) -> T:
-        return await asyncio.wait_for(aw, self.op_timeout_s)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+        # that arrives as the operation completes, and then ``run`` never stops
+        async with asyncio.timeout(self.op_timeout_s):
+            return await aw
 
     async def run(self) -> None:
         # Renewing has a task of its own: claiming awaits ``on_acquired``, which restores a
@@ -192,7 +195,8 @@ class PartitionLeases:
             wait = self.renew_every_s if deadline is None else max(0.0, deadline - self.clock())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(wait, self.renew_every_s))
+                async with asyncio.timeout(min(wait, self.renew_every_s)):
+                    await self._wake.wait()
 
     async def round(self) -> None:
         """One round: heartbeat, renew, then claim or release towards the share."""

@@ -79,10 +79,14 @@ class PartitionedReader:
     async def close(self) -> None:
         """Stop every consumer and release every lease (a clean shutdown)."""
         if self._task is not None:
-            self._task.cancel()
+            task, self._task = self._task, None
+            # Cancelled again until it ends: a cancellation that arrives as one of the
+            # client's own timed waits completes can be swallowed (Python 3.11 wait_for).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                task.result()
         await self.leases.release_all()
         for n in list(self.consumers):
             await self._lost(n)
