@@ -7,7 +7,7 @@ Every simulated device connects to the NATS server's MQTT listener with its own 
 engine through different device partitions and must be re-keyed onto one trip partition to be
 judged together. The fleet is a representative subset of the incidents (GPS-only, lock-only,
 the ones that combine both devices, a signal loss with a backlog, duplicates, bad input) plus
-a few normal trucks, on a faster clock than the Mosquitto run, to keep this under a minute.
+a few normal trucks, on a faster clock than the Mosquitto run.
 
 Checks: exactly the expected alarms per trip (each raised once), nothing from normal trips,
 signed webhooks of each shipper's own trips (one raise per alarm), the dead letters of the
@@ -45,7 +45,10 @@ from tests.nats_service import NatsServer
 from tests.services import PostgresServer, free_port
 from tests.test_e2e_fleet import ADMIN_KEY, SANITY_BOUND_S, SECRETS, START, _all_alarms
 
-SPEED = float(os.environ.get("CW_E2E_NATS_SPEED", "300"))  # simulated seconds per real second
+# Simulated seconds per real second. The signal-loss-with-backlog scenario leaves its alarm a
+# window of 3 simulated minutes (silence past the 10 min threshold, before the backlog lands):
+# 0.6 s of real time at 300, which a loaded CI machine missed once; 0.9 s at 200.
+SPEED = float(os.environ.get("CW_E2E_NATS_SPEED", "200"))
 LEAD_S = 15.0  # real seconds for the server and its workers to start, and the fleet to register
 PARTITIONS = 4
 INCIDENTS = [
