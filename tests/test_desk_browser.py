@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests import desk_harness
 from tests.desk_harness import (
@@ -392,9 +393,18 @@ def test_the_live_map_draws_the_configured_base_map(
     loaded = page.locator("#live-map img.leaflet-tile-loaded")
     expect(loaded.first).to_be_visible()
     assert tiles.requests, "no tile was requested from the tile server"
-    # The images really decoded (the CSP lets the tile host through).
-    sizes = loaded.evaluate_all("els => els.map((e) => e.complete && e.naturalWidth)")
-    assert sizes and all(w == 256 for w in sizes), sizes
+    # The images really decoded (the CSP lets the tile host through). Waited for: while the
+    # map moves to the fleet, Leaflet blanks the tiles it drops (a 1 px image) before it
+    # takes them out.
+    decoded = (
+        "() => { const els = [...document.querySelectorAll('#live-map img.leaflet-tile-loaded')];"
+        " return els.length > 0 && els.every((e) => e.complete && e.naturalWidth === 256); }"
+    )
+    try:
+        page.wait_for_function(decoded, timeout=10_000)
+    except PlaywrightTimeout:
+        sizes = loaded.evaluate_all("els => els.map((e) => e.complete && e.naturalWidth)")
+        raise AssertionError(f"tiles not decoded: {sizes}") from None
     expect(page.locator("#live-map .tile-notice")).to_have_count(0)
     expect(page.locator("#live-map")).not_to_have_class(re.compile("no-tiles"))
 
