@@ -9,11 +9,14 @@ signal-lost episode and the wall clock it was last heard at.
 
 Format: UTF-8 JSON (no pickle), ``{"format": FORMAT, "version": VERSION, "trip_id",
 "plan", "trip", "devices", "progress", "emitted", "late_done", "signal_episode",
-"signal_open", "heard"}``. State rows are objects keyed by column name (``TC`` / ``DC``);
-NaN is ``null`` and infinities ``"inf"`` / ``"-inf"``. Columns that hold slots (which differ
-after a restart) hold ids: ``trip.VALID_DEV`` a device id, ``trip.GF_SLOT_k`` a geofence id
-(a geofence removed by the time the blob is loaded drops out of the memberships),
-``devices.*.BAT_TRIP`` a trip id. Version 2 added the fence-membership columns.
+"signal_open", "heard"}``, and ``"waiting"`` when late unlocks of the trip's lock wait for
+its GPS (``Engine._hold``): ``[device, ts, event, method, lat, lon, battery_pct, seq,
+received_at, extra, judged_by]`` each. State rows are objects keyed by column name
+(``TC`` / ``DC``); NaN is ``null`` and infinities ``"inf"`` / ``"-inf"``. Columns that hold
+slots (which differ after a restart) hold ids: ``trip.VALID_DEV`` a device id,
+``trip.GF_SLOT_k`` a geofence id (a geofence removed by the time the blob is loaded drops
+out of the memberships), ``devices.*.BAT_TRIP`` a trip id. Version 2 added the
+fence-membership columns.
 
 Devices: a device's event-time state (last message, jump filter, LOW_BATTERY episode) is
 per device, and a device may serve several trips over time; its row is stored with the
@@ -34,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,7 @@ import orjson
 from rules.errors import RulesError
 from rules.plan import FencePlan, TripPlan
 from rules.state import DC, GF_SLOT, TC, DeviceTable, StopProgress, TripInfo, TripTable
+from telemetry.models import LockEvent, LockEventType, UnlockMethod
 
 __all__ = ["FORMAT", "VERSION", "dump_trip", "load_trip", "plan_digest"]
 
@@ -155,8 +159,10 @@ def dump_trip(
     devices: DeviceTable,
     slot: int,
     geofence_id: Callable[[int], str | None] = _no_geofence,
+    waiting: Sequence[tuple[LockEvent, int]] = (),
 ) -> bytes:
-    """The blob of trip ``slot``; ``geofence_id`` names a global geofence slot (None: gone)."""
+    """The blob of trip ``slot``; ``geofence_id`` names a global geofence slot (None: gone);
+    ``waiting``: the trip's held lock events with the time each is judged by."""
     info, prog = trips.info[slot], trips.progress[slot]
     assert info is not None and prog is not None
     # Whole rows through tolist() and names computed once: a checkpoint dumps every changed
@@ -191,7 +197,50 @@ def dump_trip(
         "signal_open": bool(trips.signal_open[slot]),
         "heard": _num(float(trips.heard[slot])),
     }
+    if waiting:
+        body["waiting"] = [_waiting_row(e, by) for e, by in waiting]
     return orjson.dumps(body)
+
+
+def _waiting_row(e: LockEvent, by: int) -> list[Any]:
+    method = None if e.method is None else e.method.value
+    return [
+        *(e.device_id, e.ts, e.event.value, method, e.lat, e.lon, e.battery_pct, e.seq),
+        *(e.received_at, e.extra, by),
+    ]
+
+
+def _waiting_event(row: object, devices: Sequence[str]) -> tuple[LockEvent, int]:
+    if not isinstance(row, list) or len(row) != 11:
+        raise ValueError("a waiting lock event has 11 fields")
+    device, ts, event, method, lat, lon, battery, seq, received, extra, by = row
+    if device not in devices:
+        raise ValueError(f"waiting event of device {device!r}, not one of the trip's")
+    for name, value in (("ts", ts), ("received_at", received), ("judged_by", by)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"waiting event {name} must be an integer")
+    for value in (lat, lon, battery):
+        if value is not None and not isinstance(value, int | float):
+            raise ValueError("waiting event position and battery must be numbers")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise ValueError("waiting event seq must be an integer")
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError("waiting event extra must be an object")
+    return (
+        LockEvent(
+            device,
+            ts,
+            LockEventType(event),
+            None if method is None else UnlockMethod(method),
+            None if lat is None else float(lat),
+            None if lon is None else float(lon),
+            None if battery is None else float(battery),
+            seq,
+            received,
+            extra,
+        ),
+        by,
+    )
 
 
 def _ints(values: object, n: int) -> tuple[int, ...]:
@@ -213,10 +262,11 @@ def load_trip(
     blob: bytes,
     slots: Mapping[str, int],
     geofence_slot: Callable[[str], int | None] = _no_slot,
-) -> None:
+) -> list[tuple[LockEvent, int]]:
     """Put the blob's state into trip ``slot`` (``slots``: trip id -> slot of loaded trips;
-    ``geofence_slot``: a live global geofence's slot, None when gone). RulesError, with
-    nothing changed, when the blob does not fit."""
+    ``geofence_slot``: a live global geofence's slot, None when gone). Returns the trip's
+    waiting lock events (``dump_trip``'s ``waiting``). RulesError, with nothing changed,
+    when the blob does not fit."""
     info = trips.info[slot]
     assert info is not None
     tid = info.trip_id
@@ -261,6 +311,7 @@ def load_trip(
                 raise ValueError(f"device {device_id!r} is not one of the trip's")
             drow, dids = _row(values, DC, (DC.BAT_TRIP,))
             rows[device_id] = (drow, dids[DC.BAT_TRIP])
+        waiting = [_waiting_event(r, info.plan.devices) for r in body.get("waiting") or []]
     except (KeyError, TypeError, ValueError) as e:
         raise RulesError("trip state is invalid", trip_id=tid, reason=str(e)) from None
     valid_dev = ids[TC.VALID_DEV]
@@ -284,3 +335,4 @@ def load_trip(
             drow[DC.BAT_OPEN] = math.nan
         if not devices.m[d, DC.LAST_TS] > drow[DC.LAST_TS]:  # the newer data wins
             devices.m[d] = drow
+    return waiting

@@ -33,6 +33,7 @@ from rules.errors import RulesError, TripPlanError
 from rules.events import EngineEvent, PositionUpdate, TripStatus, TripStatusChanged
 from rules.geometry import TripGeometry
 from rules.lifecycle import (
+    end_signal_lost,
     finish,
     open_episodes,
     reconcile_progress,
@@ -49,6 +50,7 @@ from rules.state import (
     DC,
     LOCK_NAMES,
     PLANNED,
+    RC,
     STATUS_CODE,
     STATUS_NAME,
     TC,
@@ -60,7 +62,7 @@ from rules.state import (
 )
 from rules.thresholds import RULE_NAMES, merge_rules, validate_rules
 from rules.timers import next_timer_ms, run_timers
-from telemetry.models import Fix, LockEvent
+from telemetry.models import Fix, LockEvent, LockEventType
 
 __all__ = ["Engine", "EngineResult", "PositionBatch"]
 
@@ -198,6 +200,9 @@ class Engine:
         self._gen = 0
         self._history = history
         self._removed: set[str] = set()  # trip ids dropped since the last take_dirty
+        # Late unlocks waiting for their truck's GPS (``_hold``): lock device slot -> its
+        # held events with the wall time each is judged by at the latest.
+        self._waiting: dict[int, list[tuple[LockEvent, int]]] = {}
 
     # -- configuration ----------------------------------------------------------------------
     def put_shipper_rules(self, shipper: str, rules: Mapping[str, float]) -> None:
@@ -485,15 +490,119 @@ class Engine:
         self.journal.maybe_checkpoint(self.trips, self.devices, int(now_ms))
         f = FixCols.from_fixes(fixes, self.devices)
         locks = LockCols.from_events(lock_events, self.devices)
-        return self._process_cols(ctx, f, locks)
+        return self._released(self._process_cols(ctx, f, locks), int(now_ms))
 
     def process_columns(self, fixes: FixCols, locks: LockCols, now_ms: int) -> EngineResult:
         """``process`` for fixes already in columns (device slots from ``self.devices``)."""
         ctx = self._ctx(now_ms)
         self.journal.maybe_checkpoint(self.trips, self.devices, int(now_ms))
-        return self._process_cols(ctx, fixes, locks)
+        return self._released(self._process_cols(ctx, fixes, locks), int(now_ms))
 
-    def _process_cols(self, ctx: Ctx, f: FixCols, locks: LockCols) -> EngineResult:
+    # -- late unlocks wait for the truck's GPS --------------------------------------------
+    def _gps_behind(self, slot: int, lock_dev: int, ts: int, f: FixCols, ftrip: I64) -> bool:
+        """Whether trip ``slot`` has a GPS unit (another device with a valid fix) that has
+        reported nothing at or after ``ts`` yet, this batch's fixes included."""
+        info = self.trips.info[slot]
+        if info is None:
+            return False
+        others = [d for d in info.device_slots if d != lock_dev]
+        if not others:
+            return False
+        rows = self.devices.m[others]
+        if np.isnan(rows[:, DC.VALID_TS]).all():
+            return False  # no GPS unit that ever had a fix: the lock's word is all there is
+        last = rows[:, DC.LAST_TS]
+        reach = -1.0 if np.isnan(last).all() else float(np.nanmax(last))
+        mine = (ftrip == slot) & np.isin(f.dev, others)
+        if mine.any():
+            reach = max(reach, float(f.ts[mine].max()))
+        return bool(reach < ts)
+
+    def _hold(
+        self, ctx: Ctx, locks: LockCols, ltrip: I64, f: FixCols, ftrip: I64
+    ) -> tuple[LockCols, I64]:
+        """Set aside a late unlock whose truck's GPS has not reported up to its time.
+
+        A backlog after a gap comes from the GPS unit and the e-lock separately, in either
+        order (two MQTT sessions; in bus mode two device partitions). An unlock of the
+        lock's backlog judged before the GPS's would be located by the last fix before the
+        gap -- possibly within ``unlock_fix_max_age_s`` yet far from the stop where it
+        happened -- and raise a false UNAUTHORIZED_UNLOCK that later data cannot undo. So
+        an ``unlocked`` event that arrives more than ``CROSS_DEVICE_SKEW_MS`` after its
+        ``ts`` waits, with every later event of its lock (per-device order), until the GPS
+        has reported at or after its time, at most ``unlock_fix_max_age_s`` of wall clock
+        (a fix later than that could not locate it anyway). A live unlock never waits. A
+        waiting event was still heard: it counts against signal loss at once."""
+        if not len(locks):
+            return locks, ltrip
+        held = (
+            np.isin(locks.dev, np.fromiter(self._waiting, np.int64, len(self._waiting)))
+            if self._waiting
+            else np.zeros(len(locks), bool)
+        )
+        late = np.flatnonzero((ltrip >= 0) & (locks.recv - locks.ts > CROSS_DEVICE_SKEW_MS))
+        for j in late.tolist():
+            if held[j] or locks.events[j].event != LockEventType.UNLOCKED:
+                continue
+            d, ts = int(locks.dev[j]), int(locks.ts[j])
+            if self._gps_behind(int(ltrip[j]), d, ts, f, ftrip):
+                held |= (locks.dev == d) & (locks.ts >= ts)
+        if not held.any():
+            return locks, ltrip
+        trips = self.trips
+        for j in np.flatnonzero(held).tolist():
+            slot = int(ltrip[j])
+            wait_ms = 0.0
+            if slot >= 0:
+                wait_ms = float(trips.rules[slot, RC.UNLOCK_FIX_MAX_AGE_S]) * 1000.0
+                trips.dirty[slot] = True
+                trips.heard[slot] = np.fmax(trips.heard[slot], float(locks.recv[j]))
+                if trips.signal_open[slot]:
+                    end_signal_lost(ctx, slot, int(locks.ts[j]))
+            by = int(locks.recv[j]) + int(wait_ms)
+            self._waiting.setdefault(int(locks.dev[j]), []).append((locks.events[j], by))
+        keep = np.flatnonzero(~held)
+        return locks.take(keep), ltrip[keep]
+
+    def _due(self, now_ms: int) -> list[LockEvent]:
+        """The waiting events to judge now: their GPS caught up, their wait is over, or
+        their device left the trip."""
+        out: list[LockEvent] = []
+        empty = FixCols.empty()
+        none = np.zeros(0, np.int64)
+        for d, items in list(self._waiting.items()):
+            slot = int(self.devices.trip[d])
+            first = min(e.ts for e, _ in items)
+            if (
+                slot < 0
+                or min(by for _, by in items) <= now_ms
+                or not self._gps_behind(slot, d, first, empty, none)
+            ):
+                out.extend(e for e, _ in items)
+                del self._waiting[d]
+                if slot >= 0:
+                    self.trips.dirty[slot] = True
+        return out
+
+    def _released(self, result: EngineResult, now_ms: int) -> EngineResult:
+        """``result`` plus what judging the waiting events that are due produced."""
+        if not self._waiting:
+            return result
+        due = self._due(now_ms)
+        if due:
+            locks = LockCols.from_events(due, self.devices)
+            more = self._process_cols(self._ctx(now_ms), FixCols.empty(), locks, hold=False)
+            result.events.extend(more.events)
+            result.flagged.extend(more.flagged)
+        return result
+
+    def waiting_unlocks(self) -> list[LockEvent]:
+        """The late lock events waiting for their truck's GPS (``_hold``)."""
+        return [e for items in self._waiting.values() for e, _ in items]
+
+    def _process_cols(
+        self, ctx: Ctx, f: FixCols, locks: LockCols, *, hold: bool = True
+    ) -> EngineResult:
         fd = duplicate_mask(f.dev, f.ts, f.seq)
         if fd.any():
             f = f.take(~fd)
@@ -512,6 +621,8 @@ class Engine:
         past_l = self._foreign(locks.dev, locks.ts, ltrip)
         if past_l.any():
             locks, ltrip = locks.take(~past_l), ltrip[~past_l]
+        if hold:
+            locks, ltrip = self._hold(ctx, locks, ltrip, f, ftrip)
         self.trips.dirty[ftrip[ftrip >= 0]] = True
         self.trips.dirty[ltrip[ltrip >= 0]] = True
         pre_valid = self.devices.m[f.dev, DC.VALID_TS]
@@ -642,6 +753,7 @@ class Engine:
     def tick(self, now_ms: int) -> list[EngineEvent]:
         """Wall-clock rules at ``now_ms``: activation at planned_start, SIGNAL_LOST,
         LATE_ARRIVAL. Call at least once a second."""
+        released = self._released(EngineResult([]), int(now_ms)).events
         ctx = self._ctx(now_ms)
         trips = self.trips
         before = (trips.m[:, TC.STATUS].copy(), trips.heard.copy(), trips.signal_open.copy())
@@ -661,11 +773,15 @@ class Engine:
             if slot is not None:
                 trips.dirty[slot] = True
         self._after(ctx)
-        return ctx.emit.events
+        return released + ctx.emit.events
 
     def next_timer_ms(self) -> int | None:
         """Earliest wall time at which ``tick`` would do something (None: nothing pending)."""
-        return next_timer_ms(self.trips)
+        due = next_timer_ms(self.trips)
+        for items in self._waiting.values():
+            by = min(b for _, b in items)
+            due = by if due is None else min(due, by)
+        return due
 
     # -- durable state ----------------------------------------------------------------------
     def take_dirty(self) -> tuple[set[str], set[str]]:
@@ -686,7 +802,15 @@ class Engine:
         slot = self._slots.get(trip_id)
         if slot is None:
             raise RulesError("trip is not in the live state", trip_id=trip_id)
-        return dump_trip(self.trips, self.devices, slot, self._geofence_id)
+        info = self.trips.info[slot]
+        assert info is not None
+        waiting = [
+            item
+            for d in info.device_slots
+            if self.devices.trip[d] == slot
+            for item in self._waiting.get(d, ())
+        ]
+        return dump_trip(self.trips, self.devices, slot, self._geofence_id, waiting)
 
     def _geofence_id(self, fence_slot: int) -> str | None:
         meta = self.geometry.geofence_meta(fence_slot)
@@ -702,7 +826,14 @@ class Engine:
             raise RulesError("trip is not in the live state", trip_id=trip_id)
         trips = self.trips
         doc_status = int(trips.m[slot, TC.STATUS])
-        load_trip(trips, self.devices, slot, blob, self._slots, self.geometry.geofence_slot)
+        waiting = load_trip(
+            trips, self.devices, slot, blob, self._slots, self.geometry.geofence_slot
+        )
+        for event, by in waiting:
+            d = self.devices.slot(event.device_id)
+            held = self._waiting.setdefault(d, [])
+            if all((e.ts, e.seq, e.event) != (event.ts, event.seq, event.event) for e, _ in held):
+                held.append((event, by))
         trips.dirty[slot] = False  # the state is what the caller has stored
         self._take_status(slot, doc_status)  # an activation by the API meanwhile holds
         update_late_deadline(trips, slot)

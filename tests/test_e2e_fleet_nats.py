@@ -63,12 +63,9 @@ INCIDENTS = [
     "unlock_no_position",
     "wrong_consignee",
     "signal_loss_backlog",  # wall-clock rule, then a backlog
-    # Not "late_arrival_withdrawn" here (tests/test_e2e_fleet.py runs it): its GPS unit and
-    # lock flush their gap's backlogs at once, and in bus mode the two go through different
-    # device partitions in either order. When the lock's arrives first, its unlock at the
-    # stop is located by the last fix before the gap (243 s old, within the contract's 300 s,
-    # 1.3 km away) and raises an UNAUTHORIZED_UNLOCK the GPS backlog cannot withdraw — a
-    # known open bug of the unlock rule, not of the bus; the scenario then fails at random.
+    # Its GPS unit and lock flush their gap's backlogs at once, through different device
+    # partitions in either order: the unlock at the stop waits for the GPS's backlog.
+    "late_arrival_withdrawn",
     "duplicates_out_of_order",
     "malformed",
 ]

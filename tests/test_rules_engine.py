@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -33,6 +34,7 @@ from tests.tracks import (
     drive,
     lock_event,
     normal_trip,
+    stay,
     trip_doc,
 )
 
@@ -294,3 +296,101 @@ def test_any_message_mix_is_processed(batches: list, locks: list) -> None:
         assert isinstance(e.ts, int)
     keys = [e.episode for e in events if type(e).__name__ == "AlarmSignal"]
     assert len(keys) == len(set(keys))
+
+
+# -- a late unlock waits for its truck's GPS -------------------------------------------------
+# The truck drives to S1 (5 km) during a gap in coverage and is unsealed there; both devices
+# flush their backlogs when it is back. The last fix before the gap is 180 s before the unlock
+# (within the 300 s that may locate it) and 1.5 km short of the stop.
+GAP_FROM = T0 + 3 * MIN + 30_000
+UNLOCK_AT = T0 + 6 * MIN + 30_000
+BACK_AT = T0 + 10 * MIN  # when both backlogs arrive
+
+
+def _gap_trip() -> tuple[Engine, Live, list[Fix]]:
+    engine = Engine()
+    engine.upsert_trip(trip_doc(STRAIGHT, stops_at=[5000.0, 20_000.0]))
+    live = Live(engine)
+    before = drive(STRAIGHT, T0, 0.0, 3500.0)
+    assert before[-1].ts == GAP_FROM
+    live.feed(before)
+    s1 = STRAIGHT.point(5000.0)
+    gap = drive(STRAIGHT, GAP_FROM + 30_000, 3530.0, 5000.0, include_end=True)
+    gap += stay(*s1, gap[-1].ts + 60_000, 3 * 60)
+    return engine, live, [replace(f, received_at=BACK_AT + 1_000) for f in gap]
+
+
+def _late(event: str, ts: int, **kw: object) -> Any:
+    return replace(lock_event(event, ts, **kw), received_at=BACK_AT)  # type: ignore[arg-type]
+
+
+def test_a_late_unlock_waits_for_the_gps_backlog_that_places_it_at_the_stop() -> None:
+    engine, live, gps_backlog = _gap_trip()
+    live.feed(locks=[_late("unlocked", UNLOCK_AT)])  # the lock's backlog first
+    assert live.alarms() == []
+    assert [e.ts for e in engine.waiting_unlocks()] == [UNLOCK_AT]
+    live.feed(gps_backlog)
+    assert live.alarms() == []
+    assert ("unsealed", "S1") in live.milestones()
+    assert engine.waiting_unlocks() == []
+
+
+def test_without_the_wait_the_same_backlogs_raise_a_false_alarm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The case the wait exists for: judged at once, the unlock is located by the fix before
+    the gap (1.5 km short of the stop) and the GPS backlog cannot undo the alarm."""
+    monkeypatch.setattr(Engine, "_hold", lambda self, ctx, locks, ltrip, f, ftrip: (locks, ltrip))
+    _, live, gps_backlog = _gap_trip()
+    live.feed(locks=[_late("unlocked", UNLOCK_AT)])
+    live.feed(gps_backlog)
+    [alarm] = live.alarms(AlarmType.UNAUTHORIZED_UNLOCK)
+    assert alarm.details["position_source"] == "last_fix"
+
+
+def test_the_lock_events_after_a_waiting_unlock_wait_with_it() -> None:
+    engine, live, gps_backlog = _gap_trip()
+    s1 = STRAIGHT.point(5000.0)
+    relock = UNLOCK_AT + MIN
+    live.feed(locks=[_late("unlocked", UNLOCK_AT), _late("locked", relock, at=s1)], batch=2)
+    assert [str(e.event) for e in engine.waiting_unlocks()] == ["unlocked", "locked"]
+    live.feed(gps_backlog)
+    assert live.alarms() == []
+    assert engine.trip_state("T1")["lock_state"] == "locked"
+    assert ("unsealed", "S1") in live.milestones()
+
+
+def test_a_waiting_unlock_is_judged_when_the_gps_stays_silent() -> None:
+    """No GPS backlog comes: after ``unlock_fix_max_age_s`` (300 s) of wall clock the unlock
+    is judged on what is known, as late data."""
+    engine, live, _ = _gap_trip()
+    live.feed(locks=[_late("unlocked", UNLOCK_AT)])
+    live.tick(BACK_AT + 299_000)
+    assert live.alarms() == []
+    assert engine.next_timer_ms() == BACK_AT + 300_000
+    live.tick(BACK_AT + 300_000)
+    [alarm] = live.alarms(AlarmType.UNAUTHORIZED_UNLOCK)
+    assert alarm.details["detected_late"] is True
+    assert engine.waiting_unlocks() == []
+
+
+def test_a_live_unlock_never_waits() -> None:
+    engine, live, _ = _gap_trip()
+    live.feed(locks=[lock_event("unlocked", UNLOCK_AT)])  # received 0.5 s after
+    [alarm] = live.alarms(AlarmType.UNAUTHORIZED_UNLOCK)
+    assert alarm.ts == UNLOCK_AT and engine.waiting_unlocks() == []
+
+
+def test_a_waiting_unlock_survives_a_restart_in_the_checkpoint() -> None:
+    engine, live, gps_backlog = _gap_trip()
+    live.feed(locks=[_late("unlocked", UNLOCK_AT)])
+    blob = engine.export_trip_state("T1")
+    again = Engine()
+    again.upsert_trip(trip_doc(STRAIGHT, stops_at=[5000.0, 20_000.0], status="active"))
+    again.import_trip_state("T1", blob)
+    again.import_trip_state("T1", blob)  # twice: still one waiting event
+    assert [e.ts for e in again.waiting_unlocks()] == [UNLOCK_AT]
+    resumed = Live(again)
+    resumed.feed(gps_backlog)
+    assert resumed.alarms() == []
+    assert ("unsealed", "S1") in resumed.milestones()
