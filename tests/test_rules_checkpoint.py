@@ -162,6 +162,9 @@ def test_a_restart_anywhere_changes_nothing(kind: str, where: float, batch: int)
     _assert_same(one, two)
 
 
+WAITING = [LOCK, T0, "unlocked", None, None, None, None, None, T0 + 1, None, T0 + 2]
+
+
 def test_blob_format_and_refusals() -> None:
     engine = Engine()
     doc = trip_doc(STRAIGHT)
@@ -180,11 +183,19 @@ def test_blob_format_and_refusals() -> None:
         json.dumps({**body, "plan": "0" * 32}).encode(),
         json.dumps({**body, "trip": {**body["trip"], "NEW_COLUMN": 1}}).encode(),
         json.dumps({**body, "progress": {"arrived": [], "unsealed": [], "left": []}}).encode(),
+        # waiting lock events: of another device, of an unknown kind, a short row
+        json.dumps({**body, "waiting": [["other", *WAITING[1:]]]}).encode(),
+        json.dumps({**body, "waiting": [[*WAITING[:2], "opened", *WAITING[3:]]]}).encode(),
+        json.dumps({**body, "waiting": [WAITING[:10]]}).encode(),
         b"\x80pickle",
     ):
         with pytest.raises(RulesError):
             fresh.import_trip_state("T1", bad)
         assert fresh.trip_state("T1") == before
+    assert fresh.waiting_unlocks() == []
+    fresh.import_trip_state("T1", json.dumps({**body, "waiting": [WAITING]}).encode())
+    [held] = fresh.waiting_unlocks()
+    assert (held.device_id, held.ts, held.event, held.received_at) == (LOCK, T0, "unlocked", T0 + 1)
     with pytest.raises(RulesError):
         fresh.import_trip_state("nope", blob)
     other = Engine()
