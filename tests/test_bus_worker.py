@@ -126,3 +126,52 @@ async def test_the_bus_url_may_list_several_servers(tmp_path: Path) -> None:
             assert nc.connected_url is not None and nc.connected_url.port == srv.port
         finally:
             await nc.close()
+
+
+async def test_stage_1_holds_a_batch_ahead_of_another_partition(tmp_path: Path) -> None:
+    """The skew bound in a worker: a device partition's batch more than ``bus_skew_hold_s``
+    ahead of another partition's oldest waiting message waits until that one catches up, and
+    a lag reading that stops coming holds nothing back (no NATS needed: the readings are set
+    as the tick loop would set them)."""
+    import asyncio
+
+    from alerts import LiveHub
+    from cargowatch.busmode.lag import PartitionLag
+    from cargowatch.worker import LAG_FRESH_S, BusWorker
+    from core.clock import SystemClock
+    from telemetry.bus.consumer import BusMessage
+    from telemetry.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    settings = Settings(bus_url="nats://127.0.0.1:1", bus_skew_hold_s=20.0)
+    worker = BusWorker(settings, store=store, clock=SystemClock(), hub=LiveHub())
+    behind_ms = 1_795_334_400_000
+    ahead = [BusMessage("part.0.devices.g.position", "g", "position", b"{}", 1, 0, 1)]
+    ahead[0].timestamp_ns = (behind_ms + 30_000) * 1_000_000
+
+    def read(lag_of_1: PartitionLag) -> None:
+        worker._device_lags = {0: PartitionLag(0, 1, behind_ms + 30_000), 1: lag_of_1}
+        worker._horizon_read = time.monotonic()
+
+    async def held_for(refresh: bool, caught_up_after_s: float | None) -> float:
+        read(PartitionLag(5, 0, behind_ms))
+        t0 = time.monotonic()
+        task = asyncio.create_task(worker._hold_while_ahead(0, ahead))
+        while not task.done():
+            await asyncio.sleep(0.05)
+            if caught_up_after_s is not None and time.monotonic() - t0 >= caught_up_after_s:
+                read(PartitionLag(0, 0, None))
+            elif refresh:
+                read(PartitionLag(5, 0, behind_ms))
+        return time.monotonic() - t0
+
+    # held while partition 1 is behind, released at its next reading once it caught up
+    waited = await held_for(refresh=True, caught_up_after_s=1.5)
+    assert 1.5 <= waited < 3.0, waited
+    # 20 s ahead is the bound: 10 s ahead passes at once
+    ahead[0].timestamp_ns = (behind_ms + 10_000) * 1_000_000
+    assert await held_for(refresh=True, caught_up_after_s=None) < 0.1
+    # readings that stop coming (the tick loop is gone) release it after LAG_FRESH_S
+    ahead[0].timestamp_ns = (behind_ms + 30_000) * 1_000_000
+    waited = await held_for(refresh=False, caught_up_after_s=None)
+    assert LAG_FRESH_S <= waited < LAG_FRESH_S + 1.5, waited
