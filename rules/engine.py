@@ -530,9 +530,9 @@ class Engine:
         happened -- and raise a false UNAUTHORIZED_UNLOCK that later data cannot undo. So
         an ``unlocked`` event that arrives more than ``CROSS_DEVICE_SKEW_MS`` after its
         ``ts`` waits, with every later event of its lock (per-device order), until the GPS
-        has reported at or after its time, at most ``unlock_fix_max_age_s`` of wall clock
-        (a fix later than that could not locate it anyway). A live unlock never waits. A
-        waiting event was still heard: it counts against signal loss at once."""
+        has reported at or after its time, at most ``unlock_gps_wait_s`` of wall clock (120;
+        0: never waits). A live unlock never waits. A waiting event was still heard: it
+        counts against signal loss at once."""
         if not len(locks):
             return locks, ltrip
         held = (
@@ -544,6 +544,8 @@ class Engine:
         for j in late.tolist():
             if held[j] or locks.events[j].event != LockEventType.UNLOCKED:
                 continue
+            if not self.trips.rules[int(ltrip[j]), RC.UNLOCK_GPS_WAIT_S] > 0:
+                continue
             d, ts = int(locks.dev[j]), int(locks.ts[j])
             if self._gps_behind(int(ltrip[j]), d, ts, f, ftrip):
                 held |= (locks.dev == d) & (locks.ts >= ts)
@@ -554,7 +556,7 @@ class Engine:
             slot = int(ltrip[j])
             wait_ms = 0.0
             if slot >= 0:
-                wait_ms = float(trips.rules[slot, RC.UNLOCK_FIX_MAX_AGE_S]) * 1000.0
+                wait_ms = float(trips.rules[slot, RC.UNLOCK_GPS_WAIT_S]) * 1000.0
                 trips.dirty[slot] = True
                 trips.heard[slot] = np.fmax(trips.heard[slot], float(locks.recv[j]))
                 if trips.signal_open[slot]:

@@ -153,6 +153,7 @@ class RC(IntEnum):
     UNLOCK_FIX_MAX_AGE_S = 15
     FENCE_EXIT_MARGIN_M = 16
     LOCK_GPS_DISAGREE_M = 17
+    UNLOCK_GPS_WAIT_S = 18
 
 
 if tuple(m.name.lower() for m in RC) != RULE_NAMES:

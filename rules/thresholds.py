@@ -2,7 +2,8 @@
 
 The names are the ones in back-quotes in CONTRACT §4 plus the few the engine adds
 (``off_route_min_fixes``, ``back_on_route_fixes``, ``stop_speed_kmh``, ``speeding_min_s``,
-``low_battery_clear_pct``, ``max_jump_kmh``, ``unlock_fix_max_age_s``; ``fence_exit_margin_m`` and
+``low_battery_clear_pct``, ``max_jump_kmh``, ``unlock_fix_max_age_s``, ``unlock_gps_wait_s``;
+``fence_exit_margin_m`` and
 ``lock_gps_disagree_m`` are the contract's own). Effective value for a
 trip, highest first: replay overrides > ``trip.rules`` > the trip's top-level fields
 (``corridor_m``; per-stop ``max_dwell_min``) > the shipper's rules > engine defaults.
@@ -55,6 +56,7 @@ _DEFAULTS: dict[str, float] = {
     "unlock_fix_max_age_s": 300.0,
     "fence_exit_margin_m": 50.0,
     "lock_gps_disagree_m": 1000.0,
+    "unlock_gps_wait_s": 120.0,
 }
 
 DEFAULT_RULES: Mapping[str, float] = MappingProxyType(_DEFAULTS)
@@ -80,6 +82,7 @@ RULE_RANGES: Mapping[str, RuleRange] = MappingProxyType(
         "unlock_fix_max_age_s": RuleRange(0.0, 86_400.0),
         "fence_exit_margin_m": RuleRange(0.0, 10_000.0),
         "lock_gps_disagree_m": RuleRange(1.0, 1_000_000.0),
+        "unlock_gps_wait_s": RuleRange(0.0, 86_400.0),
     }
 )
 

@@ -360,18 +360,31 @@ def test_the_lock_events_after_a_waiting_unlock_wait_with_it() -> None:
     assert ("unsealed", "S1") in live.milestones()
 
 
-def test_a_waiting_unlock_is_judged_when_the_gps_stays_silent() -> None:
-    """No GPS backlog comes: after ``unlock_fix_max_age_s`` (300 s) of wall clock the unlock
-    is judged on what is known, as late data."""
+@pytest.mark.parametrize("wait_s", [None, 30])
+def test_a_waiting_unlock_is_judged_when_the_gps_stays_silent(wait_s: int | None) -> None:
+    """No GPS backlog comes: after ``unlock_gps_wait_s`` (default 120 s) of wall clock the
+    unlock is judged on what is known, as late data."""
     engine, live, _ = _gap_trip()
+    if wait_s is not None:
+        engine.put_shipper_rules("pg", {"unlock_gps_wait_s": wait_s})
+    wait_ms = 1000 * (wait_s or 120)
     live.feed(locks=[_late("unlocked", UNLOCK_AT)])
-    live.tick(BACK_AT + 299_000)
+    live.tick(BACK_AT + wait_ms - 1000)
     assert live.alarms() == []
-    assert engine.next_timer_ms() == BACK_AT + 300_000
-    live.tick(BACK_AT + 300_000)
+    assert engine.next_timer_ms() == BACK_AT + wait_ms
+    live.tick(BACK_AT + wait_ms)
     [alarm] = live.alarms(AlarmType.UNAUTHORIZED_UNLOCK)
     assert alarm.details["detected_late"] is True
     assert engine.waiting_unlocks() == []
+
+
+def test_no_wait_when_unlock_gps_wait_s_is_0() -> None:
+    engine, live, _ = _gap_trip()
+    engine.put_shipper_rules("pg", {"unlock_gps_wait_s": 0})
+    live.feed(locks=[_late("unlocked", UNLOCK_AT)])
+    assert engine.waiting_unlocks() == []
+    [alarm] = live.alarms(AlarmType.UNAUTHORIZED_UNLOCK)
+    assert alarm.details["position_source"] == "last_fix"
 
 
 def test_a_live_unlock_never_waits() -> None:
