@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from cargowatch.busmode.runtime import BusRuntime
 from cargowatch.settings import Settings
 from cargowatch.worker import connect
@@ -175,3 +177,72 @@ async def test_stage_1_holds_a_batch_ahead_of_another_partition(tmp_path: Path) 
     ahead[0].timestamp_ns = (behind_ms + 30_000) * 1_000_000
     waited = await held_for(refresh=False, caught_up_after_s=None)
     assert LAG_FRESH_S <= waited < LAG_FRESH_S + 1.5, waited
+
+
+@pytest.mark.parametrize("wait_s", [120, 0])
+def test_a_late_unlock_waits_for_the_gps_backlog_from_another_partition(
+    tmp_path: Path, pg_url: str, wait_s: int
+) -> None:
+    """A truck is unsealed at its consignee during a gap in coverage. Its lock's backlog is
+    re-keyed and evaluated first; the GPS unit's backlog, from another device partition,
+    only after it. The unlock waits for it and is located at the consignee, which completes
+    the trip; with ``unlock_gps_wait_s`` 0 it is judged at once, located by the fix from
+    before the gap (1.5 km short, 150 s earlier) and raises a false UNAUTHORIZED_UNLOCK."""
+    (truck,) = fleet(1, P, prefix=f"w{wait_s}")
+    users = {truck.gps: PASSWORD, truck.lock: PASSWORD}
+    stop = (121.47, 31.23)
+    leg = (121.30, 31.35)
+
+    def along(f: float) -> tuple[float, float]:
+        return leg[0] + f * (stop[0] - leg[0]), leg[1] + f * (stop[1] - leg[1])
+
+    with NatsServer(tmp_path / "nats", partitions=P, devices=users) as srv:
+        settings = Settings(
+            db_url=pg_url, bus_url=srv.url, bus_devices_gib=1, bus_trips_gib=1, tick_s=0.5
+        )
+        api = BusRuntime.open(settings)
+        store = api.store
+        now = int(time.time() * 1000)
+        api.register_device({"device_id": truck.gps, "kind": "gps", "shipper": "pg"})
+        api.register_device({"device_id": truck.lock, "kind": "lock", "shipper": "pg"})
+        doc = trip_doc(truck.trip_id, "pg", [truck.gps, truck.lock], now)
+        doc["rules"] = {**doc["rules"], "unlock_gps_wait_s": wait_s}
+        api.create_trip(doc)
+        worker = WorkerThread(settings, store).start()
+        devices: list[Device] = []
+        unlock_at = now - 250_000
+        try:
+            wait_for(lambda: worker.worker.owned == (frozenset(range(P)),) * 2, 20, "ownership")
+            gps = Device(truck.gps, srv.mqtt_port).connect()
+            lock = Device(truck.lock, srv.mqtt_port).connect()
+            devices += [gps, lock]
+            # before the gap: up to 1.5 km short of the consignee, 150 s before the unlock
+            before = [(now - 600_000 + 40_000 * i, along(0.7 + 0.045 * i)) for i in range(6)]
+            gps.publish("position", [fix(ts, *p, i) for i, (ts, p) in enumerate(before)])
+            wait_for(lambda: store.count_telemetry()["fixes"] >= 6, 30, "fixes before the gap")
+            lock.publish("lock", [lock_event(unlock_at, "unlocked", 7, method="rfid")])
+            wait_for(lambda: store.count_telemetry()["lock_events"] >= 1, 30, "the unlock stored")
+            time.sleep(1.0)  # stage 2 evaluated it in the transaction that stored it
+            types = {a["type"] for a in store.list_alarms(limit=100)}
+            assert ("UNAUTHORIZED_UNLOCK" in types) is (wait_s == 0), types
+            # the GPS backlog: the last 1.5 km, then parked at the consignee
+            gap = [(now - 370_000, along(0.97)), (now - 340_000, stop)]
+            gap += [(now - 310_000 + 30_000 * i, stop) for i in range(8)]
+            gps.publish("position", [fix(ts, *p, 10 + i) for i, (ts, p) in enumerate(gap)])
+            wait_for(lambda: store.count_telemetry()["fixes"] >= 16, 30, "the GPS backlog")
+            if wait_s:
+                wait_for(
+                    lambda: (store.get_trip(truck.trip_id) or {}).get("status") == "completed",
+                    30,
+                    "the trip completed by the unlock at its last stop",
+                )
+        finally:
+            for d in devices:
+                d.close()
+            worker.stop()
+        alarms = [a["type"] for a in store.list_alarms(limit=100)]
+        assert alarms.count("UNAUTHORIZED_UNLOCK") == (1 if wait_s == 0 else 0), alarms
+        if wait_s == 0:
+            (false,) = [a for a in store.list_alarms(limit=100) if a["type"] != "SIGNAL_LOST"]
+            assert false["details"]["position_source"] == "last_fix"
+        api.close()
