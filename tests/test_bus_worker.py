@@ -31,6 +31,11 @@ P = 4
 FIXES = 30
 
 
+def bus_settings(srv: NatsServer, pg_url: str) -> Settings:
+    """A worker's and its serve's settings: small streams, ticks every half second."""
+    return Settings(db_url=pg_url, bus_url=srv.url, bus_devices_gib=1, bus_trips_gib=1, tick_s=0.5)
+
+
 def route_fixes(now: int) -> list[tuple[int, bytes]]:
     """FIXES fixes along the route's first leg at ~77 km/h, 10 s apart, ending 30 s ago."""
     out = []
@@ -47,12 +52,9 @@ def test_one_worker_stores_every_fix_once_and_keeps_each_trip_together(
     ghost = "ghost.7"
     users = {d: PASSWORD for t in trucks for d in (t.gps, t.lock)} | {ghost: PASSWORD}
     with NatsServer(tmp_path / "nats", partitions=P, devices=users) as srv:
-        settings = Settings(
-            db_url=pg_url, bus_url=srv.url, bus_devices_gib=1, bus_trips_gib=1, tick_s=0.5
-        )
+        settings = bus_settings(srv, pg_url)
         api = BusRuntime.open(settings)
-        store = api.store
-        now = int(time.time() * 1000)
+        store, now = api.store, int(time.time() * 1000)
         for t in trucks:
             assert partition_of(t.gps, P) != partition_of(t.lock, P)
             api.register_device({"device_id": t.gps, "kind": "gps", "shipper": "pg"})
@@ -197,12 +199,9 @@ def test_a_late_unlock_waits_for_the_gps_backlog_from_another_partition(
         return leg[0] + f * (stop[0] - leg[0]), leg[1] + f * (stop[1] - leg[1])
 
     with NatsServer(tmp_path / "nats", partitions=P, devices=users) as srv:
-        settings = Settings(
-            db_url=pg_url, bus_url=srv.url, bus_devices_gib=1, bus_trips_gib=1, tick_s=0.5
-        )
+        settings = bus_settings(srv, pg_url)
         api = BusRuntime.open(settings)
-        store = api.store
-        now = int(time.time() * 1000)
+        store, now = api.store, int(time.time() * 1000)
         api.register_device({"device_id": truck.gps, "kind": "gps", "shipper": "pg"})
         api.register_device({"device_id": truck.lock, "kind": "lock", "shipper": "pg"})
         doc = trip_doc(truck.trip_id, "pg", [truck.gps, truck.lock], now)
