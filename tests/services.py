@@ -356,15 +356,44 @@ class NatsCluster:
         )
         log.close()
 
-    def start(self) -> NatsCluster:
-        self.configure()
-        for i in range(self.size):
-            self.start_node(i)
-        for i in range(self.size):
-            _wait_port(self.ports[i], 15, self.procs[i])
-            _wait_port(self.mqtt_ports[i], 15, self.procs[i])
-        self.wait_ready()
-        return self
+    def start(self, attempts: int = 3) -> NatsCluster:
+        """Configure and start every node. A port ``free_port`` picked may be taken before
+        its node binds it: the first nodes' route connections go out from ephemeral ports
+        of the same range (a fresh-clone run lost a node to ``bind: address already in
+        use`` on its MQTT port). Then the whole cluster starts again on new ports."""
+        for attempt in range(attempts):
+            self.configure()
+            for i in range(self.size):
+                self.start_node(i)
+            try:
+                for i in range(self.size):
+                    _wait_port(self.ports[i], 15, self.procs[i])
+                    _wait_port(self.mqtt_ports[i], 15, self.procs[i])
+            except RuntimeError:
+                if attempt + 1 == attempts or not self._port_taken():
+                    raise
+                self.stop()
+                self._new_ports()
+                continue
+            self.wait_ready()
+            return self
+        raise AssertionError("unreachable")
+
+    def _port_taken(self) -> bool:
+        return any(
+            "address already in use" in (d / "nats.log").read_text(errors="replace")
+            for d in self.dirs
+            if (d / "nats.log").exists()
+        )
+
+    def _new_ports(self) -> None:
+        """Fresh ports and empty node directories (nothing of the failed start is kept)."""
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.ports = [free_port() for _ in range(self.size)]
+        self.mqtt_ports = [free_port() for _ in range(self.size)]
+        self.route_ports = [free_port() for _ in range(self.size)]
+        self.url = ""
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Until every running node answers a JetStream request (a meta leader is elected)."""
