@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -321,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # `kill -USR1 PID`: every thread's stack on stderr, for a process that will not stop
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:

@@ -140,6 +140,20 @@ def test_serve_answers_with_the_admin_key_and_stops_with_0(
     assert "Application shutdown complete" in out, out
 
 
+def test_sigusr1_dumps_every_threads_stack_and_serve_runs_on(tmp_path: Path) -> None:
+    """For a process that will not stop: ``kill -USR1`` writes where each thread is."""
+    with _serve(tmp_path) as served:
+        served.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "most recent call first" not in served.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with httpx.Client(timeout=5.0) as http:
+            assert http.get(served.url + "/healthz").status_code == 200
+        out = served.output()
+    assert "most recent call first" in out, out
+    assert "Current thread" in out or "Thread 0x" in out, out
+
+
 BAD_DB = "postgresql://nobody@127.0.0.1:1/x"
 
 

@@ -244,6 +244,8 @@ async def _run(db_url: str, workdir: Path) -> NatsRun:
             try:
                 await asyncio.to_thread(proc.wait, 30)
             except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)  # where it hangs: every thread's stack
+                await asyncio.sleep(1.0)
                 proc.kill()
                 proc.wait()
         run.exit_code = proc.returncode
