@@ -337,9 +337,8 @@ class BusWorker:
         """Messages of trip partition n wait (in the stream, or delivered and not yet
         acknowledged): the wall-clock rules then judge only up to what was evaluated."""
         try:
-            info = await asyncio.wait_for(
-                js.consumer_info(stream_name(TRIP_STREAM, n), f"p{n}"), 1.0
-            )
+            async with asyncio.timeout(1.0):
+                info = await js.consumer_info(stream_name(TRIP_STREAM, n), f"p{n}")
         except (TimeoutError, NotFoundError, nats.errors.Error):
             return True
         return bool(info.num_pending or info.num_ack_pending)

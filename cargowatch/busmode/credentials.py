@@ -53,7 +53,8 @@ async def discover_config_dir(url: str, timeout_s: float = 5.0) -> Path | None:
             await nc.subscribe(subject, cb=seen)
         await nc.flush()
         await nc.publish(CONFIG_SUBJECT, b"")
-        subject = await asyncio.wait_for(got, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            subject = await got
     finally:
         await nc.close()
     if subject == CONFIG_SUBJECT:

@@ -74,9 +74,11 @@ async def read_partition(
     Raises (a NATS error, a timeout) when it cannot be read: callers count that as behind."""
     stream = stream_name(STAGES[stage], n)
     try:
-        info = await asyncio.wait_for(js.consumer_info(stream, f"p{n}"), READ_TIMEOUT_S)
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            info = await js.consumer_info(stream, f"p{n}")
     except NotFoundError:  # never claimed: everything of the partition waits
-        first = await asyncio.wait_for(_oldest_ms(js, stream, [None], 0), READ_TIMEOUT_S)
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            first = await _oldest_ms(js, stream, [None], 0)
         if first is None:
             return PartitionLag(0, 0)
         return PartitionLag(1, 0, first)  # how many is unknown without a scan; at least one
@@ -84,7 +86,8 @@ async def read_partition(
     if oldest and lag.behind:
         # the partition's stream holds it alone: the message after the floor is its oldest
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        at = await asyncio.wait_for(_oldest_ms(js, stream, [None], floor or 0), READ_TIMEOUT_S)
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            at = await _oldest_ms(js, stream, [None], floor or 0)
         lag = PartitionLag(lag.waiting, lag.in_flight, at)
     return lag
 

@@ -158,7 +158,8 @@ class PipelinedRekeyer(Rekeyer):
                 out.subject, out.payload, reply=f"{self._prefix}.{n}", headers=out.headers
             )
         try:
-            await asyncio.wait_for(batch.done.wait(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await batch.done.wait()
         finally:
             for n in numbers:
                 self._waiting.pop(n, None)

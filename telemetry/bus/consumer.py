@@ -254,7 +254,8 @@ class PartitionConsumer:
         while self._pull_left and asyncio.get_running_loop().time() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.fetch_timeout_s)
+                async with asyncio.timeout(self.fetch_timeout_s):
+                    await self._wake.wait()
         self._pull_left = 0
         held, self._buf = self._buf, []
         await _nak_all(self.js._nc, held)
@@ -271,7 +272,8 @@ class PartitionConsumer:
             if not self._buf:
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.fetch_timeout_s + 1.0)
+                    async with asyncio.timeout(self.fetch_timeout_s + 1.0):
+                        await self._wake.wait()
                 except TimeoutError:
                     self._pull_left = 0  # request lost (reconnect?): send another
                 continue

@@ -104,7 +104,8 @@ class Rekeyer:
                     headers=headers,
                 )
             )
-        acks: list[PubAck] = await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):
+            acks: list[PubAck] = await asyncio.gather(*futures)
         dup = sum(1 for a in acks if a.duplicate)
         self.duplicates += dup
         self.published += len(acks) - dup
