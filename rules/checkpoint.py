@@ -8,15 +8,18 @@ episodes, the jump filter, stop progress, emitted keys (nothing is raised twice)
 signal-lost episode and the wall clock it was last heard at.
 
 Format: UTF-8 JSON (no pickle), ``{"format": FORMAT, "version": VERSION, "trip_id",
-"plan", "trip", "devices", "progress", "emitted", "late_done", "signal_episode",
-"signal_open", "heard"}``, and ``"waiting"`` when late unlocks of the trip's lock wait for
-its GPS (``Engine._hold``): ``[device, ts, event, method, lat, lon, battery_pct, seq,
-received_at, extra, judged_by]`` each. State rows are objects keyed by column name
-(``TC`` / ``DC``); NaN is ``null`` and infinities ``"inf"`` / ``"-inf"``. Columns that hold
-slots (which differ after a restart) hold ids: ``trip.VALID_DEV`` a device id,
-``trip.GF_SLOT_k`` a geofence id (a geofence removed by the time the blob is loaded drops
-out of the memberships), ``devices.*.BAT_TRIP`` a trip id. Version 2 added the
-fence-membership columns.
+"plan", "trip", "device_columns", "devices", "progress", "emitted", "late_done",
+"signal_episode", "signal_open", "heard"}``, and ``"waiting"`` when late unlocks of the
+trip's lock wait for its GPS (``Engine._hold``): ``[device, ts, event, method, lat, lon,
+battery_pct, seq, received_at, extra, judged_by]`` each. The trip's state row is an object
+keyed by column name (``TC``); each device's (``DC``) is an array in the order that
+``device_columns`` names once per blob (a checkpoint writes hundreds of trips of 16
+devices: no object per device). NaN is ``null`` and infinities ``"inf"`` / ``"-inf"``.
+Columns that hold slots (which differ after a restart) hold ids: ``trip.VALID_DEV`` a
+device id, ``trip.GF_SLOT_k`` a geofence id (a geofence removed by the time the blob is
+loaded drops out of the memberships), ``devices.*.BAT_TRIP`` a trip id. Version 2 added
+the fence-membership columns, version 3 the device arrays (version 2 blobs, an object per
+device, are still read).
 
 Devices: a device's event-time state (last message, jump filter, LOW_BATTERY episode) is
 per device, and a device may serve several trips over time; its row is stored with the
@@ -52,7 +55,8 @@ from telemetry.models import LockEvent, LockEventType, UnlockMethod
 __all__ = ["FORMAT", "VERSION", "dump_trip", "load_trip", "plan_digest"]
 
 FORMAT = "cargowatch.rules.trip-state"
-VERSION = 2
+VERSION = 3
+READABLE = (2, 3)
 
 F64 = npt.NDArray[np.float64]
 
@@ -121,6 +125,10 @@ def _nums(values: list[float]) -> list[float | str | None]:
     ]
 
 
+def _has_inf(values: list[float]) -> bool:
+    return math.inf in values or -math.inf in values
+
+
 def _unnum(v: object) -> float:
     if v is None:
         return math.nan
@@ -166,29 +174,32 @@ def dump_trip(
     info, prog = trips.info[slot], trips.progress[slot]
     assert info is not None and prog is not None
     # Whole rows through tolist() and names computed once: a checkpoint dumps every changed
-    # trip of a partition (hundreds, each with its devices) in one transaction.
+    # trip of a partition (hundreds, each with its devices) in one transaction. orjson writes
+    # NaN as null, as ``_num`` does, so only a row holding an infinity goes through ``_nums``.
     values = trips.m[slot].tolist()
-    trip = dict(zip(_TC_NAMES, _nums(values), strict=True))
+    trip = dict(zip(_TC_NAMES, _nums(values) if _has_inf(values) else values, strict=True))
     dev = values[TC.VALID_DEV]
     trip[_VALID_DEV] = None if math.isnan(dev) else devices.ids[int(dev)]
     for col in _GF_SLOT_COLS:
         fence = int(values[col])
         trip[_TC_NAMES[col]] = geofence_id(fence) if fence >= 0 else None
-    owned = {}
-    for d in info.device_slots:
-        if devices.trip[d] != slot:
-            continue
-        r = devices.m[d].tolist()
-        cols = dict(zip(_DC_NAMES, _nums(r), strict=True))
-        bat_trip = int(r[DC.BAT_TRIP])
-        cols[_BAT_TRIP] = trips.names[bat_trip] if bat_trip >= 0 else None
-        owned[devices.ids[d]] = cols
+    ds = info.device_slots
+    slots = [d for d, t in zip(ds, devices.trip[list(ds)].tolist(), strict=True) if t == slot]
+    block = devices.m[slots]
+    rows: list[list[Any]] = block.tolist()
+    if np.isinf(block).any():
+        rows = [_nums(r) for r in rows]
+    names, ids = trips.names, devices.ids
+    for r, bat_trip in zip(rows, block[:, DC.BAT_TRIP].tolist(), strict=True):
+        r[DC.BAT_TRIP] = names[int(bat_trip)] if bat_trip >= 0 else None
+    owned = {ids[d]: r for d, r in zip(slots, rows, strict=True)}
     body = {
         "format": FORMAT,
         "version": VERSION,
         "trip_id": info.trip_id,
         "plan": _plan_digest_of(info),
         "trip": trip,
+        "device_columns": _DC_NAMES,
         "devices": owned,
         "progress": {"arrived": prog.arrived, "unsealed": prog.unsealed, "left": prog.left},
         "emitted": sorted(info.emitted),
@@ -276,12 +287,13 @@ def load_trip(
         raise RulesError("trip state is not readable", trip_id=tid) from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise RulesError("not a trip state", trip_id=tid)
-    if body.get("version") != VERSION:
+    version = body.get("version")
+    if version not in READABLE:
         raise RulesError(
             "trip state of another format version",
             trip_id=tid,
             version=body.get("version"),
-            expected=VERSION,
+            expected=list(READABLE),
         )
     if body.get("trip_id") != tid:
         raise RulesError("trip state of another trip", trip_id=tid, found=body.get("trip_id"))
@@ -306,9 +318,18 @@ def load_trip(
             raise ValueError("signal_open must be a boolean")
         heard = _unnum(body["heard"])
         rows = {}
+        columns = body["device_columns"] if version == 3 else None
+        if columns is not None and not (
+            isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+        ):
+            raise ValueError("device_columns must be a list of names")
         for device_id, values in dict(body["devices"]).items():
             if device_id not in info.plan.devices:
                 raise ValueError(f"device {device_id!r} is not one of the trip's")
+            if columns is not None:
+                if not isinstance(values, list) or len(values) != len(columns):
+                    raise ValueError(f"device {device_id!r} row does not match device_columns")
+                values = dict(zip(columns, values, strict=True))
             drow, dids = _row(values, DC, (DC.BAT_TRIP,))
             rows[device_id] = (drow, dids[DC.BAT_TRIP])
         waiting = [_waiting_event(r, info.plan.devices) for r in body.get("waiting") or []]

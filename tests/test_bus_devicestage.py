@@ -9,16 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from cargowatch.busmode.devicestage import (
-    DeviceStage,
-    current_trip,
-    current_trips,
-    mark_of,
-    stream_mark,
-)
+from cargowatch.busmode.devicestage import DeviceStage, mark_of, stream_mark
 from cargowatch.metrics import Metrics
 from core.clock import SystemClock
 from telemetry.bus.consumer import BusMessage
@@ -151,22 +143,3 @@ def test_while_another_thread_reads_the_map_an_expired_entry_is_used(store: Stor
         assert stage.trip_of("g1") == "A"
         assert stage.trip_of("g2") == "A"
     assert asked == ["g2"]
-
-
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["d1", "d2", "d3"]),
-            st.sampled_from(["active", "planned", "completed"]),
-        ),
-        max_size=12,
-    )
-)
-def test_the_whole_map_chooses_as_the_per_device_look_up(rows: list[tuple[str, str]]) -> None:
-    """Rows in the store's trip order (trip i before i+1): each device gets the trip that
-    ``current_trip`` picks from that device's trips in the same order."""
-    listed = [(d, f"T{i}", status) for i, (d, status) in enumerate(rows)]
-    chosen = current_trips(listed)
-    for device in ("d1", "d2", "d3"):
-        trips = [{"trip_id": t, "status": s} for d, t, s in listed if d == device]
-        assert chosen.get(device) == current_trip(trips)

@@ -4,16 +4,19 @@ tracking; a backlog older than the restored state re-run from stored history."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules import AlarmType, Engine, PositionUpdate, RulesError, TripStatus
 from rules.checkpoint import VERSION
+from rules.state import DC, TC
 from telemetry.models import Fix, LockEvent
 from tests.tracks import (
     GPS,
@@ -172,14 +175,19 @@ def test_blob_format_and_refusals() -> None:
     Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
     blob = engine.export_trip_state("T1")
     body = json.loads(blob)
-    assert body["version"] == VERSION == 2 and body["trip"]["VALID_DEV"] == GPS
+    assert body["version"] == VERSION == 3 and body["trip"]["VALID_DEV"] == GPS
     assert set(body["devices"]) == {GPS, LOCK} and "status:active" in body["emitted"]
+    assert all(len(row) == len(body["device_columns"]) for row in body["devices"].values())
     fresh = Engine()
     fresh.upsert_trip(doc)
     before = fresh.trip_state("T1")
     for bad in (
         json.dumps({**body, "version": 1}).encode(),  # before fence membership
-        json.dumps({**body, "version": 3}).encode(),
+        json.dumps({**body, "version": 4}).encode(),
+        # device arrays: a column renamed, a row one short, no column list
+        json.dumps({**body, "device_columns": ["X", *body["device_columns"][1:]]}).encode(),
+        json.dumps({**body, "devices": {GPS: body["devices"][GPS][1:]}}).encode(),
+        json.dumps({k: v for k, v in body.items() if k != "device_columns"}).encode(),
         json.dumps({**body, "plan": "0" * 32}).encode(),
         json.dumps({**body, "trip": {**body["trip"], "NEW_COLUMN": 1}}).encode(),
         json.dumps({**body, "progress": {"arrived": [], "unsealed": [], "left": []}}).encode(),
@@ -207,6 +215,54 @@ def test_blob_format_and_refusals() -> None:
     replanned.upsert_trip({**doc, "rules": {"corridor_m": 800}, "planned_start": T0 - MIN})
     replanned.import_trip_state("T1", blob)
     assert replanned.trip_state("T1")["last_fix"]["ts"] == engine.trip_state("T1")["last_fix"]["ts"]
+
+
+def _as_version_2(blob: bytes) -> bytes:
+    """A version 3 blob as version 2 wrote it: an object per device."""
+    body = json.loads(blob)
+    columns = body.pop("device_columns")
+    body["devices"] = {
+        d: dict(zip(columns, row, strict=True)) for d, row in body["devices"].items()
+    }
+    return json.dumps({**body, "version": 2}).encode()
+
+
+def test_version_2_blobs_are_still_read() -> None:
+    engine = Engine()
+    doc = trip_doc(STRAIGHT)
+    engine.upsert_trip(doc)
+    Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
+    blob = engine.export_trip_state("T1")
+    for stored in (blob, _as_version_2(blob)):
+        fresh = Engine()
+        fresh.upsert_trip(doc)
+        fresh.import_trip_state("T1", stored)
+        assert fresh.trip_state("T1") == engine.trip_state("T1")
+        assert fresh.export_trip_state("T1") == blob
+
+
+def test_infinities_and_nan_round_trip() -> None:
+    """orjson writes NaN as null; a row holding an infinity is written with "inf" strings."""
+    engine = Engine()
+    doc = trip_doc(STRAIGHT)
+    engine.upsert_trip(doc)
+    Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
+    trips, devices = engine.trips, engine.devices
+    slot, gps = engine._slots["T1"], devices.slot(GPS)
+    trips.m[slot, TC.OFF_MAX] = math.inf
+    devices.m[gps, DC.JUMP_TS] = -math.inf
+    devices.m[gps, DC.LAST_SEQ] = math.nan
+    body = json.loads(engine.export_trip_state("T1"))
+    assert body["trip"]["OFF_MAX"] == "inf"
+    row = dict(zip(body["device_columns"], body["devices"][GPS], strict=True))
+    assert (row["JUMP_TS"], row["LAST_SEQ"]) == ("-inf", None)
+    fresh = Engine()
+    fresh.upsert_trip(doc)
+    fresh.import_trip_state("T1", engine.export_trip_state("T1"))
+    got, want = fresh.trips.m[fresh._slots["T1"]], trips.m[slot]
+    assert np.array_equal(got, want, equal_nan=True)
+    got_d = fresh.devices.m[fresh.devices.slot(GPS)]
+    assert np.array_equal(got_d, devices.m[gps], equal_nan=True)
 
 
 def test_take_dirty_reports_exactly_the_touched_trips() -> None:

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cargowatch.busmode.devicestage import current_trip
 from telemetry.errors import Conflict, InvalidAddress, NotFound, StoreError, StoreUnavailable
 from telemetry.models import DeadLetter, DeadLetterReason, Fix, LockEvent, LockEventType
 from telemetry.models import UnlockMethod as Method
@@ -432,25 +433,54 @@ def test_trips_for_device_order_and_edges(store: Store) -> None:
     assert store.trips_for_device("lock-1") == []
 
 
-def test_device_trips_map_every_device_in_trip_order(store: Store) -> None:
-    assert store.device_trips(["active", "planned"]) == []
+def test_current_device_trips_map_every_device(store: Store) -> None:
+    assert store.current_device_trips() == {}
     store.put_trip(trip("T1", devices=["gps-1", "gps-1", "lock-1"], planned_start=None))
     store.put_trip(trip("T2", devices=["gps-1"], planned_start=T0))
     store.put_trip(trip("T3", devices=["gps-2"], planned_start=T0, status="active"))
     store.put_trip(trip("T4", devices=["gps-3"], status="completed"))
-    rows = store.device_trips(["active", "planned"])
-    # trip order as trips_for_device gives it; a trip's devices in any order, each once
-    assert [t for _, t, _ in rows] == ["T3", "T2", "T1", "T1"]
-    assert sorted(rows) == [
-        ("gps-1", "T1", "planned"),
-        ("gps-1", "T2", "planned"),
-        ("gps-2", "T3", "active"),
-        ("lock-1", "T1", "planned"),
-    ]
-    assert store.device_trips(["completed"]) == [("gps-3", "T4", "completed")]
-    assert store.device_trips([]) == []
+    store.put_trip(trip("T5", devices=["gps-2"], planned_start=T0 + 5, status="active"))
+    # planned: the one that starts first (an unknown start first of all); active: the newest
+    assert store.current_device_trips() == {"gps-1": "T1", "lock-1": "T1", "gps-2": "T5"}
     store.put_trip(trip("T1", devices=["gps-9"], status="cancelled"))  # replaced: gone
-    assert ("lock-1", "T1", "planned") not in store.device_trips(["planned"])
+    assert store.current_device_trips() == {"gps-1": "T2", "gps-2": "T5"}
+
+
+_RUNS = itertools.count()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.frozensets(st.integers(0, 2), min_size=1),
+            st.sampled_from(["active", "planned", "completed", "cancelled"]),
+            st.sampled_from([None, T0, T0 + 1000]),
+        ),
+        max_size=8,
+    )
+)
+def test_current_device_trips_choose_as_the_per_device_look_up(
+    store: Store, rows: list[tuple[frozenset[int], str, int | None]]
+) -> None:
+    """The whole map, ranked by the database, picks for each device what ``current_trip``
+    picks from ``trips_for_device`` (ties in planned_start included)."""
+    run = next(_RUNS)  # devices and trips of their own for each example
+    devices = [f"h{run}-{i}" for i in range(3)]
+    for i, (mine, status, start) in enumerate(rows):
+        store.put_trip(
+            trip(
+                f"H{run}-{i}",
+                devices=[devices[k] for k in sorted(mine)],
+                status=status,
+                planned_start=start,
+            )
+        )
+    chosen = store.current_device_trips()
+    for device in devices:
+        assert chosen.get(device) == current_trip(store.trips_for_device(device))
 
 
 def test_trip_events_are_kept_in_order(store: Store) -> None:

@@ -105,10 +105,13 @@ class DeviceStage:
                 self._unknown[device_id] = now + DEVICE_TTL_S
         return found
 
-    def trip_of(self, device_id: str) -> str | None:
-        now = self._now()
-        with self._lock:
-            cached = self._trips.get(device_id)
+    def trip_of(self, device_id: str, now: float | None = None) -> str | None:
+        """The device's current trip (``now``: this monotonic time, read once per batch)."""
+        if now is None:
+            now = self._now()
+        # read without the lock: a dict lookup is atomic, and an entry replaced meanwhile is
+        # as good as the one before it (writes take the lock, to keep entry and TTL together)
+        cached = self._trips.get(device_id)
         if cached is not None and cached[1] > now:
             return cached[0]
         if self._map_until <= now:
@@ -116,8 +119,7 @@ class DeviceStage:
                 # Another partition's thread is reading the whole map: its entry, expired
                 # by at most that read, rather than one query per message meanwhile.
                 return cached[0]
-            with self._lock:
-                cached = self._trips.get(device_id)
+            cached = self._trips.get(device_id)
             if cached is not None and cached[1] > now:
                 return cached[0]
         # on no current trip, or forgotten since the last reload: ask for this device alone
@@ -127,19 +129,16 @@ class DeviceStage:
         return trip
 
     def _reload(self, now: float) -> bool:
-        """Every device of every active or planned trip → its current trip, in one read of
-        ids (``Store.device_trips``) instead of one look-up per device: with ``ttl_s``
-        expiring on each of a fleet's devices in turn, the per-device look-up (each reading
-        whole trip documents) cost stage 1 about a quarter of its CPU, and reading every
-        trip's document here still cost it a tenth. Same choice as ``current_trip`` (the
-        rows come newest ``planned_start`` first, as ``trips_for_device`` gives them). A
-        device on no current trip is not in the map and is looked up alone."""
+        """Every device of every active or planned trip → its current trip, in one read
+        (``Store.current_device_trips``, chosen as ``current_trip`` chooses) instead of one
+        look-up per device: with ``ttl_s`` expiring on each of a fleet's devices in turn, the
+        per-device look-up (each reading whole trip documents) cost stage 1 about a quarter
+        of its CPU. A device on no current trip is not in the map and is looked up alone."""
         if not self._reloading.acquire(blocking=False):
             return False  # another partition's thread is reloading
         try:
-            rows = self.store.device_trips(("active", "planned"))
             until = now + self.ttl_s
-            fresh = {d: (t, until) for d, t in current_trips(rows).items()}
+            fresh = {d: (t, until) for d, t in self.store.current_device_trips().items()}
             with self._lock:
                 self._trips.update(fresh)
                 self._map_until = until
@@ -158,8 +157,9 @@ class DeviceStage:
         out: list[Rekeyed] = []
         dead: list[DeadLetter] = []
         again: list[tuple[BusMessage, DeadLetter]] = []  # of redelivered messages
+        now = self._now()
         for m in batch:
-            rejected = self._check(m, out)
+            rejected = self._check(m, out, now)
             for d in rejected:
                 mark = stream_mark(m.stream_seq)
                 marked = dataclasses.replace(d, detail=f"{d.detail or ''} {mark}".lstrip())
@@ -176,7 +176,7 @@ class DeviceStage:
         self.metrics.messages_in.inc(len(batch))
         return out
 
-    def _check(self, m: BusMessage, out: list[Rekeyed]) -> list[DeadLetter]:
+    def _check(self, m: BusMessage, out: list[Rekeyed], now: float) -> list[DeadLetter]:
         """Validate one message: its records appended to ``out``; returns its dead letters."""
         dead: list[DeadLetter] = []
         topic = m.topic
@@ -200,7 +200,7 @@ class DeviceStage:
         if not records:
             return dead
         assert parsed_topic is not None  # records only come from a well-formed topic
-        trip = self.trip_of(parsed_topic[0])
+        trip = self.trip_of(parsed_topic[0], now)
         for r in records:
             out.append(Rekeyed(r.device_id, kind_of(r), r.ts, r.seq, trip, b"", row_of(r)))
         return dead
@@ -225,20 +225,6 @@ def mark_of(detail: str | None) -> str:
     text = detail or ""
     at = text.rfind(f"[{DEVICE_STREAM} #")
     return text[at:] if at >= 0 else ""
-
-
-def current_trips(rows: Iterable[tuple[str, str, str]]) -> dict[str, str]:
-    """``current_trip`` of every device in one pass over ``Store.device_trips`` rows (in its
-    order): the first active trip (newest), else the last planned one (starts first)."""
-    best: dict[str, tuple[str, bool]] = {}
-    for device, trip_id, status in rows:
-        if status not in ("active", "planned"):
-            continue
-        active = status == "active"
-        held = best.get(device)
-        if held is None or (active and not held[1]) or not (active or held[1]):
-            best[device] = (trip_id, active)
-    return {d: t for d, (t, _) in best.items()}
 
 
 def current_trip(trips: Sequence[dict[str, Any]]) -> str | None:

@@ -265,10 +265,10 @@ class Store(abc.ABC):
         that status), newest ``planned_start`` first."""
 
     @abc.abstractmethod
-    def device_trips(self, statuses: Sequence[str]) -> list[tuple[str, str, str]]:
-        """``(device_id, trip_id, status)`` for every device of every trip in one of
-        ``statuses``, newest ``planned_start`` first as in ``trips_for_device``: the whole
-        device → trip map in one read, without the trip documents."""
+    def current_device_trips(self) -> dict[str, str]:
+        """Every device of an active or planned trip → the trip it reports for: an active one
+        (the newest, as ``trips_for_device`` lists them), else the planned one that starts
+        first (the last of that list). The whole device → trip map in one read."""
 
     @abc.abstractmethod
     def add_trip_event(self, trip_id: str, event: Doc) -> None:

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from telemetry.errors import Conflict, NotFound, StoreError
 from telemetry.models import DeadLetter, Fix, LockEvent
 from telemetry.store import _rows as R
@@ -293,14 +295,13 @@ class SqlStore(Store):
         params = {"device_id": device_id, "status": status}
         return self._docs(Q.TRIPS_FOR_DEVICE.format(status=extra), params, "trips_for_device")
 
-    def device_trips(self, statuses: Sequence[str]) -> list[tuple[str, str, str]]:
-        wanted = [str(s) for s in statuses]
-        if not wanted:
-            return []
-        names = [f"s{i}" for i in range(len(wanted))]
-        sql = Q.DEVICE_TRIPS.format(statuses=", ".join(f":{n}" for n in names))
-        rows = self._fetch(sql, dict(zip(names, wanted, strict=True)), "device_trips")
-        return [(str(d), str(t), str(st)) for d, t, st in rows]
+    def current_device_trips(self) -> dict[str, str]:
+        aggregate = self.dialect.json_object_sql.format(key="device_id", value="trip_id")
+        row = self._one(Q.CURRENT_DEVICE_TRIPS.format(aggregate=aggregate), {}, "device trips")
+        found = orjson.loads(row[0]) if row is not None and row[0] is not None else {}
+        if not isinstance(found, dict):
+            raise StoreError("the device -> trip map is not an object")
+        return {str(d): str(t) for d, t in found.items()}
 
     def add_trip_event(self, trip_id: str, event: Doc) -> None:
         if not isinstance(event, dict):
