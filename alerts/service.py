@@ -114,6 +114,9 @@ class AlarmService:
             if positions is not None:
                 live.extend(position_events(positions))
         stored = [e for e in events if not isinstance(e, PositionUpdate)]
+        if not stored:
+            # most of a busy stage's batches raise nothing: no savepoint (two round trips)
+            return created, live
         with self._lock, self._store.unit_of_work():
             for event in stored:
                 try:

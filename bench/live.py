@@ -9,7 +9,8 @@ engine as real processes:
 - ``mosquitto``: ``cargowatch serve --mqtt`` (one process: ingest, engine, API);
 - ``nats_1`` / ``nats_2``: ``cargowatch serve --bus --workers 0`` (API, live feed, escalation)
   plus one / two ``cargowatch worker`` processes (the engine), NATS JetStream with 4 device and
-  4 trip partitions; devices publish over the NATS server's MQTT listener.
+  4 trip partitions (``--partitions P``: P of each); devices publish over the NATS server's
+  MQTT listener.
 
 A fleet of active trips (full: 1,400 trips with 21,000 GPS units and 1,400 locks; ``--quick``:
 600 / 9,000 / 600) is registered first. Then, step by step at rising fixed rates (full: 60 s a
@@ -175,8 +176,16 @@ class LiveReader:
 class Mode:
     """One mode's broker and engine processes."""
 
-    def __init__(self, name: str, workdir: Path, db: str, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        db: str,
+        env: dict[str, str],
+        partitions: int = PARTITIONS,
+    ) -> None:
         self.name = name
+        self.partitions = partitions
         self.env = env
         self.workdir = workdir
         self.db = db
@@ -207,7 +216,7 @@ class Mode:
             )
         else:
             self.broker = NatsServer(
-                self.workdir / "nats", partitions=PARTITIONS, devices={PUB_USER: PUB_PASSWORD}
+                self.workdir / "nats", partitions=self.partitions, devices={PUB_USER: PUB_PASSWORD}
             )
             users = self.broker.workdir / "users.conf"
             # the benchmark's publisher speaks for every device (one MQTT connection)
@@ -226,7 +235,7 @@ class Mode:
                 self.procs[f"worker{i}"] = spawn(["worker"], self.workdir / f"worker{i}.log", **env)
         wait_for(self._healthy, 120, f"{self.name}: serve healthy")
         if self.name != "mosquitto":
-            wanted = 2 * PARTITIONS
+            wanted = 2 * self.partitions
             wait_for(lambda: len(lease_pids(self.broker.url)) == wanted, 60, "partitions owned")
             time.sleep(2)  # the shares settle (a second worker takes half)
 
@@ -457,7 +466,7 @@ def run_mode(name: str, cfg: dict[str, Any], pg: PostgresServer, root: Path) -> 
     seeded_s = time.monotonic() - t
     if cfg.get("order", "shuffled") == "shuffled":
         random.Random(ORDER_SEED).shuffle(gps)
-    mode = Mode(name, workdir, db, cfg.get("env") or {})
+    mode = Mode(name, workdir, db, cfg.get("env") or {}, cfg.get("partitions", PARTITIONS))
     store = open_store(db)
     steps: list[dict[str, Any]] = []
     overload: dict[str, Any] | None = None
@@ -541,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         "back to back",
     )
     parser.add_argument(
+        "--partitions",
+        type=int,
+        default=PARTITIONS,
+        help=f"NATS modes: device and trip partitions, each (default {PARTITIONS})",
+    )
+    parser.add_argument(
         "--profile",
         help="record each engine process with py-spy during every step (speedscope files in DIR)",
     )
@@ -554,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["trips"] = args.trips
     cfg["profile"] = args.profile
     cfg["order"] = args.order
+    cfg["partitions"] = args.partitions
     cfg["overload"] = not args.no_overload
     cfg["env"] = dict(e.split("=", 1) for e in args.env)
     root = Path(tempfile.mkdtemp(prefix="cw-live-"))
@@ -564,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench.live"
         + (" --quick" if args.quick else "")
-        + (f" --order {args.order}" if args.order != "shuffled" else ""),
+        + (f" --order {args.order}" if args.order != "shuffled" else "")
+        + (f" --partitions {args.partitions}" if args.partitions != PARTITIONS else ""),
         "cpus": os.cpu_count(),
     }
     try:
