@@ -5,9 +5,13 @@ and runs, per owned partition, a pull consumer and its handler:
 
 - DEVICES partitions (stage 1, ``busmode.devicestage``): validate, store dead letters, re-key
   every record onto its trip's TRIPS partition; acknowledged after the re-key is confirmed.
-- TRIPS partitions (stage 2, ``busmode.tripstage``): a ``TripPartition`` with its own engine
-  restored from the partition's checkpoints; telemetry, rules, alarms and checkpoints in one
-  transaction, then the acknowledgement. The wall-clock rules tick per owned partition.
+- TRIPS partitions (stage 2, ``busmode.tripstage``): one ``TripStage`` for all of them, its
+  engine restored from the held partitions' checkpoints; telemetry, rules, alarms and
+  checkpoints in one transaction, then the acknowledgement. The wall-clock rules tick it.
+
+Each stage handles its partitions' batches in rounds (``busmode.rounds``): the consumers hand
+over on one beat, and a round takes every batch of the beat in one call, so a worker's cost
+follows its beats, not the number of partitions it holds.
 
 Workers join and leave at any time: a leaving worker releases its leases (SIGTERM), a dead one
 stops renewing them and the others take its partitions over within the lease TTL plus a
@@ -40,14 +44,15 @@ from cargowatch.busmode.devicestage import DeviceStage
 from cargowatch.busmode.lag import PartitionLag, ahead_of_others, device_lags, horizon_of
 from cargowatch.busmode.live import LiveRelay
 from cargowatch.busmode.rekeyer import PipelinedRekeyer
-from cargowatch.busmode.tripstage import TripPartition
+from cargowatch.busmode.rounds import Item, RoundRunner, Rounds
+from cargowatch.busmode.tripstage import TripStage
 from cargowatch.metrics import Metrics
 from cargowatch.settings import Settings, bus_servers
 from core.clock import Clock, ScaledClock
 from telemetry.bus.consumer import BatchHandler, BusMessage
 from telemetry.bus.headers import cache_headers
 from telemetry.bus.leases import default_owner, lease_bucket
-from telemetry.bus.partitions import PART_PREFIX, TRIP_PREFIX, trip_partition
+from telemetry.bus.partitions import PART_PREFIX, TRIP_PREFIX
 from telemetry.bus.reader import HandlerFactory, PartitionedReader
 from telemetry.bus.rekey import Rekeyer
 from telemetry.bus.streams import (
@@ -140,7 +145,7 @@ class BusWorker:
         self.trip_batch = trip_batch
         self.linger_s = settings.bus_linger_ms / 1000 if linger_s is None else linger_s
         self.devices = DeviceStage(store, clock, self.metrics)
-        self.trips: dict[int, TripPartition] = {}
+        self.stage: TripStage | None = None  # made when the layout is known
         self.trip_partitions = 0
         self.device_partitions = 0
         self._horizon: int | None = None  # stage 1 re-keyed everything received before it
@@ -154,17 +159,29 @@ class BusWorker:
         self.tick_period_s = max(0.01, settings.tick_s / speed)
 
     # -- handlers ---------------------------------------------------------------------------
-    def _device_handler_factory(self, rekeyer: Rekeyer) -> HandlerFactory:
+    def _device_handler_factory(self, rounds: Rounds) -> HandlerFactory:
         async def handler_for(n: int) -> BatchHandler:
             async def handle(batch: Sequence[BusMessage]) -> None:
                 await self._hold_while_ahead(n, batch)
-                items = await asyncio.to_thread(self.devices.validate, batch)
-                if items:
-                    await rekeyer.publish(items)
+                await rounds.submit(n, batch)
 
             return handle
 
         return handler_for
+
+    def _device_round(self, rekeyer: Rekeyer) -> RoundRunner:
+        """Stage 1's round: the batches of every device partition validated in one pass and
+        re-keyed in one publish (a bundle per trip partition, not one per device batch).
+        Each partition's records keep their order (a device is in one partition)."""
+
+        async def run(items: list[Item]) -> list[BaseException | None]:
+            batch = [m for _, part in items for m in part]
+            validated = await asyncio.to_thread(self.devices.validate, batch)
+            if validated:
+                await rekeyer.publish(validated)
+            return [None] * len(items)
+
+        return run
 
     async def _hold_while_ahead(self, n: int, batch: Sequence[BusMessage]) -> None:
         """Wait while this device partition's batch is ``bus_skew_hold_s`` ahead of another
@@ -185,30 +202,30 @@ class BusWorker:
         ):
             await asyncio.sleep(DEVICE_LAG_PERIOD_S)
 
-    async def _trip_handler_for(self, n: int) -> BatchHandler:
-        part = TripPartition(
-            n,
-            self.trip_partitions,
-            store=self.store,
-            clock=self.clock,
-            hub=self.hub,
-            metrics=self.metrics,
-        )
-        await asyncio.to_thread(part.load)
-        old = self.trips.get(n)
-        if old is not None:
-            old.close()
-        self.trips[n] = part
+    def _trip_handler_factory(self, rounds: Rounds) -> HandlerFactory:
+        async def handler_for(n: int) -> BatchHandler:
+            assert self.stage is not None
+            await asyncio.to_thread(self.stage.acquire, n)
 
-        async def handle(batch: Any) -> None:
-            await asyncio.to_thread(part.process, batch)
+            async def handle(batch: Sequence[BusMessage]) -> None:
+                await rounds.submit(n, batch)
 
-        return handle
+            return handle
+
+        return handler_for
+
+    def _trip_round(self) -> RoundRunner:
+        """Stage 2's round: the batches of every held trip partition in one transaction."""
+
+        async def run(items: list[Item]) -> Sequence[BaseException | None]:
+            assert self.stage is not None
+            return await asyncio.to_thread(self.stage.process, items)
+
+        return run
 
     async def _trip_lost(self, n: int) -> None:
-        part = self.trips.pop(n, None)
-        if part is not None:
-            await asyncio.to_thread(part.close)
+        if self.stage is not None:
+            await asyncio.to_thread(self.stage.release, n)
 
     async def _device_lost(self, n: int) -> None:
         return None
@@ -223,6 +240,13 @@ class BusWorker:
             layout = await discover_layout(nc)
             self.trip_partitions = layout.trip_partitions
             self.device_partitions = layout.partitions
+            self.stage = TripStage(
+                layout.trip_partitions,
+                store=self.store,
+                clock=self.clock,
+                hub=self.hub,
+                metrics=self.metrics,
+            )
             await ensure_streams(
                 js,
                 *stream_limits(self.settings),
@@ -235,7 +259,10 @@ class BusWorker:
                 relay = LiveRelay(self.hub, nc, receive=False)
                 await relay.start()
             rekeyer = PipelinedRekeyer(js, layout.trip_partitions)
-            options = {"batch": self.batch, "linger_s": self.linger_s}
+            device_rounds = Rounds(self._device_round(rekeyer), name="devices")
+            trip_rounds = Rounds(self._trip_round(), name="trips")
+            # every consumer of the worker hands over on one beat: a round takes them together
+            options = {"batch": self.batch, "linger_s": self.linger_s, "linger_grid": True}
             self.device_reader = _Reader(
                 js,
                 kv,
@@ -243,7 +270,7 @@ class BusWorker:
                 stream=DEVICE_STREAM,
                 prefix=PART_PREFIX,
                 partitions=layout.partitions,
-                handler_for=self._device_handler_factory(rekeyer),
+                handler_for=self._device_handler_factory(device_rounds),
                 ttl_s=ttl,
                 group="dev",
                 consumer_options=options,
@@ -256,7 +283,7 @@ class BusWorker:
                 stream=TRIP_STREAM,
                 prefix=TRIP_PREFIX,
                 partitions=layout.trip_partitions,
-                handler_for=self._trip_handler_for,
+                handler_for=self._trip_handler_factory(trip_rounds),
                 ttl_s=ttl,
                 group="trip",
                 consumer_options={**options, "batch": self.trip_batch},
@@ -278,6 +305,8 @@ class BusWorker:
                 with contextlib.suppress(Exception):
                     await control.unsubscribe()
                 await self._close_readers()
+                await device_rounds.close()
+                await trip_rounds.close()
         finally:
             if relay is not None:
                 await relay.stop()
@@ -306,15 +335,14 @@ class BusWorker:
         while True:
             now = self.clock.now_ms()
             horizon = await self._device_horizon(js, now)
+            stage = self.stage
             # stage 1 unreadable (horizon None): judge nothing until it can be read again
-            for n, part in list(self.trips.items()):
-                if horizon is None:
-                    break
-                backlog = await self._backlog(js, n)
+            if stage is not None and stage.owned and horizon is not None:
+                backlog = {n for n in sorted(stage.owned) if await self._backlog(js, n)}
                 try:
-                    await asyncio.to_thread(part.tick, horizon, backlog)
+                    await asyncio.to_thread(stage.tick, horizon, backlog)
                 except Exception:
-                    log.exception("tick of trip partition %d failed", n)
+                    log.exception("tick of trip partitions %s failed", sorted(stage.owned))
                     self.metrics.tick_errors.inc()
             await asyncio.sleep(self.tick_period_s)
 
@@ -350,24 +378,24 @@ class BusWorker:
             return
         if not isinstance(doc, dict):
             return
+        stage = self.stage
         try:
             if "trip" in doc:
                 trip_id = str(doc["trip"])
                 devices = [str(d) for d in doc.get("devices") or []]
                 self.devices.forget(devices)
-                part = self.trips.get(trip_partition(trip_id, self.trip_partitions or 1))
-                if part is not None:
-                    await asyncio.to_thread(part.refresh, trip_id)
-                # the trip may have ended: its span is its devices' other trips' business too
-                for other in list(self.trips.values()):
-                    if other is not part:
-                        await asyncio.to_thread(other.note_ended, devices)
-            elif "shipper" in doc:
-                for part in list(self.trips.values()):
-                    await asyncio.to_thread(part.put_shipper, str(doc["shipper"]))
-            elif "geofence" in doc:
-                for part in list(self.trips.values()):
-                    await asyncio.to_thread(part.put_geofence, str(doc["geofence"]))
+                if stage is None:
+                    return
+                if stage.holds(trip_id):
+                    await asyncio.to_thread(stage.refresh, trip_id)
+                else:
+                    # the trip may have ended elsewhere: its span is its devices' other
+                    # trips' business too
+                    await asyncio.to_thread(stage.note_ended, devices)
+            elif "shipper" in doc and stage is not None:
+                await asyncio.to_thread(stage.put_shipper, str(doc["shipper"]))
+            elif "geofence" in doc and stage is not None:
+                await asyncio.to_thread(stage.put_geofence, str(doc["geofence"]))
         except Exception:
             log.exception("control message %s failed", doc)
 

@@ -263,3 +263,40 @@ async def test_rekey_keeps_a_trip_together_and_survives_redelivery(
     info = await js.stream_info(f"TRIPS_{m}")
     assert info.state.messages == 50  # each device message once, all in the trip's partition
     assert await _messages(js, "TRIPS") == 50
+
+
+@pytest.mark.parametrize("grid", [True, False])
+async def test_grid_consumers_hand_over_on_one_beat(js: JetStreamContext, grid: bool) -> None:
+    """With ``linger_grid`` the consumers of a process hand their batches over on the same
+    beat (a multiple of ``linger_s``), however far apart within it their first messages came;
+    without it, each a linger after its own first message."""
+    linger = 0.3
+    loop = asyncio.get_running_loop()
+    handed: dict[int, float] = {}
+
+    def recorder(n: int):
+        async def handle(batch: Sequence[BusMessage]) -> None:
+            handed.setdefault(n, loop.time())
+
+        return handle
+
+    consumers = [
+        PartitionConsumer(js, "DEVICES", "part", n, recorder(n), linger_s=linger, linger_grid=grid)
+        for n in (0, 1)
+    ]
+    for c in consumers:
+        await c.start()
+    # just after a beat: both first messages fall within the next one, 0.1 s apart
+    await asyncio.sleep(linger - loop.time() % linger + 0.01)
+    beat = (loop.time() // linger + 1) * linger
+    await _publish(js, _device_in(0), 1)
+    await asyncio.sleep(0.1)
+    await _publish(js, _device_in(1), 1)
+    await _until(lambda: len(handed) == 2)
+    for c in consumers:
+        await c.stop()
+    gap = abs(handed[1] - handed[0])
+    if grid:
+        assert gap < 0.05 and min(handed.values()) >= beat - 0.001
+    else:
+        assert gap > 0.07

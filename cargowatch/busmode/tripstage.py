@@ -1,22 +1,29 @@
-"""Stage 2: one TRIPS partition → its own engine → the store, exactly once.
+"""Stage 2: a worker's TRIPS partitions → ONE engine → the store, exactly once.
 
-A ``TripPartition`` is made when a worker acquires trip partition ``n``: its own
-``EngineGate`` (its own ``Engine`` and ``AlarmService``) restored from the store's checkpoints
-of the trips that map to ``n`` (``trip_filter``). Each batch goes through the same steps as
-``cargowatch.pipeline.Pipeline``: the batch's telemetry, the rules' verdicts, alarms, outbox
-rows and the touched trips' checkpoints in ONE store transaction (``EngineGate.commit``); the
-consumer acknowledges after it returns. Records arrive validated (stage 1), so nothing is
-parsed again (``codec``): in bundles of many records, or (written before bundles) one a
-message.
+A worker's ``TripStage`` holds one ``EngineGate`` (one ``Engine`` and ``AlarmService``) for
+every trip partition the worker holds: its ``trip_filter`` admits the trips of those
+partitions. A round of batches (``busmode.rounds``: one batch per partition, handed over on
+the same beat) goes through the same steps as ``cargowatch.pipeline.Pipeline``: the batches'
+telemetry, the rules' verdicts, alarms, outbox rows and the touched trips' checkpoints in ONE
+store transaction (``EngineGate.commit``); each consumer acknowledges its batch after it
+returns. Records arrive validated (stage 1), so nothing is parsed again (``codec``): in
+bundles of many records, or (written before bundles) one a message.
+
+**One engine, not one a partition.** A batch's cost is mostly fixed (the transaction, the
+COPY, the rules' array set-up), so an engine per partition cost a worker holding 8 of 16
+partitions 8 of them a beat. A partition acquired or lost changes which trips the engine
+holds: the engine is rebuilt from the store (``EngineGate.reload``: each trip's checkpoint,
+then its messages stored since) before its next use, after a checkpoint of what it holds
+(``_ensure``), and a lost partition's trips are checkpointed before its lease is given up.
 
 **Idempotent, because a lease can move while a commit is in flight.** The old owner's commit
 may land after the new owner restored the partition. Telemetry de-duplicates (the engine only
 evaluates newly stored records), alarms have an identity per (trip, type, episode),
 milestones stable ids, checkpoints are upserts: a redelivered batch raises nothing twice.
 
-A trip unknown to this gate (created after the gate was restored, e.g. through the API of
-another process) is loaded from the store when its first message arrives, or when the
-control subject says it changed.
+A trip unknown to the engine (created after it was loaded, e.g. through the API of another
+process) is loaded from the store when its first message arrives, or when the control
+subject says it changed.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 import rules
 from alerts import AlarmService, LiveHub
@@ -91,12 +98,11 @@ def _loaded(engine: Engine, trip_id: str) -> bool:
     return True
 
 
-class TripPartition:
-    """Trip partition ``n`` of ``partitions``: its gate, its batches and its tick."""
+class TripStage:
+    """Stage 2 of one worker: one engine over every trip partition it holds."""
 
     def __init__(
         self,
-        n: int,
         partitions: int,
         *,
         store: Store,
@@ -104,49 +110,180 @@ class TripPartition:
         hub: LiveHub,
         metrics: Metrics,
     ) -> None:
-        self.n = n
         self.partitions = partitions
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.alarms = AlarmService(store, clock, hub, metrics=metrics)
         self.gate = EngineGate(store, self.alarms, clock, trip_filter=self.holds)
-        self.closed = False
+        self.owned: frozenset[int] = frozenset()
+        self._reload_due = False  # the owned partitions changed: rebuild before the next use
+        self._loaded = False
         self._checked: set[str] = set()  # trips named by messages, looked up once
-        self.evaluated_to = clock.now_ms()
-        self._horizon = self.evaluated_to
+        # per partition: every message received up to this time has been evaluated
+        self.evaluated_to: dict[int, int] = {}
+        self._horizon = clock.now_ms()
         self._lock = threading.Lock()
         self.batches = 0
+        self.rounds = 0
         self.alarms_raised = 0
 
     def holds(self, trip_id: str) -> bool:
-        return trip_partition(trip_id, self.partitions) == self.n
+        return trip_partition(trip_id, self.partitions) in self.owned
 
-    def load(self) -> None:
-        """Restore the partition's trips from their checkpoints (on acquiring it)."""
-        self.gate.load()
+    # -- partitions -------------------------------------------------------------------------
+    def acquire(self, n: int) -> None:
+        """Trip partition ``n`` is this worker's now: its trips are loaded before the next use
+        of the engine (several acquired at once share one rebuild)."""
+        with self.gate.lock:
+            if n in self.owned:
+                return
+            self.owned = self.owned | {n}
+            with self._lock:
+                self.evaluated_to[n] = self.clock.now_ms()
+            self._reload_due = True
+
+    def release(self, n: int) -> None:
+        """Partition ``n`` was lost or released (before another worker can claim it):
+        checkpoint what changed, then its trips leave the engine (rebuilt before its next
+        use); its batches from now on fail."""
+        with self.gate.lock:
+            if n not in self.owned:
+                return
+            self._flush(f"trip partition {n} at hand-over")
+            self.owned = self.owned - {n}
+            with self._lock:
+                self.evaluated_to.pop(n, None)
+            self._reload_due = True
 
     def close(self) -> None:
-        """The partition was lost or released (before another worker can claim it):
-        checkpoint what changed, then no tick or change through this gate any more."""
+        """Every partition released (the worker stops)."""
         with self.gate.lock:
-            if self.closed:
-                return
-            self.closed = True
-            try:
-                self.gate.flush()
-            except Exception as exc:  # the next owner re-runs from the last checkpoint
-                log.warning("checkpoint of trip partition %d at hand-over failed: %s", self.n, exc)
+            if self.owned:
+                self._flush("trip partitions at shutdown")
+            self.owned = frozenset()
+            self._reload_due = True
+
+    def load(self) -> None:
+        """Load the owned partitions' trips now (else the next use does)."""
+        with self.gate.lock:
+            self._ensure()
+
+    def _flush(self, what: str) -> None:
+        if not self._loaded or self._reload_due:
+            return  # the engine holds nothing newer than the store
+        try:
+            self.gate.flush()
+        except Exception as exc:  # the next owner re-runs from the last checkpoint
+            log.warning("checkpoint of %s failed: %s", what, exc)
+
+    def _ensure(self) -> None:
+        """Under the gate's lock: the engine holds exactly the owned partitions' trips."""
+        if not self._reload_due:
+            return
+        t0 = time.perf_counter()
+        if self._loaded:
+            self._flush("trip partitions before a rebuild")
+            self.gate.reload()
+        else:
+            self.gate.load()
+            self._loaded = True
+        self._reload_due = False
+        self._checked.clear()
+        log.info(
+            "trip partitions %s loaded in %.2f s", sorted(self.owned), time.perf_counter() - t0
+        )
 
     # -- batches ----------------------------------------------------------------------------
-    def process(self, batch: Sequence[BusMessage]) -> int:
-        """Store and evaluate one batch; returns the alarms raised. Store errors propagate
-        (the consumer then gives the batch back and it is redelivered)."""
+    def process(self, items: Sequence[tuple[int, Sequence[BusMessage]]]) -> list[Exception | None]:
+        """Store and evaluate one round's batches in one transaction; per batch None, or the
+        error it failed with (its partition is no longer held). Store errors propagate (every
+        batch of the round is given back and redelivered)."""
         t0 = time.perf_counter()
+        outcomes: list[Exception | None] = []
         fixes: list[Fix] = []
         events: list[LockEvent] = []
         dead: list[DeadLetter] = []
         named: set[str] = set()
+        received: dict[int, list[int]] = {}
+        messages = 0
+        owned = self.owned
+        for n, batch in items:
+            if n not in owned:
+                outcomes.append(RuntimeError(f"trip partition {n} was lost"))
+                continue
+            outcomes.append(None)
+            messages += len(batch)
+            times = received.setdefault(n, [])
+            self._decode(batch, fixes, events, dead, named, times)
+        if not received:
+            return outcomes
+        now = self.clock.now_ms()
+        named -= self._checked  # each trip named by messages is looked up once
+
+        def refresh(engine: Engine) -> list[EngineEvent]:
+            out: list[EngineEvent] = []
+            for trip_id in named:
+                if self.holds(trip_id):
+                    out += refresh_trip(self.store, engine, trip_id, now)
+            return out
+
+        newest = max((max(t) for t in received.values() if t), default=None)
+        with self.gate.lock:
+            self._ensure()
+            lost = [n for n in received if n not in self.owned]
+            if lost:  # lost while this round was decoded: given back, as a whole
+                raise RuntimeError(f"trip partitions {sorted(lost)} were lost")
+            done = commit_batch(
+                self.gate,
+                self.metrics,
+                fixes,
+                events,
+                dead,
+                now,
+                covers=newest,
+                prepare=refresh,
+            )
+        created, marks = done.created, done.marks
+        self._checked |= named
+        new_f, new_e = done.fixes, done.events
+        metrics = self.metrics
+        metrics.fixes_stored.inc(len(new_f))
+        metrics.lock_events_stored.inc(len(new_e))
+        metrics.duplicates.inc(len(fixes) - len(new_f) + len(events) - len(new_e))
+        metrics.batch_size.observe(messages)
+        with self._lock:
+            for n, times in received.items():
+                if times and n in self.evaluated_to:
+                    self.evaluated_to[n] = max(self.evaluated_to[n], max(times))
+        every = [t for times in received.values() for t in times]
+        if every:
+            lag_s = max(0, now - min(every)) / 1000
+            metrics.last_batch_lag_seconds.set(lag_s)
+            metrics.ingest_lag_seconds.observe(lag_s)
+        self.rounds += 1
+        self.batches += len(received)
+        self.alarms_raised += len(created)
+        elapsed = time.perf_counter() - t0
+        if elapsed > SLOW_BATCH_S:
+            log.warning(
+                "slow round of trip partitions %s: %d messages in %.2f s (store %.2f)",
+                sorted(received),
+                messages,
+                elapsed,
+                marks.get("store", t0) - t0,
+            )
+        return outcomes
+
+    @staticmethod
+    def _decode(
+        batch: Sequence[BusMessage],
+        fixes: list[Fix],
+        events: list[LockEvent],
+        dead: list[DeadLetter],
+        named: set[str],
+        received: list[int],
+    ) -> None:
         for m in batch:
             try:
                 if m.device_id is None:
@@ -172,78 +309,34 @@ class TripPartition:
                     fixes.append(record)
                 else:
                     events.append(record)
-                if trip and trip not in self._checked:
+                received.append(record.received_at)
+                if trip:
                     named.add(trip)
-        now = self.clock.now_ms()
-        received = [f.received_at for f in fixes] + [e.received_at for e in events]
-
-        def refresh(engine: Engine) -> list[EngineEvent]:
-            out: list[EngineEvent] = []
-            for trip_id in named:
-                if self.holds(trip_id):
-                    out += refresh_trip(self.store, engine, trip_id, now)
-            return out
-
-        with self.gate.lock:
-            if self.closed:
-                raise RuntimeError(f"trip partition {self.n} was lost")
-            done = commit_batch(
-                self.gate,
-                self.metrics,
-                fixes,
-                events,
-                dead,
-                now,
-                covers=max(received, default=None),
-                prepare=refresh,
-            )
-        created, marks = done.created, done.marks
-        self._checked |= named
-        new_f, new_e = done.fixes, done.events
-        metrics = self.metrics
-        metrics.fixes_stored.inc(len(new_f))
-        metrics.lock_events_stored.inc(len(new_e))
-        metrics.duplicates.inc(len(fixes) - len(new_f) + len(events) - len(new_e))
-        metrics.batch_size.observe(len(batch))
-        if received:
-            with self._lock:
-                self.evaluated_to = max(self.evaluated_to, max(received))
-            lag_s = max(0, now - min(received)) / 1000
-            metrics.last_batch_lag_seconds.set(lag_s)
-            metrics.ingest_lag_seconds.observe(lag_s)
-        self.batches += 1
-        self.alarms_raised += len(created)
-        elapsed = time.perf_counter() - t0
-        if elapsed > SLOW_BATCH_S:
-            log.warning(
-                "slow batch on trip partition %d: %d messages in %.2f s (store %.2f)",
-                self.n,
-                len(batch),
-                elapsed,
-                marks.get("store", t0) - t0,
-            )
-        return len(created)
 
     # -- wall-clock rules and changes from the API ------------------------------------------
-    def tick(self, now: int, backlog: bool) -> int:
+    def tick(self, now: int, backlog: Set[int]) -> int:
         """Signal loss, late arrival, activation up to the horizon (as ``Pipeline.tick``: with
-        messages of this partition waiting, only up to what has been evaluated)."""
+        messages of a partition waiting, ``backlog``, only up to what has been evaluated)."""
         with self._lock:
-            seen = now if not backlog else min(now, self.evaluated_to)
+            seen = now
+            for n in backlog:
+                seen = min(seen, self.evaluated_to.get(n, now))
             self._horizon = max(self._horizon, seen)
             at = self._horizon
         with self.gate.lock:
-            if self.closed:
+            if not self.owned:
                 return 0
+            self._ensure()
             _, created = self.gate.commit(lambda engine: engine.tick(at), lambda events: events)
         self.alarms_raised += len(created)
         return len(created)
 
     def refresh(self, trip_id: str) -> None:
-        """A trip of this partition changed in the store (created, changed, ended)."""
+        """A trip of a held partition changed in the store (created, changed, ended)."""
         with self.gate.lock:
-            if self.closed:
+            if not self.holds(trip_id):
                 return
+            self._ensure()
             now = self.clock.now_ms()
             self.gate.commit(
                 lambda engine: refresh_trip(self.store, engine, trip_id, now),
@@ -252,12 +345,13 @@ class TripPartition:
             self._checked.add(trip_id)
 
     def note_ended(self, devices: list[str]) -> None:
-        """A trip of these devices changed (maybe ended): the spans of their ended trips, for
-        the trips of this partition that share a device with it (the ended trip may sit in
-        another partition, whose engine alone saw it end)."""
+        """A trip of these devices held elsewhere changed (maybe ended): the spans of their
+        ended trips, for the trips here that share a device with it (the ended trip's engine
+        alone saw it end)."""
         with self.gate.lock:
-            if self.closed:
+            if not self.owned:
                 return
+            self._ensure()
             with self.gate.held() as engine:
                 mine = [d for d in devices if engine.device_trip(d) is not None]
                 if mine:
@@ -268,8 +362,9 @@ class TripPartition:
         if doc is None:
             return
         with self.gate.lock:
-            if self.closed:
+            if not self.owned:
                 return
+            self._ensure()
             self.gate.commit(
                 lambda engine: engine.put_shipper_rules(shipper, doc.get("rules") or {}),
                 lambda _: (),
@@ -278,10 +373,57 @@ class TripPartition:
     def put_geofence(self, geofence_id: str) -> None:
         doc = self.store.get_geofence(geofence_id)
         with self.gate.lock:
-            if self.closed:
+            if not self.owned:
                 return
+            self._ensure()
             with self.gate.held() as engine:
                 if doc is None:
                     engine.remove_geofence(geofence_id)
                 else:
                     engine.put_geofence(doc)
+
+
+class TripPartition:
+    """Trip partition ``n`` held alone: a ``TripStage`` that owns only it (tests and tools
+    that drive one partition's batches directly)."""
+
+    def __init__(
+        self,
+        n: int,
+        partitions: int,
+        *,
+        store: Store,
+        clock: Clock,
+        hub: LiveHub,
+        metrics: Metrics,
+    ) -> None:
+        self.n = n
+        self.stage = TripStage(partitions, store=store, clock=clock, hub=hub, metrics=metrics)
+        self.stage.acquire(n)
+
+    @property
+    def gate(self) -> EngineGate:
+        return self.stage.gate
+
+    def load(self) -> None:
+        self.stage.load()
+
+    def process(self, batch: Sequence[BusMessage]) -> int:
+        """Store and evaluate one batch; returns the alarms raised."""
+        before = self.stage.alarms_raised
+        [error] = self.stage.process([(self.n, batch)])
+        if error is not None:
+            raise error
+        return self.stage.alarms_raised - before
+
+    def tick(self, now: int, backlog: bool) -> int:
+        return self.stage.tick(now, {self.n} if backlog else set())
+
+    def refresh(self, trip_id: str) -> None:
+        self.stage.refresh(trip_id)
+
+    def note_ended(self, devices: list[str]) -> None:
+        self.stage.note_ended(devices)
+
+    def close(self) -> None:
+        self.stage.release(self.n)

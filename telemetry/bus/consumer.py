@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -155,6 +156,7 @@ class PartitionConsumer:
         retry_delay_s: float = 1.0,
         grace_s: float = 0.5,
         linger_s: float = 0.0,
+        linger_grid: bool = False,
     ) -> None:
         self.js = js
         self.stream = stream_name(stream, partition)  # ``stream``: the family
@@ -168,6 +170,10 @@ class PartitionConsumer:
         # Wait up to this long after a batch's first message for more: the engine's cost per
         # batch is mostly fixed, so a light partition should not hand over one fix at a time.
         self.linger_s = linger_s
+        # On the grid: a batch is handed over at the next multiple of ``linger_s`` (the event
+        # loop's clock) after its first message, so every grid consumer of a process hands
+        # over on the same beat and a worker can handle them together (``busmode.rounds``).
+        self.linger_grid = linger_grid
         self._first_at = 0.0
         self.durable = f"p{partition}"
         self.handled = 0  # messages acknowledged
@@ -278,7 +284,7 @@ class PartitionConsumer:
                     self._pull_left = 0  # request lost (reconnect?): send another
                 continue
             if self.linger_s and len(self._buf) < self.batch:
-                wait = self._first_at + self.linger_s - asyncio.get_running_loop().time()
+                wait = self._handover_at() - asyncio.get_running_loop().time()
                 if wait > 0:
                     await asyncio.sleep(wait)  # more arrive meanwhile (the pull is open)
                     continue
@@ -294,6 +300,12 @@ class PartitionConsumer:
                 await self._give_back()  # newer messages must not overtake the failed batch
                 await asyncio.sleep(self.retry_delay_s)
         await self._give_back()
+
+    def _handover_at(self) -> float:
+        """When the batch begun at ``_first_at`` is handed over (event loop time)."""
+        if self.linger_grid:
+            return (math.floor(self._first_at / self.linger_s) + 1) * self.linger_s
+        return self._first_at + self.linger_s
 
     async def _restart_after_floor(self) -> None:
         """The previous owner died (``kill -9``) holding delivered, unacknowledged messages:
