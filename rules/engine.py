@@ -408,6 +408,32 @@ class Engine:
         self.trips.release(slot)
         self._remap(info.device_slots)
 
+    def unload_trip(self, trip_id: str) -> bool:
+        """Drop a trip from the live state without ending it (its partition moved to another
+        worker, which restores it from its checkpoint): nothing emitted, no span noted for
+        its devices, its checkpoint kept (not reported by ``take_dirty``), its lock's waiting
+        events dropped with it. Its devices report for their other loaded trips, if any.
+        False when it was not loaded."""
+        slot = self._slots.get(trip_id)
+        if slot is None:
+            return False
+        info = self.trips.info[slot]
+        assert info is not None
+        for d in info.device_slots:
+            if int(self.devices.trip[d]) == slot:
+                self._waiting.pop(d, None)
+        self.geometry.remove_trip(info.plan)
+        del self._slots[trip_id]
+        for d in info.device_slots:
+            self._device_trips.get(d, set()).discard(slot)
+        self.trips.release(slot)
+        self._remap(info.device_slots)
+        return True
+
+    def loaded_trips(self) -> list[str]:
+        """Every trip in the live state (planned and active)."""
+        return list(self._slots)
+
     def note_ended_trip(self, device_id: str, start_ms: int, end_ms: int) -> None:
         """The device served a trip from ``start_ms`` to ``end_ms`` (event time) that has
         ended (read back from the store after a restart): its messages from then are that

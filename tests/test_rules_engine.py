@@ -407,3 +407,34 @@ def test_a_waiting_unlock_survives_a_restart_in_the_checkpoint() -> None:
     resumed.feed(gps_backlog)
     assert resumed.alarms() == []
     assert ("unsealed", "S1") in resumed.milestones()
+
+
+def test_an_unloaded_trip_leaves_without_ending_and_comes_back_from_its_checkpoint() -> None:
+    """``unload_trip`` (a bus-mode partition moved to another worker): no event, no ended
+    span, its checkpoint not dropped; its devices report for the other trip that lists them;
+    loaded again from its checkpoint it continues where it was."""
+    engine = Engine()
+    doc = trip_doc(STRAIGHT, status="active")
+    nxt = trip_doc(STRAIGHT, trip_id="T2", planned_start=T0 + 600 * MIN)  # the same devices
+    engine.upsert_trip(doc)
+    engine.upsert_trip(nxt)
+    live = Live(engine)
+    live.feed(drive(STRAIGHT, T0, 0.0, 3000.0))
+    engine.take_dirty()
+    blob = engine.export_trip_state("T1")
+    before = engine.trip_state("T1")
+    assert engine.device_trip(GPS) == "T1"
+    assert engine.unload_trip("T1") and not engine.unload_trip("T1")
+    assert engine.loaded_trips() == ["T2"] and engine.device_trip(GPS) == "T2"
+    with pytest.raises(RulesError):
+        engine.trip_state("T1")
+    changed, removed = engine.take_dirty()
+    assert removed == set()  # its checkpoint stays for the next owner
+    assert engine.tick(T0 + 60 * MIN) == []  # nothing of T1 is judged any more
+    engine.upsert_trip(doc)
+    engine.import_trip_state("T1", blob)
+    assert engine.device_trip(GPS) == "T1"
+    assert engine.trip_state("T1") == before
+    # an ended trip, by contrast, leaves its span and its checkpoint goes
+    engine.upsert_trip({**doc, "status": "completed"})
+    assert engine.take_dirty()[1] == {"T1"}

@@ -11,10 +11,12 @@ bundles of many records, or (written before bundles) one a message.
 
 **One engine, not one a partition.** A batch's cost is mostly fixed (the transaction, the
 COPY, the rules' array set-up), so an engine per partition cost a worker holding 8 of 16
-partitions 8 of them a beat. A partition acquired or lost changes which trips the engine
-holds: the engine is rebuilt from the store (``EngineGate.reload``: each trip's checkpoint,
-then its messages stored since) before its next use, after a checkpoint of what it holds
-(``_ensure``), and a lost partition's trips are checkpointed before its lease is given up.
+partitions 8 of them a beat. A partition acquired adds its trips to the engine before its
+next use (``load_trips``: each trip's checkpoint, then its messages stored since; partitions
+acquired together share one load); a partition lost has its trips checkpointed, then
+dropped from the engine without ending them (``Engine.unload_trip``), before its lease is
+given up. (Rebuilding the whole engine instead took 7-16 s for 700-1,400 trips, once per
+partition moved, while a second worker took its share.)
 
 **Idempotent, because a lease can move while a commit is in flight.** The old owner's commit
 may land after the new owner restored the partition. Telemetry de-duplicates (the engine only
@@ -38,7 +40,7 @@ from alerts import AlarmService, LiveHub
 from cargowatch.busmode.codec import BUNDLE, decode, decode_bundle
 from cargowatch.metrics import Metrics
 from cargowatch.pipeline import commit_batch
-from cargowatch.services.engine import EngineGate, load_ended_spans
+from cargowatch.services.engine import EngineGate, load_ended_spans, load_trips
 from core.clock import Clock
 from rules import HISTORY_LOOKBACK_MS, Engine, EngineEvent
 from telemetry.bus.consumer import BusMessage
@@ -117,7 +119,7 @@ class TripStage:
         self.alarms = AlarmService(store, clock, hub, metrics=metrics)
         self.gate = EngineGate(store, self.alarms, clock, trip_filter=self.holds)
         self.owned: frozenset[int] = frozenset()
-        self._reload_due = False  # the owned partitions changed: rebuild before the next use
+        self._pending: set[int] = set()  # acquired, their trips not loaded yet
         self._loaded = False
         self._checked: set[str] = set()  # trips named by messages, looked up once
         # per partition: every message received up to this time has been evaluated
@@ -133,36 +135,38 @@ class TripStage:
 
     # -- partitions -------------------------------------------------------------------------
     def acquire(self, n: int) -> None:
-        """Trip partition ``n`` is this worker's now: its trips are loaded before the next use
-        of the engine (several acquired at once share one rebuild)."""
+        """Trip partition ``n`` is this worker's now: its trips are loaded into the engine
+        before its next use (partitions acquired together share one load)."""
         with self.gate.lock:
             if n in self.owned:
                 return
             self.owned = self.owned | {n}
+            self._pending.add(n)
             with self._lock:
                 self.evaluated_to[n] = self.clock.now_ms()
-            self._reload_due = True
 
     def release(self, n: int) -> None:
         """Partition ``n`` was lost or released (before another worker can claim it):
-        checkpoint what changed, then its trips leave the engine (rebuilt before its next
-        use); its batches from now on fail."""
+        checkpoint what changed, then its trips leave the engine (``Engine.unload_trip``:
+        not ended, nothing emitted); its batches from now on fail."""
         with self.gate.lock:
             if n not in self.owned:
                 return
             self._flush(f"trip partition {n} at hand-over")
             self.owned = self.owned - {n}
+            self._pending.discard(n)
             with self._lock:
                 self.evaluated_to.pop(n, None)
-            self._reload_due = True
+            with self.gate.held() as engine:
+                for trip_id in engine.loaded_trips():
+                    if trip_partition(trip_id, self.partitions) == n:
+                        engine.unload_trip(trip_id)
+            self._checked = {t for t in self._checked if self.holds(t)}
 
     def close(self) -> None:
         """Every partition released (the worker stops)."""
-        with self.gate.lock:
-            if self.owned:
-                self._flush("trip partitions at shutdown")
-            self.owned = frozenset()
-            self._reload_due = True
+        for n in sorted(self.owned):
+            self.release(n)
 
     def load(self) -> None:
         """Load the owned partitions' trips now (else the next use does)."""
@@ -170,7 +174,7 @@ class TripStage:
             self._ensure()
 
     def _flush(self, what: str) -> None:
-        if not self._loaded or self._reload_due:
+        if not self._loaded:
             return  # the engine holds nothing newer than the store
         try:
             self.gate.flush()
@@ -178,21 +182,27 @@ class TripStage:
             log.warning("checkpoint of %s failed: %s", what, exc)
 
     def _ensure(self) -> None:
-        """Under the gate's lock: the engine holds exactly the owned partitions' trips."""
-        if not self._reload_due:
+        """Under the gate's lock: the trips of every acquired partition are loaded."""
+        if not self._pending:
             return
         t0 = time.perf_counter()
-        if self._loaded:
-            self._flush("trip partitions before a rebuild")
-            self.gate.reload()
-        else:
-            self.gate.load()
+        wanted = frozenset(self._pending)
+        if not self._loaded:
+            self.gate.load()  # shippers, geofences and the trips of every owned partition
             self._loaded = True
-        self._reload_due = False
-        self._checked.clear()
-        log.info(
-            "trip partitions %s loaded in %.2f s", sorted(self.owned), time.perf_counter() - t0
-        )
+        else:
+            now = self.clock.now_ms()
+
+            def load(engine: Engine) -> int:
+                def admit(trip_id: str) -> bool:
+                    return trip_partition(trip_id, self.partitions) in wanted
+
+                return load_trips(self.store, engine, now, trip_filter=admit)
+
+            covered, _ = self.gate.commit(load, lambda _: ())
+            self.gate.covered_to = max(self.gate.covered_to, covered)
+        self._pending.clear()
+        log.info("trip partitions %s loaded in %.2f s", sorted(wanted), time.perf_counter() - t0)
 
     # -- batches ----------------------------------------------------------------------------
     def process(self, items: Sequence[tuple[int, Sequence[BusMessage]]]) -> list[Exception | None]:

@@ -200,14 +200,11 @@ def load_engine(
     *,
     trip_filter: Callable[[str], bool] | None = None,
 ) -> int:
-    """Shipper rules, geofences and open trips from the store into ``engine``: each trip from
-    its checkpoint, then the messages stored since (received after the checkpoint, within
-    ``HISTORY_LOOKBACK_MS``). Each stored object is loaded on its own: one the engine refuses
-    (written by an older version, or by hand) is logged and skipped — a shipper then runs on
-    the default thresholds, a trip without a usable checkpoint from its document and
-    milestone history and all its stored messages — instead of stopping the whole service.
-    ``trip_filter`` (bus mode): only the trips it admits. Returns the newest receive time
-    the loaded state covers."""
+    """Shipper rules, geofences and open trips from the store into ``engine`` (``load_trips``).
+    Each stored object is loaded on its own: one the engine refuses (written by an older
+    version, or by hand) is logged and skipped — a shipper then runs on the default
+    thresholds — instead of stopping the whole service. ``trip_filter`` (bus mode): only the
+    trips it admits. Returns the newest receive time the loaded state covers."""
     for shipper in store.list_shippers():
         try:
             engine.put_shipper_rules(shipper["shipper"], shipper.get("rules") or {})
@@ -222,6 +219,25 @@ def load_engine(
             engine.put_geofence(fence)
         except Exception:
             log.exception("stored geofence %s could not be loaded", fence.get("geofence_id"))
+    covered = load_trips(store, engine, now_ms, trip_filter=trip_filter)
+    engine.take_dirty()  # what was loaded is stored; the caller checkpoints from here
+    return covered
+
+
+def load_trips(
+    store: Store,
+    engine: Engine,
+    now_ms: int,
+    *,
+    trip_filter: Callable[[str], bool] | None = None,
+) -> int:
+    """The open trips ``trip_filter`` admits (all without one) into ``engine``: each from its
+    checkpoint, then the messages stored since (received after the checkpoint, within
+    ``HISTORY_LOOKBACK_MS``), re-run in one engine call; what that emits again is recognised
+    by the store and not raised twice. A trip without a usable checkpoint runs from its
+    document, its milestone history and all its stored messages. Also adds a bus-mode
+    worker's newly acquired partition to the trips it holds. Returns the newest receive time
+    the loaded state covers."""
     states = store.engine_states()
     horizon = now_ms - HISTORY_LOOKBACK_MS
     fixes: list[Fix] = []
@@ -258,6 +274,4 @@ def load_engine(
     # device); what it emits again is recognised by the store and not raised twice.
     engine.process(fixes, events, now_ms)
     received = [f.received_at for f in fixes] + [e.received_at for e in events]
-    covered = max([at for _, at in states.values()] + received, default=0)
-    engine.take_dirty()  # what was loaded is stored; the caller checkpoints from here
-    return covered
+    return max([at for _, at in states.values()] + received, default=0)
