@@ -428,7 +428,7 @@ def test_an_unloaded_trip_leaves_without_ending_and_comes_back_from_its_checkpoi
     assert engine.loaded_trips() == ["T2"] and engine.device_trip(GPS) == "T2"
     with pytest.raises(RulesError):
         engine.trip_state("T1")
-    changed, removed = engine.take_dirty()
+    _, removed = engine.take_dirty()
     assert removed == set()  # its checkpoint stays for the next owner
     assert engine.tick(T0 + 60 * MIN) == []  # nothing of T1 is judged any more
     engine.upsert_trip(doc)
