@@ -33,6 +33,9 @@ from alerts import LiveHub
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # the server's default, before its INFO says otherwise
+PAYLOAD_MARGIN = 4096  # the subject and headers go with the payload
+
 LIVE_SUBJECT = "cargowatch.live"
 INTEREST_SUBJECT = "cargowatch.live.interest"
 INTEREST_S = 2.0
@@ -73,18 +76,20 @@ class LiveRelay:
 
     def _forward(self, events: list[dict[str, Any]]) -> None:
         """Called by ``LiveHub.publish_many`` from any thread."""
-        data = orjson.dumps(events, default=str, option=orjson.OPT_NON_STR_KEYS)
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            loop.create_task(self._send(data))
-        else:
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._send(data)))
+        # a big round's positions exceed the server's max_payload as one message
+        limit = max(1024, (self.nc.max_payload or DEFAULT_MAX_PAYLOAD) - PAYLOAD_MARGIN)
+        for data in _encoded(events, limit):
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                loop.create_task(self._send(data))
+            else:
+                loop.call_soon_threadsafe(lambda data=data: loop.create_task(self._send(data)))
 
     async def _send(self, data: bytes) -> None:
         try:
@@ -120,3 +125,16 @@ class LiveRelay:
             with contextlib.suppress(Exception):
                 await self.nc.publish(INTEREST_SUBJECT, orjson.dumps(body))
             await asyncio.sleep(INTEREST_S)
+
+
+def _encoded(events: list[dict[str, Any]], limit: int) -> list[bytes]:
+    """``events`` as JSON arrays of at most ``limit`` bytes each, in order (halved until each
+    fits; a single event larger than that is dropped, with a warning)."""
+    data = orjson.dumps(events, default=str, option=orjson.OPT_NON_STR_KEYS)
+    if len(data) <= limit:
+        return [data]
+    if len(events) == 1:
+        log.warning("a live event of %d bytes is too large to relay", len(data))
+        return []
+    half = len(events) // 2
+    return _encoded(events[:half], limit) + _encoded(events[half:], limit)
