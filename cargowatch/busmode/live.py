@@ -81,15 +81,19 @@ class LiveRelay:
             return
         # a big round's positions exceed the server's max_payload as one message
         limit = max(1024, (self.nc.max_payload or DEFAULT_MAX_PAYLOAD) - PAYLOAD_MARGIN)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for data in _encoded(events, limit):
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
             if running is loop:
                 loop.create_task(self._send(data))
             else:
-                loop.call_soon_threadsafe(lambda data=data: loop.create_task(self._send(data)))
+                loop.call_soon_threadsafe(self._schedule, data)
+
+    def _schedule(self, data: bytes) -> None:
+        assert self._loop is not None
+        self._loop.create_task(self._send(data))
 
     async def _send(self, data: bytes) -> None:
         try:
