@@ -8,12 +8,13 @@ numbers each publish, and counts the stream's acknowledgements per batch. Same c
 raises (and the device batch is left unacknowledged, to be re-keyed again — duplicates are
 dropped by ``Nats-Msg-Id``).
 
-**Bundles.** The records of one call are grouped by trip partition and sent as bundles
-(``codec.encode_bundle``, at most ``MAX_BUNDLE_BYTES`` each), in order: one message per trip
-partition per device batch, not one per record. A bundle's ``Nats-Msg-Id`` names its first and
-last record and its size, so a device batch redelivered whole re-keys to duplicates the stream
-drops; one redelivered in another composition makes other bundles, whose records the store
-recognises (stage 2 evaluates only newly stored records).
+**Bundles.** The records of one call (a round of device batches, ``busmode.rounds``) are
+grouped by trip partition and sent as bundles (``codec.encode_bundle``, at most
+``MAX_BUNDLE_BYTES`` each), in order: one message per trip partition per round, not one per
+record. A bundle's ``Nats-Msg-Id`` names its first and last record and its size, so records
+re-keyed again in the same composition are duplicates the stream drops; a redelivered batch
+usually joins a round of another composition and makes other bundles, whose records the
+store recognises (stage 2 evaluates only newly stored records).
 """
 
 from __future__ import annotations
