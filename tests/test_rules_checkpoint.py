@@ -168,11 +168,17 @@ def test_a_restart_anywhere_changes_nothing(kind: str, where: float, batch: int)
 WAITING = [LOCK, T0, "unlocked", None, None, None, None, None, T0 + 1, None, T0 + 2]
 
 
-def test_blob_format_and_refusals() -> None:
+def _driven() -> tuple[Engine, dict[str, Any]]:
+    """An engine with trip T1 driven 3 km along the straight road, and T1's document."""
     engine = Engine()
     doc = trip_doc(STRAIGHT)
     engine.upsert_trip(doc)
     Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
+    return engine, doc
+
+
+def test_blob_format_and_refusals() -> None:
+    engine, doc = _driven()
     blob = engine.export_trip_state("T1")
     body = json.loads(blob)
     assert body["version"] == VERSION == 3 and body["trip"]["VALID_DEV"] == GPS
@@ -228,10 +234,7 @@ def _as_version_2(blob: bytes) -> bytes:
 
 
 def test_version_2_blobs_are_still_read() -> None:
-    engine = Engine()
-    doc = trip_doc(STRAIGHT)
-    engine.upsert_trip(doc)
-    Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
+    engine, doc = _driven()
     blob = engine.export_trip_state("T1")
     for stored in (blob, _as_version_2(blob)):
         fresh = Engine()
@@ -243,10 +246,7 @@ def test_version_2_blobs_are_still_read() -> None:
 
 def test_infinities_and_nan_round_trip() -> None:
     """orjson writes NaN as null; a row holding an infinity is written with "inf" strings."""
-    engine = Engine()
-    doc = trip_doc(STRAIGHT)
-    engine.upsert_trip(doc)
-    Live(engine).feed(drive(STRAIGHT, T0, 0.0, 3000.0))
+    engine, doc = _driven()
     trips, devices = engine.trips, engine.devices
     slot, gps = engine._slots["T1"], devices.slot(GPS)
     trips.m[slot, TC.OFF_MAX] = math.inf
